@@ -1,0 +1,45 @@
+"""`lensllm bench`: score selection methods on a curves table under the papers' protocol."""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from lensllm.cli import options, render
+from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
+from lensllm.science.laws import LawWarning
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark selection methods on a curves CSV",
+        description="For each budget ratio r, every method sees subset sizes up to TARGET/r and is "
+        "scored (PearCorr, RelAcc) against the true loss at TARGET.",
+    )
+    p.add_argument("curves", metavar="CURVES.csv", help="model column, then one loss column per subset size")
+    p.add_argument("--methods", type=options.method_list, default=options.method_list("all"), help="a,b,... or all")
+    p.add_argument("--ratios", type=options.int_list, default=list(PAPER_RATIOS), help="default 8,16,...,512")
+    p.add_argument("--target", type=options.positive_int, help="size to predict (default: largest column)")
+    p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw PearCorr and RelAcc against the ratio")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options.check_plot_path(args.plot)
+    curves = options.load_curves(args.curves)
+    target = options.resolve_target(curves, args.target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)  # a benchmark fits hundreds of curves; bounds are expected
+        rows = run_benchmark(curves, args.methods, args.ratios, target)
+    if args.format == "table":
+        render.print_tables(render.bench_tables(rows))
+    else:
+        text = {"csv": render.bench_csv, "json": render.bench_json, "markdown": render.bench_markdown}[args.format](rows)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.plot is not None:
+        from lensllm.cli.plots import plot_bench
+
+        plot_bench(rows, args.plot, title=f"{Path(args.curves).stem}: selection quality against budget")
+    return 0

@@ -1,0 +1,72 @@
+"""`Curves`: the learning curves of several candidates on one dataset, as arrays.
+
+Readers (the CSV loader, the runner's results) build it; selectors and the benchmark
+consume it. Budget restriction (`up_to`) lives here so every caller cuts columns the
+same way: the paper's protocol lets a method see subset sizes `<= max_n` only.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lensllm.errors import CurveError
+from lensllm.science.checks import check_losses, check_sizes
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Test losses of `models` after fine-tuning on subsets of `sizes` examples.
+
+    `losses[i, j]` belongs to `models[i]` at `sizes[j]`; `zero_shot[i]` is the loss
+    before any fine-tuning; `params[i]` the parameter count (both optional).
+    """
+
+    models: tuple[str, ...]
+    sizes: np.ndarray
+    losses: np.ndarray
+    zero_shot: np.ndarray | None = None
+    params: np.ndarray | None = None
+    families: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        sizes = check_sizes(self.sizes)
+        if np.any(sizes <= 0):
+            raise CurveError(f"subset sizes must be > 0 (zero-shot goes in zero_shot), got {sizes.tolist()}")
+        losses = check_losses(np.asarray(self.losses, dtype=float).reshape(len(self.models), sizes.size))
+        if len(set(self.models)) != len(self.models):
+            raise CurveError(f"model names must be unique, got {list(self.models)}")
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "losses", losses)
+        if self.zero_shot is not None:
+            object.__setattr__(self, "zero_shot", self._column(self.zero_shot, "zero_shot"))
+        if self.params is not None:
+            object.__setattr__(self, "params", self._column(self.params, "params"))
+
+    def _column(self, values: np.ndarray, what: str) -> np.ndarray:
+        arr = check_losses(values, what=what)
+        if arr.shape != (len(self.models),):
+            raise CurveError(f"{what} needs one value per model ({len(self.models)}), got shape {arr.shape}")
+        return arr
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+    def up_to(self, max_n: float) -> "Curves":
+        """The same curves restricted to subset sizes `<= max_n` (the budget)."""
+        keep = self.sizes <= max_n
+        return Curves(
+            models=self.models,
+            sizes=self.sizes[keep],
+            losses=self.losses[:, keep],
+            zero_shot=self.zero_shot,
+            params=self.params,
+            families=self.families,
+        )
+
+    def loss_at(self, size: float) -> np.ndarray:
+        """Observed loss of every model at exactly `size` examples."""
+        hits = np.flatnonzero(self.sizes == size)
+        if hits.size == 0:
+            raise CurveError(f"no column for size {size:g}; sizes are {self.sizes.astype(int).tolist()}")
+        return self.losses[:, hits[0]]

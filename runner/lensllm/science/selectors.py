@@ -1,0 +1,149 @@
+"""Selectors: score every candidate from its curve within the budget and rank them.
+
+Each selector is a plain function `(curves, target, ntk) -> Selection`. `scores` is the
+quantity whose Pearson correlation with the true loss the papers report (a predicted
+loss for the law-based methods, log parameter count for ModelSize); `order` lists the
+candidates best first (ties keep input order).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lensllm.errors import CurveError, UnknownMethodError
+from lensllm.science.curves import Curves
+from lensllm.science.laws import AtSLaw, Law, LensLLMLaw, NTKSpectrum, RectifiedLaw, VanillaLaw, fit_laws
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A method's verdict on a set of candidates."""
+
+    method: str
+    scores: np.ndarray
+    order: np.ndarray
+    predicted_loss: np.ndarray | None = None
+    fits: tuple[dict[str, float], ...] | None = None
+    # Each candidate's fitted loss as a function of subset size (for plots), where one exists.
+    curve_fns: tuple[Callable[[np.ndarray], np.ndarray], ...] | None = None
+
+    @property
+    def best(self) -> int:
+        return int(self.order[0])
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """1-based rank of every candidate, in input order."""
+        ranks = np.empty(self.order.size, dtype=int)
+        ranks[self.order] = np.arange(1, self.order.size + 1)
+        return ranks
+
+
+def _by_loss(method: str, predicted: np.ndarray, fits=None, curve_fns=None) -> Selection:
+    return Selection(method, predicted, np.argsort(predicted, kind="stable"), predicted, fits, curve_fns)
+
+
+def select_zeroshot(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by the loss before fine-tuning."""
+    if curves.zero_shot is None:
+        raise CurveError("zeroshot needs zero-shot losses (a `0` column)")
+    return Selection("zeroshot", curves.zero_shot, np.argsort(curves.zero_shot, kind="stable"))
+
+
+def select_subtuning(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by the loss after fine-tuning on the largest subset within the budget."""
+    last = curves.losses[:, -1]
+    return Selection("subtuning", last, np.argsort(last, kind="stable"))
+
+
+def select_modelsize(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by parameter count, largest first; the score is log size, as published."""
+    if curves.params is None:
+        raise CurveError("modelsize needs parameter counts (a `size` column)")
+    return Selection("modelsize", np.log(curves.params), np.argsort(-curves.params, kind="stable"))
+
+
+def fit_each(curves: Curves, make_law: Callable[[int], Law]) -> list[Law]:
+    """Fit one law per candidate; a curve that cannot be fitted raises naming its model."""
+    laws = [make_law(i) for i in range(curves.n_models)]
+    fit_laws(laws, curves.sizes, curves.losses, curves.zero_shot, list(curves.models))
+    return laws
+
+
+def _law_selection(method: str, curves: Curves, target: float, make_law) -> Selection:
+    laws = fit_each(curves, make_law)
+    predicted = np.array([law.predict(target)[0] for law in laws])
+    return _by_loss(method, predicted, tuple(law.params_ for law in laws), tuple(law.predict for law in laws))
+
+
+def select_vanilla(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by the vanilla power law's extrapolation to the target."""
+    return _law_selection("vanilla", curves, target, lambda i: VanillaLaw())
+
+
+def select_rectified(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by the rectified law's extrapolation (RectFit)."""
+    return _law_selection("rectified", curves, target, lambda i: RectifiedLaw())
+
+
+def select_lensllm(curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None) -> Selection:
+    """Rank by the LENSLLM law's extrapolation, using each candidate's NTK spectrum when known."""
+    spectra = list(ntk) if ntk is not None else [None] * curves.n_models
+    return _law_selection("lensllm", curves, target, lambda i: LensLLMLaw(ntk=spectra[i]))
+
+
+def select_ats(curves: Curves, target: float, ntk=None) -> Selection:
+    """Rank by the accept-then-stop extrapolation (AtS)."""
+    return _law_selection("ats", curves, target, lambda i: AtSLaw())
+
+
+# The default blends two views of the curve, each weighted by how well it did on the
+# published curves (docs/benchmarks.md): accept-then-stop, averaged over transition
+# thresholds so one borderline point cannot flip the power-phase cut, and the LENSLLM law,
+# which also sees the pre-power phase and the zero-shot loss (and the NTK when measured).
+DEFAULT_ATS_DELTAS = (3.0, 4.0, 5.0)
+DEFAULT_LAW_WEIGHT = 0.1
+
+
+def select_default(curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None) -> Selection:
+    """Rank by a log-space blend of AtS (averaged over thresholds) and the LENSLLM law."""
+    ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(delta=d)) for d in DEFAULT_ATS_DELTAS]
+    law = select_lensllm(curves, target, ntk)
+
+    def blend(i: int) -> Callable[[np.ndarray], np.ndarray]:
+        def curve(sizes: np.ndarray) -> np.ndarray:
+            ats_log = np.mean([np.log(s.curve_fns[i](sizes)) for s in ats], axis=0)
+            return np.exp((1.0 - DEFAULT_LAW_WEIGHT) * ats_log + DEFAULT_LAW_WEIGHT * np.log(law.curve_fns[i](sizes)))
+
+        return curve
+
+    curve_fns = tuple(blend(i) for i in range(curves.n_models))
+    predicted = np.array([fn(np.array([target]))[0] for fn in curve_fns])
+    ats_loss = np.exp(np.mean([np.log(s.predicted_loss) for s in ats], axis=0))
+    fits = tuple(
+        {"ats_loss": float(a), "lensllm_loss": float(b), **params}
+        for a, b, params in zip(ats_loss, law.predicted_loss, law.fits)
+    )
+    return _by_loss("default", predicted, fits, curve_fns)
+
+
+SELECTORS: dict[str, Callable[..., Selection]] = {
+    "zeroshot": select_zeroshot,
+    "subtuning": select_subtuning,
+    "modelsize": select_modelsize,
+    "vanilla": select_vanilla,
+    "rectified": select_rectified,
+    "ats": select_ats,
+    "lensllm": select_lensllm,
+    "default": select_default,
+}
+
+
+def select(method: str, curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None) -> Selection:
+    """Run the selector named `method`."""
+    try:
+        selector = SELECTORS[method]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {method!r}; choose from {', '.join(SELECTORS)}") from None
+    return selector(curves, target, ntk)

@@ -30,6 +30,7 @@ def read_curves(path: str | Path, *, stdin_text: str | None = None) -> Curves:
         raise CurvesFileError(f"{name}: no model rows after the header")
     size_cols = _size_columns(name, header)
     models = [_model_name(name, i, row) for i, row in enumerate(body, start=2)]
+    _check_unique(name, models)
     losses = np.array(
         [[_number(name, i, row, j, header[j]) for j in size_cols] for i, row in enumerate(body, start=2)]
     )
@@ -85,6 +86,14 @@ def _model_name(name: str, line: int, row: list[str]) -> str:
     if not model:
         raise CurvesFileError(f"{name}: row {line} has an empty model name")
     return model
+
+
+def _check_unique(name: str, models: list[str]) -> None:
+    first_row: dict[str, int] = {}
+    for line, model in enumerate(models, start=2):
+        if model in first_row:
+            raise CurvesFileError(f"{name}: model {model!r} appears in rows {first_row[model]} and {line}")
+        first_row[model] = line
 
 
 def _cell(name: str, line: int, row: list[str], j: int, column: str) -> str:

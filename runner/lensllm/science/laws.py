@@ -234,15 +234,15 @@ class AtSLaw:
 
     def fit(self, sizes: np.ndarray, losses: np.ndarray, zero_shot: float | None = None) -> "AtSLaw":
         x, y = check_curve(sizes, losses, min_points=2)
-        keep = x > 0
-        log_x, log_y = np.log(x[keep]), np.log(y[keep])
+        x, y = x[x > 0], y[x > 0]
+        log_x, log_y = np.log(x), np.log(y)
         if log_x.size < 2:
             raise FitError(f"AtS needs at least 2 fine-tuned points, got sizes {x.tolist()}")
         n_power = self._power_phase_length(log_x, log_y)
         slope, intercept = np.polyfit(log_x[-n_power:], log_y[-n_power:], 1)
         self.slope_, self.intercept_ = float(slope), float(intercept)
         self.n_points_ = n_power
-        self.transition_size_ = float(np.exp(log_x[-n_power]))
+        self.transition_size_ = float(x[-n_power])
         return self
 
     def _power_phase_length(self, log_x: np.ndarray, log_y: np.ndarray) -> int:

@@ -1,10 +1,9 @@
-import warnings
-
 import numpy as np
 import pytest
 
 from lensllm.errors import CurveError, FitError, NotFittedError
 from lensllm.science.laws import (
+    LawWarning,
     AtSLaw,
     LensLLMLaw,
     NTKSpectrum,
@@ -17,13 +16,6 @@ from lensllm.science.laws import (
 SIZES = 200.0 * 2.0 ** np.arange(12)
 
 LAWS = [VanillaLaw, RectifiedLaw, LensLLMLaw, AtSLaw]
-
-
-@pytest.fixture(autouse=True)
-def quiet_bounds():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 @pytest.fixture
@@ -128,3 +120,11 @@ def test_ats_drops_the_smallest_point_unless_asked_to_keep_it():
 
 def test_ats_with_at_most_k_points_uses_them_all():
     assert AtSLaw(k=3).fit(SIZES[:3], [3.0, 2.8, 2.7]).n_points_ == 3
+
+
+def test_a_rising_curve_fits_with_a_warning_that_names_the_parameters_at_their_bounds():
+    rising = np.array([3.0, 3.1, 3.2, 3.3, 3.4, 3.5])
+    with pytest.warns(LawWarning, match="vanilla fit has .*beta.* at a bound"):
+        law = VanillaLaw().fit(SIZES[:6], rising)
+    assert "beta" in law.at_bounds_
+    assert np.isfinite(law.predict(1e6)).all()

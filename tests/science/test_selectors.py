@@ -1,6 +1,4 @@
 import dataclasses
-import warnings
-
 import numpy as np
 import pytest
 
@@ -13,13 +11,6 @@ from lensllm.science.selectors import SELECTORS, select
 
 TARGET = 1_638_400
 LAW_METHODS = ["vanilla", "rectified", "ats", "lensllm", "default"]
-
-
-@pytest.fixture(autouse=True)
-def quiet_bounds():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 @pytest.fixture

@@ -33,7 +33,9 @@ def plot_bench(rows: Sequence[BenchRow], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_fits(curves: Curves, full: Curves, selection: Selection, target: float, path: Path) -> None:
+def plot_fits(
+    curves: Curves, full: Curves, selection: Selection, target: float, path: Path, ylabel: str = "test loss"
+) -> None:
     """Every model's observed points (filled: seen by the fit) and fitted curve, log-log, target marked."""
     fig, ax = plt.subplots(figsize=(10, 6.5), constrained_layout=True)
     grid = np.geomspace(full.sizes[0], max(target, full.sizes[-1]), 200)
@@ -51,7 +53,7 @@ def plot_fits(curves: Curves, full: Curves, selection: Selection, target: float,
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning examples")
-    ax.set_ylabel("test loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{selection.method}: fitted curves (filled points were seen by the fit)")
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     fig.savefig(path, dpi=120)

@@ -1,0 +1,105 @@
+"""`lensllm select SELECTION.yaml --local`: run a selection on this machine, no cluster needed."""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lensllm.errors import LensLLMError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="run an LLMSelection manifest locally (--local) and rank its candidates",
+        description="Run every candidate's trial as a local runner process, then rank them exactly as the "
+        "operator would. Writes status.json (the resource's .status), per-trial results and curves.png.",
+    )
+    p.add_argument("selection", type=Path, metavar="SELECTION.yaml", help="an LLMSelection manifest")
+    p.add_argument("--local", action="store_true", required=True, help="run here instead of on a cluster")
+    p.add_argument("--workers", type=int, default=1, help="trials to run at once (default 1)")
+    p.add_argument("--out", type=Path, help="output folder (default lensllm-out/<selection name>)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lensllm.local import LocalRun, run_local
+    from lensllm.science.laws import LawWarning
+    from lensllm.selection.manifest import read_manifest
+
+    # A fit on its bound is normal for short, flat curves; the ranking table says what matters.
+    warnings.simplefilter("ignore", LawWarning)
+
+    if args.workers < 1:
+        raise LensLLMError(f"--workers must be >= 1, got {args.workers}")
+    manifest = read_manifest(args.selection)
+    out = args.out or Path("lensllm-out") / manifest.name
+    console = Console(stderr=True)
+    steps = len(manifest.spec.budget.sizes) + 1
+    with Progress(
+        TextColumn("{task.fields[candidate]:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+        tasks = {c.name: bars.add_task("pending", total=steps, candidate=c.name) for c in manifest.spec.candidates}
+
+        def progress(candidate: str, event: dict) -> None:
+            bars.update(tasks[candidate], description=_describe(event), advance=_advance(event))
+
+        status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
+    Console().print(ranking_table(status, manifest.spec.budget.target_size))
+    _plot(status, manifest.spec, out / "curves.png")
+    print(f"status: {out / 'status.json'}  plot: {out / 'curves.png'}", file=sys.stderr)
+    return 0 if status.phase == "Complete" else 1
+
+
+def _advance(event: dict) -> int:
+    return 1 if event.get("event") in ("zeroShot", "size") else 0
+
+
+def _describe(event: dict) -> str:
+    kind = event.get("event", "")
+    if kind == "size":
+        return f"size {event.get('size')}: loss {event.get('test', {}).get('loss', float('nan')):.3f}"
+    if kind == "zeroShot":
+        return f"zero-shot loss {event.get('loss', float('nan')):.3f}"
+    return str(kind)
+
+
+def ranking_table(status, target: int) -> Table:
+    table = Table(title=f"{status.phase}: predicted bits per byte at {target:,} examples ({status.method})")
+    for column, justify in (("rank", "right"), ("candidate", "left"), ("predicted", "right"),
+                            ("observed (largest)", "right"), ("zero-shot", "right"), ("state", "left")):
+        table.add_column(column, justify=justify)
+    order = sorted(status.candidates.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0, kv[0]))
+    for name, entry in order:
+        table.add_row(
+            str(entry.rank or "-"),
+            name,
+            f"{entry.predicted_loss:.4f}" if entry.predicted_loss is not None else "-",
+            f"{entry.points[-1].bits_per_byte:.4f}" if entry.points else "-",
+            f"{entry.zero_shot.bits_per_byte:.4f}" if entry.zero_shot else "-",
+            entry.state if entry.state != "Failed" else f"Failed: {entry.reason}",
+        )
+    return table
+
+
+def _plot(status, spec, path: Path) -> None:
+    from lensllm.cli.plots import plot_fits
+    from lensllm.science.selectors import select
+    from lensllm.selection.status import selection_curves
+
+    if not status.ranking:
+        return
+    curves, spectra = selection_curves(status)
+    selection = select(spec.method, curves, spec.budget.target_size, ntk=spectra)
+    plot_fits(curves, curves, selection, spec.budget.target_size, path, ylabel="test bits per byte")
+
+

@@ -1,0 +1,100 @@
+"""Run an LLMSelection on this machine: each trial is a local `lensllm run-trial` process.
+
+The same plan and status updates as the operator (`lensllm.selection`) decide what runs
+and what the status says, so the document written here is the one the operator would
+write into the resource. Called by `lensllm select --local`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lensllm.selection import status as st
+from lensllm.selection.manifest import Manifest
+from lensllm.selection.plan import Trial, next_trials
+from lensllm.trial.result import TrialResult
+
+Progress = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    manifest: Manifest
+    out: Path
+    workers: int
+
+
+def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
+    """Run every trial the plan asks for, `workers` at a time, and return the final status."""
+    spec = run.manifest.spec
+    status = st.initial_status(spec, 1, st.now_iso())
+    (run.out / "trials").mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    while trials := next_trials(spec, status):
+        for trial in trials:
+            record = st.TrialRecord(job_name=_trial_id(run, trial), round=trial.round, sizes=list(trial.sizes), state="Queued")
+            status = st.mark_trial(status, trial.candidate, record)
+        with ThreadPoolExecutor(max_workers=run.workers) as pool:
+            outcomes = list(pool.map(lambda t: _run_trial(run, t, progress, lock), trials))
+        for trial, (result, failure) in zip(trials, outcomes):
+            trial_id = _trial_id(run, trial)
+            if result is not None:
+                status = st.record_result(status, spec, trial.candidate, trial_id, result, gpus=spec.resources_for(trial.candidate).gpu)
+            else:
+                status = st.record_failure(status, trial.candidate, trial_id, *failure)
+    status = st.finalize(status, spec, 1, st.now_iso())
+    (run.out / "status.json").write_text(json.dumps(status.dump(), indent=2) + "\n")
+    return status
+
+
+def _trial_id(run: LocalRun, trial: Trial) -> str:
+    return f"{run.manifest.name}-{trial.candidate}-r{trial.round}"
+
+
+def _local_spec(run: LocalRun, trial: Trial) -> dict:
+    """The trial spec, with relative local paths taken from the manifest's folder."""
+    spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes)).model_dump(mode="json", by_alias=True)
+    for section, key in (("candidate", "model"), ("dataset", "source")):
+        beside = run.manifest.folder / spec[section][key]
+        if not Path(spec[section][key]).is_absolute() and beside.exists():
+            spec[section][key] = str(beside.resolve())
+    return spec
+
+
+def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock) -> tuple[TrialResult | None, tuple[str, str]]:
+    trial_id = _trial_id(run, trial)
+    base = run.out / "trials" / trial_id
+    spec_path, result_path, log_path = base.with_suffix(".spec.json"), base.with_suffix(".json"), base.with_suffix(".log")
+    spec_path.write_text(json.dumps(_local_spec(run, trial), indent=2))
+    command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
+               "--termination-log", str(base.with_suffix(".termination"))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // run.workers))}
+    with lock:
+        progress(trial.candidate, {"event": "started"})
+    with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with lock:
+                progress(trial.candidate, event)
+    return _outcome(result_path, log_path, proc.returncode)
+
+
+def _outcome(result_path: Path, log_path: Path, code: int) -> tuple[TrialResult | None, tuple[str, str]]:
+    if not result_path.exists():
+        tail = [line for line in log_path.read_text().splitlines() if line.strip()][-1:] or ["no output"]
+        return None, ("ResultMissing", f"runner exited {code} without a result: {tail[0][:300]}")
+    try:
+        return TrialResult.model_validate_json(result_path.read_text()), ("", "")
+    except ValidationError as err:
+        return None, ("ResultInvalid", f"{result_path}: {str(err).splitlines()[0]}")

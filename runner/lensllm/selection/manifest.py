@@ -1,0 +1,51 @@
+"""Read an LLMSelection manifest (the YAML a user would `kubectl apply`) without a cluster."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from lensllm.errors import LensLLMError
+from lensllm.selection.spec import GROUP, KIND, VERSION, LLMSelectionSpec
+from lensllm.trial.spec import validation_message
+
+
+class ManifestError(LensLLMError):
+    """The selection file is missing, not YAML, not an LLMSelection, or its spec is invalid."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    namespace: str
+    spec: LLMSelectionSpec
+    folder: Path
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: cannot read ({type(err).__name__})") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{path}: expected one LLMSelection object, got {type(doc).__name__}")
+    if doc.get("apiVersion") != f"{GROUP}/{VERSION}" or doc.get("kind") != KIND:
+        raise ManifestError(
+            f"{path}: expected apiVersion {GROUP}/{VERSION} and kind {KIND}, "
+            f"got {doc.get('apiVersion')!r} and {doc.get('kind')!r}"
+        )
+    metadata = doc.get("metadata") or {}
+    if not metadata.get("name"):
+        raise ManifestError(f"{path}: metadata.name is required")
+    try:
+        spec = LLMSelectionSpec.model_validate(doc.get("spec") or {})
+    except ValidationError as err:
+        raise ManifestError(f"{path}: spec.{validation_message(err)}") from None
+    return Manifest(
+        name=str(metadata["name"]), namespace=str(metadata.get("namespace", "default")), spec=spec, folder=path.parent
+    )

@@ -4,7 +4,7 @@ The Helm chart sets these variables; `lensllm operator` flags override them.
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -20,10 +20,7 @@ class OperatorConfig:
     liveness_port: int = 8080
     runner_image: str = "ghcr.io/lensllm/runner:0.1.0"
     runner_pull_policy: str = "IfNotPresent"
-    # GPU seconds are estimated from wall time x GPUs requested; this price turns them into cost.
-    gpu_hour_price: float = 0.0
     job_ttl_seconds: int | None = None
-    extra_job_labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorConfig":
@@ -36,6 +33,5 @@ class OperatorConfig:
             liveness_port=int(env.get("LENSLLM_LIVENESS_PORT", defaults.liveness_port)),
             runner_image=env.get("LENSLLM_RUNNER_IMAGE", defaults.runner_image),
             runner_pull_policy=env.get("LENSLLM_RUNNER_PULL_POLICY", defaults.runner_pull_policy),
-            gpu_hour_price=float(env.get("LENSLLM_GPU_HOUR_PRICE", defaults.gpu_hour_price)),
             job_ttl_seconds=int(ttl) if ttl else None,
         )

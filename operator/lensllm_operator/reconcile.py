@@ -61,7 +61,7 @@ async def _reconcile(ctx: Context, body: dict[str, Any]) -> None:
     spec = parse_spec(body.get("spec") or {})
     status = _current_status(body, spec, generation)
     if status.phase in ("Complete", "Failed"):
-        ctx.metrics.set_phase(namespace, name, status.phase)
+        _export(ctx, namespace, name, status)  # after a restart, finished selections keep their series
         return
     jobs = await kube.list_jobs(namespace, f"{SELECTION_LABEL}={name}")
     status = await _collect(ctx, namespace, spec, status, jobs)

@@ -12,8 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Watch LLMSelection resources and run their trials as Jobs. Settings default to the "
         "LENSLLM_* environment variables the Helm chart sets.",
     )
-    p.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS", help="watch NS (repeatable)")
-    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS", help="watch NS (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     p.add_argument("--metrics-port", type=int, help="port of /metrics (default 8000)")
     p.add_argument("--liveness-port", type=int, help="port of /healthz (default 8080)")
     p.add_argument("--runner-image", help="default runner image for selections that name none")

@@ -145,3 +145,10 @@ def test_the_console_script_reports_bad_input_without_a_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "'oops' is not a number" in proc.stderr
+
+
+def test_the_command_line_starts_without_importing_torch_or_kopf():
+    """The operator image has no torch and `lensllm bench` needs neither: heavy imports wait for their subcommand."""
+    code = "import sys, lensllm.cli.main; print(sorted({'torch', 'transformers', 'kopf'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -124,7 +124,14 @@ def test_ats_with_at_most_k_points_uses_them_all():
 
 def test_a_rising_curve_fits_with_a_warning_that_names_the_parameters_at_their_bounds():
     rising = np.array([3.0, 3.1, 3.2, 3.3, 3.4, 3.5])
-    with pytest.warns(LawWarning, match="vanilla fit has .*beta.* at a bound"):
+    with pytest.warns(LawWarning, match="vanilla fit has B.* at a bound"):
         law = VanillaLaw().fit(SIZES[:6], rising)
-    assert "beta" in law.at_bounds_
+    assert "B" in law.at_bounds_  # no decrease to explain: the law degenerates to a constant
     assert np.isfinite(law.predict(1e6)).all()
+
+
+@pytest.mark.parametrize("law_class", [VanillaLaw, RectifiedLaw, LensLLMLaw])
+def test_a_flat_curve_that_ends_slightly_higher_still_fits_as_a_constant(law_class):
+    flat = np.array([1.4457, 1.4457, 1.4482])
+    law = law_class().fit(SIZES[:3], flat, zero_shot=1.45)
+    assert law.predict(1e6)[0] == pytest.approx(flat.mean(), rel=0.01)

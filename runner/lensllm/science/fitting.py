@@ -120,14 +120,18 @@ def _grid_starts(x: np.ndarray, y: np.ndarray, log_f: np.ndarray) -> np.ndarray:
         e_low = E < 0  # E is an irreducible loss: clamp it to 0 and refit B alone
         B = np.where(e_low, sa / saa, B)
         E = np.where(e_low, 0.0, E)
+        # A flat or rising curve wants B <= 0: keep B at its floor and fit the constant E alone.
+        b_low = B <= 0
+        B = np.where(b_low, np.exp(LOG_B_BOUNDS[0]), B)
+        E = np.where(b_low, sb / sbb, E)
         cost = ((B[..., None] * a + E[..., None] * b - 1.0) ** 2).sum(-1)  # (m, nb, nf)
-        cost = np.where(np.isfinite(cost) & (B > 0), cost, np.inf)
+        cost = np.where(np.isfinite(cost), cost, np.inf)
         best_f = np.argmin(cost, axis=2)  # best F per (curve, beta)
         per_beta = np.take_along_axis(cost, best_f[..., None], 2)[..., 0]  # (m, nb)
         order = np.argsort(per_beta, axis=1, kind="stable")[:, :_REFINE_STARTS]
         jf = np.take_along_axis(best_f, order, 1)
         take = lambda arr: arr[np.arange(y.shape[0])[:, None], order, jf]  # noqa: E731
-        log_b = np.log(np.where(take(B) > 0, take(B), 1.0))
+        log_b = np.log(take(B))
     return np.stack([log_b, take(E), _GRID_BETAS[order], np.broadcast_to(log_f[jf], order.shape)], axis=-1)
 
 

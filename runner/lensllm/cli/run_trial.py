@@ -1,0 +1,71 @@
+"""`lensllm run-trial`: run one candidate's learning-curve trial from a spec file.
+
+The runner container's entry point. Progress goes to stdout as one JSON line per event;
+the full result to --out (rewritten after each subset size, so --resume can pick it up);
+the compact result to the termination log. torch is imported only once the spec is valid.
+"""
+
+import argparse
+import json
+import sys
+
+from lensllm.trial import documents
+from lensllm.trial.failures import EXIT_RUNTIME, TrialFailure, exit_code
+from lensllm.trial.result import TrialResult
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run-trial",
+        help="fine-tune one candidate on nested subsets and fit the laws (runner pod entry point)",
+        description="Measure the zero-shot loss, the empirical NTK and the test loss after fine-tuning on each "
+        "subset size, fit the scaling laws and predict the loss at the target size.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", metavar="SPEC.yaml|json", help="trial spec file (TrialSpec fields, camelCase)")
+    source.add_argument(
+        "--spec-env", metavar="NAME", help="environment variable holding the spec as JSON (how Jobs pass it)"
+    )
+    p.add_argument("--out", metavar="RESULT.json", help="full result document (default: spec output.resultPath)")
+    p.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help="compact result, <= 4096 bytes (default: /dev/termination-log if present)",
+    )
+    p.add_argument("--resume", metavar="RESULT.json", help="result of an earlier attempt: skip the sizes it finished")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = None
+    try:
+        spec = documents.read_spec(args.spec) if args.spec else documents.read_spec_env(args.spec_env)
+        resume = documents.read_resume(args.resume) if args.resume else None
+    except TrialFailure as failure:
+        result = TrialResult(status="Failed", reason=failure.reason, message=str(failure), spec=spec)
+    else:
+        # torch and transformers load here, not at CLI start: a bad spec fails fast and light.
+        from lensllm.trial.recipe import run_trial
+
+        out = documents.result_path(args.out, spec)
+        result = run_trial(
+            spec, resume=resume, on_progress=_print_event, on_checkpoint=lambda r: documents.write_result(out, r)
+        )
+    return _deliver(result, args, spec)
+
+
+def _print_event(event: dict) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def _deliver(result: TrialResult, args: argparse.Namespace, spec) -> int:
+    """Write the result everywhere it is expected; a failure also gets one line on stderr."""
+    try:
+        documents.write_result(documents.result_path(args.out, spec), result)
+        documents.write_termination_message(documents.termination_log_path(args.termination_log, spec), result)
+    except OSError as err:
+        print(f"lensllm run-trial: error: cannot write the result: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if result.status != "Succeeded":
+        print(f"lensllm run-trial: {result.reason}: {result.message}", file=sys.stderr)
+    return exit_code(result)

@@ -1,0 +1,103 @@
+"""Dataset loading and the seeded, nested draw of training subsets.
+
+The recipe calls `load_task_rows` once; it returns plain Python rows for the largest subset
+(the smaller subsets and the NTK probe are prefixes of it, so subsets are nested by
+construction) and for the test sample. `datasets.load_dataset` does all file parsing:
+local files go through its packaged json/csv/parquet/text builders.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
+
+from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound, first_line
+from lensllm.trial.spec import DatasetSpec
+
+# File suffix -> packaged `datasets` builder.
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".text": "text"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One example as text: the prompt (empty for language modelling) and the scored text."""
+
+    prompt: str | None
+    scored: str
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """Training rows in the seeded order (size n = the first n) and the test sample."""
+
+    train: list[Row]
+    test: list[Row]
+    train_split_size: int
+
+
+def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows:
+    """Rows for the first `need_train` examples of the seeded training order and the test sample."""
+    train = _load_split(spec, spec.train_split, "trainSplit")
+    test = _load_split(spec, spec.test_split, "testSplit")
+    for split, name in ((train, spec.train_split), (test, spec.test_split)):
+        _check_fields(spec, split, name)
+    if need_train > len(train):
+        raise BudgetExceedsDataset(
+            f"subsetSizes/ntk.probeSize need {need_train} training examples, "
+            f"split {spec.train_split!r} has {len(train)}"
+        )
+    if len(test) == 0:
+        raise DatasetNotFound(f"dataset.testSplit {spec.test_split!r} is empty")
+    order = np.random.default_rng(seed).permutation(len(train))[:need_train]
+    # A separate stream for the test sample, so changing the budget never changes the test set.
+    test_order = np.sort(np.random.default_rng([seed, 1]).permutation(len(test))[: spec.max_test_examples])
+    return TaskRows(
+        train=_rows(spec, train.select(order)),
+        test=_rows(spec, test.select(test_order)),
+        train_split_size=len(train),
+    )
+
+
+def _load_split(spec: DatasetSpec, split: str, key: str) -> Dataset:
+    try:
+        return load_dataset(**_load_arguments(spec), split=split)
+    except ValueError as err:  # an unknown or malformed split, a missing or unknown config
+        if "split" in str(err).lower():
+            raise DatasetNotFound(f"dataset.{key} {split!r}: {first_line(err)}") from None
+        raise DatasetNotFound(f"dataset.source {spec.source!r} (config {spec.config!r}): {first_line(err)}") from None
+    except (OSError, DatasetGenerationError) as err:  # missing file, unreachable hub, unparsable data
+        raise DatasetNotFound(f"dataset.source {spec.source!r}: {first_line(err)}") from None
+
+
+def _load_arguments(spec: DatasetSpec) -> dict[str, object]:
+    path = Path(spec.source).expanduser()
+    if path.is_file():
+        builder = BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DatasetNotFound(
+                f"dataset.source {spec.source!r}: unknown file type; use one of {', '.join(BUILDERS)}"
+            )
+        return {"path": builder, "data_files": str(path)}
+    if path.is_dir():
+        return {"path": str(path)}
+    if path.is_absolute() or path.suffix.lower() in BUILDERS or spec.source.startswith("."):
+        raise DatasetNotFound(f"dataset.source {spec.source!r}: no such file or directory")
+    return {"path": spec.source, "name": spec.config}
+
+
+def _check_fields(spec: DatasetSpec, split: Dataset, name: str) -> None:
+    wanted = {"textField": spec.text_field, "inputField": spec.input_field, "targetField": spec.target_field}
+    for key, column in wanted.items():
+        if column is not None and column not in split.column_names:
+            raise DatasetFieldMissing(
+                f"dataset.{key} {column!r} is not a column of split {name!r} (columns: {', '.join(split.column_names)})"
+            )
+
+
+def _rows(spec: DatasetSpec, split: Dataset) -> list[Row]:
+    if spec.is_text:
+        return [Row(prompt=None, scored=str(text)) for text in split[spec.text_field]]
+    prompts = [spec.prompt_template.replace("{input}", str(x)) for x in split[spec.input_field]]
+    return [Row(prompt=p, scored=str(t)) for p, t in zip(prompts, split[spec.target_field])]

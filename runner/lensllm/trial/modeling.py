@@ -1,0 +1,149 @@
+"""Model side of a trial: device and dtype choice, loading, LoRA, weight snapshots, losses.
+
+Called by the recipe, the NTK and `bench/runner_throughput.py`. Causal and encoder-decoder
+models are told apart by `config.is_encoder_decoder`, never by name.
+"""
+
+import resource
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, TaskType, get_peft_model
+from torch.func import functional_call
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from lensllm.trial.examples import IGNORE
+from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
+from lensllm.trial.spec import CandidateSpec, LoraSpec
+
+
+def choose_device(requested: str) -> torch.device:
+    """The device the spec asks for; auto takes the current CUDA device when one is visible."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InvalidSpec("device: cuda requested but no CUDA device is visible")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """bfloat16 where the GPU supports it (no loss scaling needed), float32 elsewhere."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def load_candidate(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):
+    """Model and tokenizer of the candidate; the model class follows the config."""
+    _check_local(spec.model)
+    where = {k: v for k, v in {"revision": spec.revision, "gguf_file": spec.gguf_file}.items() if v is not None}
+    try:
+        config = AutoConfig.from_pretrained(spec.model, **where)
+        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(spec.model, **where)
+        # device_map puts the weights straight on the device: no full host copy of a large model first.
+        model = model_class.from_pretrained(spec.model, config=config, dtype=dtype, device_map=device, **where)
+    except (OSError, ValueError) as err:  # not found, not downloadable, or not a model these classes load
+        raise ModelNotFound(f"candidate.model {spec.model!r}: {first_line(err)}") from None
+    if tokenizer.eos_token_id is None:
+        raise InvalidSpec(f"candidate.model {spec.model!r}: its tokenizer has no EOS token to end targets with")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss anyway
+    model.config.use_cache = False  # no generation here; the cache only costs memory in training
+    return model, tokenizer
+
+
+def _check_local(model: str) -> None:
+    """A path that is plainly local gets a clear message instead of a hub lookup."""
+    path = Path(model).expanduser()
+    if (path.is_absolute() or model.startswith(".")) and not path.exists():
+        raise ModelNotFound(f"candidate.model {model!r}: no such directory")
+
+
+def enable_gradient_checkpointing_(model) -> None:
+    """Recompute activations in backward; call it after any peft wrapping.
+
+    The gradient_ name is deprecated in transformers 5.x for activation_, which 5.0 may lack; both go in v6.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Non-reentrant checkpointing needs no grad on its inputs (frozen embeddings under LoRA), so the
+    # hook transformers adds for that is not needed; its requires_grad_() in forward breaks torch.func (the NTK).
+    model.disable_input_require_grads()
+
+
+def apply_lora(model, lora: LoraSpec, *, seq2seq: bool):
+    """Wrap the model with peft LoRA adapters; only the adapters stay trainable."""
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules or "all-linear",
+        task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. target modules that the model does not have
+        raise InvalidSpec(f"training.lora.targetModules: {first_line(err)}") from None
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """Copies of the trainable weights, kept on the CPU so a GPU holds the model only once."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_(model, weights: dict[str, torch.Tensor]) -> None:
+    """Put the snapshot back in place: every subset size starts from the pre-trained weights."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(all parameters, trainable parameters); shared tensors count once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, params: dict | None = None):
+    """Summed cross-entropy (nats) and scored-token count per example.
+
+    With `params`, the model runs with those tensors in place of its own (torch.func), which
+    is how the NTK differentiates with respect to a chosen subset of the weights.
+    """
+    labels = batch["labels"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if seq2seq:
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = (model(**inputs) if params is None else functional_call(model, params, (), inputs)).logits
+    if seq2seq:
+        targets = labels
+    else:  # position t predicts token t + 1
+        logits, targets = logits[:, :-1], labels[:, 1:]
+    nats = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    return nats.sum(dim=1), (targets != IGNORE).sum(dim=1)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak bytes held: allocated on the GPU, else the process's peak resident set (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cudaAllocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "processRss"
+
+
+def training_flops(total: int, trainable: int, tokens: int) -> float:
+    """About 2N forward + 2N activation gradients + 2 x trainable weight gradients per token (6N in full)."""
+    return float((4 * total + 2 * trainable) * tokens)
+
+
+def evaluation_flops(total: int, tokens: int) -> float:
+    return float(2 * total * tokens)

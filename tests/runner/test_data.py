@@ -1,0 +1,158 @@
+import json
+
+import pytest
+import torch
+
+from lensllm.trial.data import Row, load_task_rows
+from lensllm.trial.examples import IGNORE, collate, encode_rows
+from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound
+from lensllm.trial.spec import DatasetSpec
+
+
+@pytest.fixture
+def task_spec(task_dir) -> DatasetSpec:
+    return DatasetSpec(
+        source=str(task_dir),
+        input_field="input",
+        target_field="target",
+        prompt_template="translate : {input} =>",
+        max_test_examples=50,
+    )
+
+
+@pytest.fixture
+def words(language) -> tuple[list[str], list[str]]:
+    """Two source words and two target words of the task's language."""
+    return language.source_words[:2], language.target_words[:2]
+
+
+def scored_tokens(tokenizer, example) -> list[str]:
+    return tokenizer.convert_ids_to_tokens([t for t in example.labels if t != IGNORE])
+
+
+def test_subsets_are_nested_prefixes_of_one_seeded_order(task_spec, task_dir):
+    small = load_task_rows(task_spec, need_train=64, seed=0)
+    large = load_task_rows(task_spec, need_train=512, seed=0)
+    other_seed = load_task_rows(task_spec, need_train=64, seed=1)
+    file_head = [json.loads(line)["target"] for line in (task_dir / "train.jsonl").read_text().splitlines()[:64]]
+    assert large.train[:64] == small.train
+    assert [r.scored for r in small.train] != file_head
+    assert other_seed.train != small.train
+    assert large.test == small.test and len(small.test) == 50  # the budget never changes the test sample
+
+
+def test_causal_example_scores_the_target_and_eos_only(tokenizer, words):
+    (s1, s2), (t1, t2) = words
+    [example] = encode_rows(
+        tokenizer, [Row(prompt=f"translate : {s1} {s2} =>", scored=f"{t1} {t2}")], max_length=32, seq2seq=False
+    )
+    assert tokenizer.convert_ids_to_tokens(example.input_ids) == [
+        "[BOS]",
+        "translate",
+        ":",
+        s1,
+        s2,
+        "=>",
+        t1,
+        t2,
+        "[EOS]",
+    ]
+    assert example.labels[:6] == [IGNORE] * 6
+    assert scored_tokens(tokenizer, example) == [t1, t2, "[EOS]"]
+    assert example.n_bytes == len(f"{t1} {t2}") and example.n_tokens == 9
+
+
+def test_text_example_scores_every_token_after_the_start_token(tokenizer, words):
+    _, (t1, t2) = words
+    [example] = encode_rows(tokenizer, [Row(prompt=None, scored=f"{t1} {t2} {t1}")], max_length=32, seq2seq=False)
+    assert tokenizer.convert_ids_to_tokens(example.input_ids) == ["[BOS]", t1, t2, t1]
+    assert scored_tokens(tokenizer, example) == [t1, t2, t1]
+
+
+def test_seq2seq_example_puts_the_prompt_on_the_encoder_and_the_target_in_the_labels(tokenizer, words):
+    (s1, _), (t1, _) = words
+    [example] = encode_rows(tokenizer, [Row(prompt=f"translate : {s1} =>", scored=t1)], max_length=32, seq2seq=True)
+    assert tokenizer.convert_ids_to_tokens(example.input_ids) == ["translate", ":", s1, "=>"]
+    assert tokenizer.convert_ids_to_tokens(example.labels) == [t1, "[EOS]"]
+
+
+def test_too_long_example_keeps_the_target_head_and_the_prompt_end(tokenizer, words):
+    (s1, s2), (t1, t2) = words
+    row = Row(prompt=f"translate : {s1} {s2} {s1} {s2} =>", scored=f"{t1} {t2} {t1} {t2} {t1} {t2}")
+    [short_prompt] = encode_rows(tokenizer, [row], max_length=8, seq2seq=False)
+    assert tokenizer.convert_ids_to_tokens(short_prompt.input_ids) == ["=>", t1, t2, t1, t2, t1, t2, "[EOS]"]
+    [short_target] = encode_rows(tokenizer, [row], max_length=4, seq2seq=False)
+    assert tokenizer.convert_ids_to_tokens(short_target.input_ids) == ["=>", t1, t2, t1]
+    assert short_target.n_bytes == len(f"{t1} {t2} {t1}")  # only the scored text that survived counts
+    [seq2seq] = encode_rows(tokenizer, [row], max_length=4, seq2seq=True)
+    assert tokenizer.convert_ids_to_tokens(seq2seq.input_ids) == [s2, s1, s2, "=>"]
+    assert tokenizer.convert_ids_to_tokens(seq2seq.labels) == [t1, t2, t1, t2]
+
+
+def test_collate_right_pads_inputs_and_masks_padding_out_of_the_loss(tokenizer, words):
+    (s1, s2), (t1, t2) = words
+    rows = [Row(prompt=f"translate : {s1} =>", scored=t1), Row(prompt=f"translate : {s1} {s2} =>", scored=f"{t1} {t2}")]
+    batch = collate(
+        encode_rows(tokenizer, rows, max_length=32, seq2seq=False),
+        pad_id=tokenizer.pad_token_id,
+        seq2seq=False,
+        device=torch.device("cpu"),
+    )
+    assert batch["input_ids"].shape == (2, 9)
+    assert batch["attention_mask"].sum(1).tolist() == [7, 9]
+    assert batch["input_ids"][0, 7:].tolist() == [tokenizer.pad_token_id] * 2
+    assert batch["labels"][0, 7:].tolist() == [IGNORE] * 2
+
+
+def test_single_file_source_splits_by_slices(tmp_path, task_dir):
+    lines = (task_dir / "train.jsonl").read_text().splitlines()[:100]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    spec = DatasetSpec(
+        source=str(tmp_path / "pairs.jsonl"),
+        input_field="input",
+        target_field="target",
+        train_split="train[:80%]",
+        test_split="train[80%:]",
+    )
+    rows = load_task_rows(spec, need_train=80, seed=0)
+    assert (rows.train_split_size, len(rows.test)) == (80, 20)
+
+
+def test_text_file_source_reads_one_example_per_line(tmp_path):
+    (tmp_path / "train.txt").write_text("".join(f"line {i}\n" for i in range(30)))
+    (tmp_path / "test.txt").write_text("held out\n")
+    rows = load_task_rows(DatasetSpec(source=str(tmp_path), text_field="text"), need_train=30, seed=0)
+    assert sorted(r.scored for r in rows.train) == sorted(f"line {i}" for i in range(30))
+    assert rows.test == [Row(prompt=None, scored="held out")]
+
+
+@pytest.mark.parametrize(
+    ("changes", "need", "error", "message"),
+    [
+        (
+            {"source": "/nonexistent/pairs.jsonl"},
+            10,
+            DatasetNotFound,
+            "dataset.source '/nonexistent/pairs.jsonl': no such file or directory",
+        ),
+        ({"test_split": "validation"}, 10, DatasetNotFound, "dataset.testSplit 'validation'"),
+        (
+            {"target_field": "answer"},
+            10,
+            DatasetFieldMissing,
+            "dataset.targetField 'answer' is not a column of split 'train' (columns: input, target)",
+        ),
+        ({}, 1201, BudgetExceedsDataset, "need 1201 training examples, split 'train' has 1200"),
+    ],
+)
+def test_dataset_problems_are_classified(task_spec, changes, need, error, message):
+    with pytest.raises(error) as caught:
+        load_task_rows(task_spec.model_copy(update=changes), need_train=need, seed=0)
+    assert message in str(caught.value)
+
+
+def test_unparsable_data_file_is_dataset_not_found(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"input": "a", "target": "b"}\nnot json at all\n')
+    spec = DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target")
+    with pytest.raises(DatasetNotFound, match="pairs.jsonl"):
+        load_task_rows(spec, need_train=1, seed=0)

@@ -1,0 +1,25 @@
+import time
+
+import pytest
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_lowers_the_test_loss_of_real_smollm2(smollm2_gguf, task_dir, trial_run, spec_template):
+    """SmolLM2-135M-Instruct (GGUF, de-quantised on load) learns the made-up translation task in a few LoRA steps."""
+    spec = spec_template(smollm2_gguf.parent, task_dir, subsetSizes=[8, 32], targetSize=1000)
+    spec["candidate"]["ggufFile"] = smollm2_gguf.name
+    spec["dataset"]["maxTestExamples"] = 12
+    spec["training"] = {"method": "lora", "learningRate": 2e-3, "batchSize": 8, "maxSeqLength": 48, "lora": {"r": 8}}
+    spec["ntk"] = {"probeSize": 4, "scope": "lora"}
+    start = time.perf_counter()
+    run = trial_run(spec)
+    doc = run.doc
+    assert run.code == 0, run.stderr
+    assert (
+        doc["resources"]["parameters"] > 130_000_000
+        and doc["ntk"]["parameters"] == doc["resources"]["trainableParameters"]
+    )
+    assert doc["zeroShot"]["loss"] > doc["points"][0]["test"]["loss"] > doc["points"][1]["test"]["loss"]
+    assert doc["points"][1]["test"]["bitsPerByte"] < 0.8 * doc["zeroShot"]["bitsPerByte"]
+    peak_gib = doc["resources"]["peakMemoryBytes"] / 2**30
+    print(f"SmolLM2 trial: {time.perf_counter() - start:.1f} s, peak RSS {peak_gib:.2f} GiB")

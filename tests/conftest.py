@@ -1,9 +1,14 @@
-"""Fixtures shared by every test folder: where the published benchmark curves live."""
+"""Fixtures shared by every test folder: the published benchmark curves and the demo's tiny models."""
 
 import os
+import sysconfig
 from pathlib import Path
 
 import pytest
+
+# Tests run models offline (no hub here), and child processes find the venv's `lensllm`.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
 
 REPO = Path(__file__).resolve().parents[1]
 CURVES_DIR = Path(os.environ.get("LENSLLM_CURVES_DIR", REPO.parent / "shared" / "data" / "curves"))
@@ -21,3 +26,17 @@ def curves_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return CURVES_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory) -> Path:
+    """The demo's generated task and three tiny pre-trained causal LMs (lensllm.demo), built once."""
+    import torch
+
+    from lensllm.demo import prepare
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("demo")
+    prepare(folder, n_train=1024, n_test=64)
+    return folder
+

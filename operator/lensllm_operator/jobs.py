@@ -19,7 +19,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_ENV = "LENSLLM_TRIAL_SPEC"
 CONTAINER = "runner"
 TERMINATION_LOG = "/dev/termination-log"
-# Exit code of the runner for an invalid spec: retrying cannot help.
+# Exit code of the runner when the input is wrong (spec, model, dataset, budget): retrying cannot help.
 EXIT_INVALID = 2
 
 
@@ -108,6 +108,8 @@ def _container(spec: LLMSelectionSpec, trial: Trial, resources: Resources, confi
         # The spec travels as JSON in an env var: no quoting issues, no ConfigMap to own.
         {"name": SPEC_ENV, "value": trial_spec.model_dump_json(by_alias=True, exclude_none=True)},
         {"name": "HF_HOME", "value": spec.model_cache.mount_path if spec.model_cache else "/cache/huggingface"},
+        # datasets writes its cache even for local files; keep it off a possibly read-only model cache.
+        {"name": "HF_DATASETS_CACHE", "value": "/work/datasets-cache"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if spec.hf_token_secret_ref:
@@ -147,7 +149,7 @@ def _requirements(resources: Resources) -> dict[str, dict[str, Any]]:
     if resources.memory:
         requests["memory"] = limits["memory"] = resources.memory
     if resources.gpu:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = resources.gpu
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(resources.gpu)  # a quantity is a string
     out: dict[str, dict[str, Any]] = {}
     if requests:
         out["requests"] = requests

@@ -1,57 +1,26 @@
 """`lensllm select --local` end to end: real runner processes on the demo's tiny models."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
+from demo_selection import demo_models, selection_manifest
 
 from lensllm.cli.main import main
 from lensllm.selection.status import LLMSelectionStatus
 
-os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
 
-
-@pytest.fixture(scope="session")
-def demo_world(tmp_path_factory) -> Path:
-    import torch
-
-    from lensllm.demo import prepare
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("demo")
-    prepare(folder, n_train=1024, n_test=64)
-    return folder
-
-
-def manifest(folder: Path, tmp_path: Path, models: dict[str, str], **spec_changes) -> Path:
-    doc = {
-        "apiVersion": "lensllm.io/v1alpha1",
-        "kind": "LLMSelection",
-        "metadata": {"name": "demo"},
-        "spec": {
-            "candidates": [{"name": n, "model": m} for n, m in models.items()],
-            "dataset": {"source": str(folder / "data"), "inputField": "input", "targetField": "target",
-                        "promptTemplate": "{input} =", "maxTestExamples": 32},
-            "budget": {"baseSize": 16, "doublings": 3, "targetSize": 1024},
-            "training": {"learningRate": 0.001, "epochs": 2, "batchSize": 16, "maxSeqLength": 32},
-            "ntk": {"probeSize": 8},
-            **spec_changes,
-        },
-    }
+def write_manifest(tmp_path: Path, doc: dict) -> Path:
     path = tmp_path / "selection.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def demo_models(folder: Path) -> dict[str, str]:
-    return {n: str(folder / "models" / n) for n in ("tiny-gpt2", "tiny-opt", "tiny-llama")}
-
-
 def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(demo_world, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["select", str(manifest(demo_world, tmp_path, demo_models(demo_world))), "--local", "--workers", "2", "--out", str(out)])
+    path = write_manifest(tmp_path, selection_manifest(demo_world, demo_models(demo_world)))
+    code = main(["select", str(path), "--local", "--workers", "2", "--out", str(out)])
     status = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
     assert code == 0 and status.phase == "Complete"
     assert sorted(r.candidate for r in status.ranking) == ["tiny-gpt2", "tiny-llama", "tiny-opt"]
@@ -64,8 +33,8 @@ def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(
 def test_a_candidate_whose_model_is_missing_fails_the_selection_with_its_reason(demo_world, tmp_path):
     models = {"tiny-opt": str(demo_world / "models" / "tiny-opt"), "ghost": str(tmp_path / "no-such-model")}
     out = tmp_path / "out"
-    code = main(["select", str(manifest(demo_world, tmp_path, models, budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})),
-                 "--local", "--out", str(out)])
+    doc = selection_manifest(demo_world, models, budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
+    code = main(["select", str(write_manifest(tmp_path, doc)), "--local", "--out", str(out)])
     status = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
     assert code == 1 and status.phase == "Failed"
     assert status.candidates["ghost"].reason == "ModelNotFound"

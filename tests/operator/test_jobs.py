@@ -76,10 +76,10 @@ def test_resources_scheduling_and_per_candidate_overrides():
     small = build_job("xsum", spec, TRIAL, CONFIG)
     big = build_job("xsum", spec, Trial("big", 0, (1000,)), CONFIG)
     assert container(small)["resources"] == {
-        "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": 1},
-        "limits": {"memory": "32Gi", "nvidia.com/gpu": 1},
+        "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
     }
-    assert container(big)["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 2}
+    assert container(big)["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
     pod = small["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "a100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
 

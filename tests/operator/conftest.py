@@ -1,0 +1,8 @@
+"""Fixtures of the operator's end-to-end tests: an emulated cluster, its kubelet, the operator process, kubectl.
+
+They live in tests/support/cluster.py (on the pythonpath); importing them here is how pytest finds them.
+"""
+
+from cluster import kube, kubectl, kubelet, namespace, operator_process
+
+__all__ = ["kube", "kubectl", "kubelet", "namespace", "operator_process"]

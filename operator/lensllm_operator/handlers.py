@@ -50,10 +50,14 @@ async def job_event(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: A
     await _guarded(memo.ctx, namespace, labels[SELECTION_LABEL])
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def selection_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """When a selection is deleted, drop its metric series (Kubernetes collects its Jobs)."""
-    memo.ctx.metrics.forget(namespace, name)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def selection_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """When a selection is gone, drop its metric series (Kubernetes collects its Jobs).
+
+    A watch event rather than a delete handler: that would need a finalizer on every selection.
+    """
+    if type == "DELETED":
+        memo.ctx.metrics.forget(namespace, name)
 
 
 async def _guarded(ctx: Context, namespace: str, name: str) -> None:

@@ -43,15 +43,18 @@ async def get_selection(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-async def patch_selection_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+async def patch_selection_status(namespace: str, name: str, status: dict[str, Any]) -> bool:
+    """Merge `status` into the selection's status; False when the selection is gone."""
     body = {"status": status}
     try:
         await asyncio.to_thread(
             _custom().patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
         )
     except ApiException as err:
-        if err.status != 404:  # deleted meanwhile: nothing left to report to
-            raise
+        if err.status == 404:  # deleted meanwhile: nothing left to report to
+            return False
+        raise
+    return True
 
 
 async def list_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:

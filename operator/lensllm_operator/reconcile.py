@@ -69,8 +69,8 @@ async def _reconcile(ctx: Context, body: dict[str, Any]) -> None:
     if st.all_finished(status):
         status = st.finalize(status, spec, generation, st.now_iso())
         _announce(ctx, body, status)
-    await kube.patch_selection_status(namespace, name, status.dump())
-    _export(ctx, namespace, name, status)
+    if await kube.patch_selection_status(namespace, name, status.dump()):
+        _export(ctx, namespace, name, status)
 
 
 def _current_status(body: dict[str, Any], spec: LLMSelectionSpec, generation: int | None) -> st.LLMSelectionStatus:

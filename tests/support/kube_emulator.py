@@ -73,6 +73,7 @@ class ApiCall(NamedTuple):
     resource: str
     subresource: str | None
     namespace: str | None
+    user_agent: str = ""
 
 
 class Change(NamedTuple):
@@ -362,7 +363,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.resource.plural and (verb := rbac_verb(request)):
             group, plural = str(request.resource.group), str(request.resource.plural)
-            self.api_calls.append(ApiCall(verb, group, plural, request.subresource, request.namespace))
+            agent = request.headers.get("User-Agent", "")
+            self.api_calls.append(ApiCall(verb, group, plural, request.subresource, request.namespace, agent))
             if "dryRun" in request.params:
                 raise api_error(400, "BadRequest", "dry-run is not emulated")
             if "protobuf" in content_type(request):  # kubectl's typed commands (create configmap, ...) send it

@@ -127,7 +127,7 @@ async def _read_result(
         return st.record_failure(status, candidate, job, "ResultInvalid", f"Job {job}: {_last_line(message)}")
     gpus = gpus_of(spec, candidate)
     outcome = "succeeded" if result.status == "Succeeded" else "failed"
-    ctx.metrics.record_trial(outcome, result.seconds, result.seconds * max(gpus, 1))
+    ctx.metrics.record_trial(outcome, result.seconds, result.seconds * gpus)
     return st.record_result(status, spec, candidate, job, result, gpus)
 
 

@@ -94,7 +94,8 @@ def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them(
     demo_world, kube, namespace, kubelet, start_operator, custom, tmp_path
 ):
     operator = start_operator()
-    doc = selection_manifest(demo_world, demo_models(demo_world), name="trio")
+    # One GPU requested per trial (the emulated kubelet runs them on the CPU): GPU seconds are then counted.
+    doc = selection_manifest(demo_world, demo_models(demo_world), name="trio", resources={"nvidia.com/gpu": 1})
     create(custom, namespace, doc)
     status = wait_for_phase(custom, namespace, "trio", "Complete", "Failed")
     assert status.phase == "Complete", status.conditions
@@ -116,9 +117,11 @@ def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them(
     for name, entry in status.candidates.items():
         predicted = operator.sample("lensllm_candidate_predicted_loss", namespace=namespace, selection="trio", candidate=name)
         assert predicted == pytest.approx(entry.predicted_loss)
+    assert status.compute.gpu_seconds > 0
     assert operator.sample("lensllm_selection_gpu_seconds", namespace=namespace, selection="trio") == pytest.approx(
         status.compute.gpu_seconds
     )
+    assert operator.sample("lensllm_gpu_seconds_total") == pytest.approx(status.compute.gpu_seconds)
     assert operator.sample("lensllm_reconcile_errors_total") == 0
 
 

@@ -170,7 +170,7 @@ def record_result(
     entry.zero_shot = _point(0, result.zero_shot) if result.zero_shot else entry.zero_shot
     entry.ntk = result.ntk or entry.ntk
     entry.flops += _trial_flops(result)
-    entry.gpu_seconds += result.seconds * max(gpus, 1)
+    entry.gpu_seconds += result.seconds * gpus  # GPUs held for the whole trial; none on CPU
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
     entry.full_finetune_flops, entry.full_finetune_gpu_seconds = _full_finetune_estimate(result, spec, gpus)
@@ -202,7 +202,7 @@ def _full_finetune_estimate(result: TrialResult, spec: LLMSelectionSpec, gpus: i
         return None, None
     largest = trained[-1]
     scale = spec.budget.target_size / largest.size
-    return largest.train.flops * scale, largest.train.seconds * scale * max(gpus, 1)
+    return largest.train.flops * scale, largest.train.seconds * scale * gpus
 
 
 def _with_totals(status: LLMSelectionStatus) -> LLMSelectionStatus:

@@ -45,3 +45,12 @@ def test_trial_spec_carries_the_selection_settings_for_one_candidate():
     assert (trial.subset_sizes, trial.target_size, trial.seed) == ([100, 200], 10_000, 7)
     assert trial.training.learning_rate == 0.01
     assert trial.dataset == selection.dataset
+
+
+def test_the_methods_a_selection_accepts_are_exactly_the_selectors():
+    from typing import get_args
+
+    from lensllm.science.selectors import SELECTORS
+    from lensllm.selection.spec import MethodName
+
+    assert list(get_args(MethodName)) == list(SELECTORS)

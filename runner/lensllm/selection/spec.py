@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lensllm.science.selectors import SELECTORS
 from lensllm.trial.spec import CandidateSpec, DatasetSpec, NTKSpec, TrainingSpec, TrialSpec, WireModel
 
 GROUP = "lensllm.io"
@@ -133,9 +132,7 @@ class LLMSelectionSpec(WireModel):
         return candidates
 
     @model_validator(mode="after")
-    def _method_is_known(self) -> "LLMSelectionSpec":
-        if self.method not in SELECTORS:
-            raise ValueError(f"unknown method {self.method!r}")
+    def _ntk_scope_fits_training(self) -> "LLMSelectionSpec":
         if self.ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":
             raise ValueError("ntk.scope lora needs training.method lora")
         return self

@@ -45,6 +45,7 @@ def test_trial_spec_carries_the_selection_settings_for_one_candidate():
     assert (trial.subset_sizes, trial.target_size, trial.seed) == ([100, 200], 10_000, 7)
     assert trial.training.learning_rate == 0.01
     assert trial.dataset == selection.dataset
+    assert trial.fit_metric == "bitsPerByte"  # what the selection ranks by
 
 
 def test_the_methods_a_selection_accepts_are_exactly_the_selectors():

@@ -151,6 +151,8 @@ class LLMSelectionSpec(WireModel):
             seed=self.seed,
             training=self.training,
             ntk=self.ntk,
+            # The trial's own fits use the metric the selection ranks by: comparable across tokenizers.
+            fit_metric="bitsPerByte",
         )
 
     def resources_for(self, name: str) -> Resources:

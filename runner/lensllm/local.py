@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lensllm.selection import status as st
-from lensllm.selection.manifest import Manifest
+from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, next_trials
 from lensllm.trial.result import TrialResult
 
@@ -52,6 +52,8 @@ def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
                 status = st.record_failure(status, trial.candidate, trial_id, *failure)
     status = st.finalize(status, spec, 1, st.now_iso())
     (run.out / "status.json").write_text(json.dumps(status.dump(), indent=2) + "\n")
+    selection = selection_object(run.manifest, status.dump())
+    (run.out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     return status
 
 

@@ -30,6 +30,13 @@ def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(
     assert "tiny-llama" in capsys.readouterr().out
 
 
+    plot = tmp_path / "report.png"
+    assert main(["report", str(out / "selection.json"), "--plot", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert table.index("tiny-llama") < table.index("tiny-gpt2") and "Complete" in table
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_candidate_whose_model_is_missing_fails_the_selection_with_its_reason(demo_world, tmp_path):
     models = {"tiny-opt": str(demo_world / "models" / "tiny-opt"), "ghost": str(tmp_path / "no-such-model")}
     out = tmp_path / "out"
@@ -57,3 +64,10 @@ def test_bad_manifests_exit_2_with_one_line(text, expected, tmp_path, capsys):
     code = main(["select", str(path), "--local"])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
+    doc = selection_manifest(tmp_path, {"a": "gpt2"})
+    path = write_manifest(tmp_path, doc)
+    assert main(["report", str(path)]) == 2
+    assert "has no status yet" in capsys.readouterr().err

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from lensllm.cli.report import plot_selection, ranking_table
 from lensllm.errors import LensLLMError
 
 
@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "select",
         help="run an LLMSelection manifest locally (--local) and rank its candidates",
         description="Run every candidate's trial as a local runner process, then rank them exactly as the "
-        "operator would. Writes status.json (the resource's .status), per-trial results and curves.png.",
+        "operator would. Writes status.json (the resource's .status), selection.json (the whole resource, "
+        "for `lensllm report`), per-trial results and curves.png.",
     )
     p.add_argument("selection", type=Path, metavar="SELECTION.yaml", help="an LLMSelection manifest")
     p.add_argument("--local", action="store_true", required=True, help="run here instead of on a cluster")
@@ -55,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
         status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
     Console().print(ranking_table(status, manifest.spec.budget.target_size))
-    _plot(status, manifest.spec, out / "curves.png")
-    print(f"status: {out / 'status.json'}  plot: {out / 'curves.png'}", file=sys.stderr)
+    if status.ranking:
+        plot_selection(status, manifest.spec, out / "curves.png")
+    print(f"status: {out / 'status.json'}  resource: {out / 'selection.json'}  plot: {out / 'curves.png'}", file=sys.stderr)
     return 0 if status.phase == "Complete" else 1
 
 
@@ -71,35 +73,3 @@ def _describe(event: dict) -> str:
     if kind == "zeroShot":
         return f"zero-shot loss {event.get('loss', float('nan')):.3f}"
     return str(kind)
-
-
-def ranking_table(status, target: int) -> Table:
-    table = Table(title=f"{status.phase}: predicted bits per byte at {target:,} examples ({status.method})")
-    for column, justify in (("rank", "right"), ("candidate", "left"), ("predicted", "right"),
-                            ("observed (largest)", "right"), ("zero-shot", "right"), ("state", "left")):
-        table.add_column(column, justify=justify)
-    order = sorted(status.candidates.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0, kv[0]))
-    for name, entry in order:
-        table.add_row(
-            str(entry.rank or "-"),
-            name,
-            f"{entry.predicted_loss:.4f}" if entry.predicted_loss is not None else "-",
-            f"{entry.points[-1].bits_per_byte:.4f}" if entry.points else "-",
-            f"{entry.zero_shot.bits_per_byte:.4f}" if entry.zero_shot else "-",
-            entry.state if entry.state != "Failed" else f"Failed: {entry.reason}",
-        )
-    return table
-
-
-def _plot(status, spec, path: Path) -> None:
-    from lensllm.cli.plots import plot_fits
-    from lensllm.science.selectors import select
-    from lensllm.selection.status import selection_curves
-
-    if not status.ranking:
-        return
-    curves, spectra = selection_curves(status)
-    selection = select(spec.method, curves, spec.budget.target_size, ntk=spectra)
-    plot_fits(curves, curves, selection, spec.budget.target_size, path, ylabel="test bits per byte")
-
-

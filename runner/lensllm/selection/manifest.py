@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -24,14 +25,24 @@ class Manifest:
 
 
 def read_manifest(path: Path) -> Manifest:
+    return parse_manifest(load_document(path), path)
+
+
+def load_document(path: Path, stdin_text: str | None = None) -> Any:
+    """The YAML (or JSON) document in `path`, or in `stdin_text` when path is '-'."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = stdin_text if str(path) == "-" else path.read_text(encoding="utf-8")
+        return yaml.safe_load(text)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: cannot read ({type(err).__name__})") from None
     except yaml.YAMLError as err:
         raise ManifestError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def parse_manifest(doc: Any, path: Path) -> Manifest:
+    """Check that `doc` is an LLMSelection with a valid spec (its status, if any, is not looked at)."""
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: expected one LLMSelection object, got {type(doc).__name__}")
     if doc.get("apiVersion") != f"{GROUP}/{VERSION}" or doc.get("kind") != KIND:
@@ -49,3 +60,14 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest(
         name=str(metadata["name"]), namespace=str(metadata.get("namespace", "default")), spec=spec, folder=path.parent
     )
+
+
+def selection_object(manifest: Manifest, status: dict) -> dict:
+    """The whole resource, as `kubectl get llmsel NAME -o json` shows it on a cluster."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": manifest.name, "namespace": manifest.namespace},
+        "spec": manifest.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "status": status,
+    }

@@ -1,0 +1,79 @@
+"""`lensllm report SELECTION.json|-`: the ranking table and curve plot of a finished selection.
+
+Reads the whole resource, from a cluster (`kubectl get llmsel NAME -o json | lensllm report -`)
+or from local mode (`lensllm-out/<name>/selection.json`). `lensllm select` prints the same table.
+"""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lensllm.errors import LensLLMError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="ranking table and curve plot of a selection (a resource with its status)")
+    p.add_argument("selection", type=Path, metavar="SELECTION.json|-", help="the LLMSelection with its status, or - for stdin")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="every candidate's curve and fit, log-log")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from lensllm.cli.options import check_plot_path
+    from lensllm.selection.manifest import load_document, parse_manifest
+    from lensllm.selection.status import LLMSelectionStatus
+    from lensllm.trial.spec import validation_message
+
+    check_plot_path(args.plot)
+    doc = load_document(args.selection, stdin_text=sys.stdin.read() if str(args.selection) == "-" else None)
+    manifest = parse_manifest(doc, args.selection)
+    try:
+        status = LLMSelectionStatus.model_validate(doc.get("status") or {})
+    except ValidationError as err:
+        raise LensLLMError(f"{args.selection}: status.{validation_message(err)}") from None
+    if status.phase == "Pending" and not status.candidates:
+        raise LensLLMError(f"{args.selection}: the selection has no status yet")
+    Console().print(ranking_table(status, manifest.spec.budget.target_size))
+    if args.plot is not None:
+        plot_selection(status, manifest.spec, args.plot)
+    return 0
+
+
+def ranking_table(status, target: int) -> Table:
+    table = Table(title=f"{status.phase}: predicted bits per byte at {target:,} examples ({status.method})")
+    for column, justify in (("rank", "right"), ("candidate", "left"), ("predicted", "right"),
+                            ("observed (largest)", "right"), ("zero-shot", "right"), ("state", "left")):
+        table.add_column(column, justify=justify)
+    order = sorted(status.candidates.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0, kv[0]))
+    for name, entry in order:
+        table.add_row(
+            str(entry.rank or "-"),
+            name,
+            f"{entry.predicted_loss:.4f}" if entry.predicted_loss is not None else "-",
+            f"{entry.points[-1].bits_per_byte:.4f}" if entry.points else "-",
+            f"{entry.zero_shot.bits_per_byte:.4f}" if entry.zero_shot else "-",
+            entry.state if entry.state != "Failed" else f"Failed: {entry.reason}",
+        )
+    return table
+
+
+def plot_selection(status, spec, path: Path) -> None:
+    """Observed points and the ranking method's fitted curves of the succeeded candidates."""
+    from lensllm.cli.plots import plot_fits
+    from lensllm.science.laws import LawWarning
+    from lensllm.science.selectors import select
+    from lensllm.selection.status import selection_curves
+
+    if not status.ranking:
+        raise LensLLMError("no candidate succeeded: nothing to plot")
+    curves, spectra = selection_curves(status)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        selection = select(spec.method, curves, spec.budget.target_size, ntk=spectra)
+    plot_fits(curves, curves, selection, spec.budget.target_size, path, ylabel="test bits per byte")

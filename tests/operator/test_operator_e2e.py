@@ -1,6 +1,7 @@
 """The real operator process against the emulated API server, with a kubelet that runs the real
 `lensllm run-trial` for every Job the operator creates."""
 
+import io
 import json
 import sys
 import urllib.request
@@ -125,7 +126,9 @@ def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them(
     assert operator.sample("lensllm_reconcile_errors_total") == 0
 
 
-def test_kubectl_apply_of_a_manifest_file_starts_a_selection(demo_world, namespace, kubelet, start_operator, kubectl, tmp_path, custom):
+def test_kubectl_apply_of_a_manifest_file_starts_a_selection_and_reports_it(
+    demo_world, namespace, kubelet, start_operator, kubectl, tmp_path, custom, monkeypatch, capsys
+):
     start_operator()
     path = tmp_path / "selection.yaml"
     doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="applied", namespace=namespace,
@@ -136,6 +139,11 @@ def test_kubectl_apply_of_a_manifest_file_starts_a_selection(demo_world, namespa
     assert status.phase == "Complete", status.conditions
     shown = kubectl("get", "llmsel", "applied", "-n", namespace, "-o", "jsonpath={.status.phase} {.status.best} {.status.progress}")
     assert shown.stdout == "Complete tiny-opt 1/1"
+
+    as_json = kubectl("get", "llmsel", "applied", "-n", namespace, "-o", "json").stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(as_json))  # kubectl get ... -o json | lensllm report -
+    assert main(["report", "-"]) == 0
+    assert "tiny-opt" in capsys.readouterr().out
 
 
 def test_parallelism_one_runs_one_job_at_a_time_and_a_missing_model_degrades_the_selection(

@@ -3,7 +3,7 @@
 # printed by `lensllm bench`. Usage: bash scripts/benchmarks.sh [CURVES_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-curves=${1:-../shared/data/curves}
+curves=${1:-data/curves}
 lensllm=${LENSLLM:-.venv/bin/lensllm}
 tmp=$(mktemp -d)
 

@@ -116,6 +116,12 @@ def test_the_compute_cap_is_respected_and_equals_cutting_the_uncapped_race(curve
     assert (cut.decisions, cut.ranking, cut.compute_fraction) == (ran.decisions, ran.ranking, ran.compute_fraction)
 
 
+def test_a_capped_race_cannot_be_stretched_to_a_looser_cap(curves, replay):
+    tight = capped(curves, TARGET, replay, 0.002)
+    with pytest.raises(CurveError, match="cannot tell what a cap of 0.01 would do"):
+        capped(curves, TARGET, tight, 0.01)
+
+
 def test_a_cap_below_round_0_still_runs_round_0_and_stops_there(curves):
     ran = replay_race(curves, TARGET, RaceSettings(max_compute_fraction=1e-6), seed=0)
     assert ran.rounds == 1 and ran.stop == "computeCap"

@@ -59,7 +59,7 @@ def test_draws_are_fixed_by_the_seed_and_do_not_depend_on_the_other_candidates()
     assert not np.array_equal(alone[0].draws, other_round[0].draws)
     # The pooled noise depends on the company, the standard normal draws do not: rescale to compare.
     together, noise_all = predictive_distributions(curves, TARGET, draws=50, seed=(9, 2))
-    assert together[0].point == alone[0].point
+    assert together[0].fitted == alone[0].fitted
     assert np.corrcoef(np.log(together[0].draws), np.log(alone[0].draws))[0, 1] > 0.95
 
 

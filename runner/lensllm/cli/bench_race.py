@@ -13,7 +13,7 @@ from pathlib import Path
 from lensllm.cli import options, race_render
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import LawWarning
-from lensllm.science.race_replay import fixed_budget_points, race_points, race_runs
+from lensllm.science.race_replay import capped, fixed_budget_points, race_points, race_runs, races_by_epsilon
 from lensllm.science.racing import RaceSettings
 
 
@@ -57,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.curves).stem
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # hundreds of bootstrap fits; bounds are expected
-        runs = race_runs(curves, target, settings, seeds)
         if args.format == "csv":
-            sys.stdout.write(race_render.runs_csv(runs))
+            sys.stdout.write(race_render.runs_csv(race_runs(curves, target, settings, seeds)))
             return 0
-        front = race_points(curves, target, settings, seeds)
+        races = races_by_epsilon(curves, target, settings, seeds)
+        runs = [capped(curves, target, r, settings.max_compute_fraction) for r in races[settings.epsilon]]
+        front = race_points(curves, target, races)
         fixed = fixed_budget_points(curves, target, "ats", args.ratios)
     if args.format == "table":
         race_render.print_race_tables(name, runs, front, fixed)

@@ -96,8 +96,10 @@ def capped(curves: Curves, target: float, replay: RaceReplay, max_compute_fracti
 
     The cap only decides when to stop, never who is eliminated, so a capped race is the
     uncapped one cut after the first round whose successor it could not pay for: one
-    replay yields the race at every cap.
+    replay yields the race at every cap below its own.
     """
+    if replay.stop == "computeCap" and max_compute_fraction > replay.settings.max_compute_fraction:
+        raise CurveError(f"a race stopped by its cap {replay.settings.max_compute_fraction:g} cannot tell what a cap of {max_compute_fraction:g} would do")
     for k, d in enumerate(replay.decisions):
         if d.stop or d.compute_fraction + d.next_compute_fraction > max_compute_fraction:
             break
@@ -155,6 +157,18 @@ def race_runs(curves: Curves, target: float, settings: RaceSettings, seeds: Sequ
     return [replay_race(curves, target, settings, seed) for seed in seeds]
 
 
+def races_by_epsilon(
+    curves: Curves, target: float, settings: RaceSettings, seeds: Sequence[int], epsilons: Sequence[float] = FRONT_EPSILONS
+) -> dict[float, list[RaceReplay]]:
+    """Per epsilon (the grid and the settings' own), the race with the loosest cap of the grid, once per seed;
+    `capped` turns each into the race at any smaller cap."""
+    loosest = max(settings.max_compute_fraction, *FRONT_CAPS)
+    return {
+        epsilon: race_runs(curves, target, dataclasses.replace(settings, epsilon=epsilon, max_compute_fraction=loosest), seeds)
+        for epsilon in sorted({*epsilons, settings.epsilon})
+    }
+
+
 def mean_point(label: str, runs: Sequence[RaceReplay]) -> QualityPoint:
     """Mean compute and quality of runs of one race setting (one per seed)."""
     return QualityPoint(
@@ -167,21 +181,14 @@ def mean_point(label: str, runs: Sequence[RaceReplay]) -> QualityPoint:
 
 
 def race_points(
-    curves: Curves,
-    target: float,
-    settings: RaceSettings,
-    seeds: Sequence[int],
-    caps: Sequence[float] = FRONT_CAPS,
-    epsilons: Sequence[float] = FRONT_EPSILONS,
+    curves: Curves, target: float, races: dict[float, list[RaceReplay]], caps: Sequence[float] = FRONT_CAPS
 ) -> list[QualityPoint]:
-    """The race at every (epsilon, cap) of the grid, other settings as given, averaged over seeds."""
-    points = []
-    for epsilon in epsilons:
-        free = dataclasses.replace(settings, epsilon=epsilon, max_compute_fraction=max(caps))
-        runs = race_runs(curves, target, free, seeds)
-        for cap in caps:
-            points.append(mean_point(f"race eps={epsilon:g} cap={cap:g}", [capped(curves, target, r, cap) for r in runs]))
-    return points
+    """The race at every (epsilon, cap) of the grid, averaged over seeds."""
+    return [
+        mean_point(f"race eps={epsilon:g} cap={cap:g}", [capped(curves, target, r, cap) for r in runs])
+        for epsilon, runs in races.items()
+        for cap in caps
+    ]
 
 
 def fixed_budget_points(curves: Curves, target: float, method: str = "ats", ratios: Sequence[int] = PAPER_RATIOS) -> list[QualityPoint]:

@@ -173,7 +173,7 @@ def decide(
     )
     p_best = probability_best(np.stack([p.draws for p in predictive]))
     assessments = tuple(
-        Assessment(c.name, round, max(c.sizes), p.point, p.interval(settings.interval_level), float(pb))
+        Assessment(c.name, round, max(c.sizes), p.loss, p.interval(settings.interval_level), float(pb))
         for c, p, pb in zip(racing, predictive, p_best)
     )
     leader = int(np.argmax(p_best))

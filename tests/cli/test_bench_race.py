@@ -45,11 +45,12 @@ def test_race_csv_has_the_contract_header_and_one_row_per_seed(race_csv, capsys)
     code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "2", "--format", "csv"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0
-    assert list(rows[0]) == ["seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "selected", "survivors"]
+    assert list(rows[0]) == ["seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors"]
     assert [r["seed"] for r in rows] == ["0", "1"]
     for row in rows:
         assert row["selected"] == "late" and float(row["relacc"]) == 1.0
         assert 0 < float(row["compute_fraction"]) < 1 and 1 <= int(row["rounds"]) <= 7
+        assert 0 <= float(row["coverage"]) <= 1
         assert row["stop"] in ("confident", "exhausted", "computeCap")
 
 
@@ -76,7 +77,7 @@ def test_race_markdown_and_table_show_runs_rounds_and_the_comparison(race_csv, c
     code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "1", "--ratios", "2,4", "--format", "markdown"], capsys)
     assert code == 0
     assert out.startswith("Race (epsilon 0.01, delta 0.05, compute cap 5%")
-    assert "| seed | rounds | stop | compute (%) | RelAcc (%) | PearCorr (%) | selected | survivors |" in out
+    assert "| seed | rounds | stop | compute (%) | RelAcc (%) | PearCorr (%) | 90% intervals holding the truth (%) | selected | survivors |" in out
     assert "Rounds of the race with seed 0" in out and "| ats 1/2 |" in out
     assert "fixed-budget AtS" in out.splitlines()[-1]
     code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "1", "--ratios", "2"], capsys)

@@ -15,7 +15,7 @@ from lensllm.cli.render import _csv, _pct
 from lensllm.science.race_replay import QualityPoint, RaceReplay, pareto_front, undominated
 from lensllm.science.racing import RaceSettings
 
-RUNS_CSV_HEADER = ("seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "selected", "survivors")
+RUNS_CSV_HEADER = ("seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors")
 
 Section = tuple[str, list[str], list[list[str]]]
 
@@ -29,24 +29,19 @@ def describe(settings: RaceSettings) -> str:
 
 
 def runs_csv(runs: Sequence[RaceReplay]) -> str:
-    return _csv([RUNS_CSV_HEADER] + [[r.seed, r.rounds, r.stop, r.compute_fraction, r.relacc, r.pearcorr, r.selected, r.survivors] for r in runs])
+    return _csv([RUNS_CSV_HEADER] + [[getattr(r, k) for k in RUNS_CSV_HEADER] for r in runs])
 
 
 def _runs_section(runs: Sequence[RaceReplay]) -> Section:
-    header = ["seed", "rounds", "stop", "compute (%)", "RelAcc (%)", "PearCorr (%)", "selected", "survivors"]
-    rows = [[str(r.seed), str(r.rounds), r.stop, f"{100 * r.compute_fraction:.2f}", _pct(r.relacc), _pct(r.pearcorr), r.selected, str(r.survivors)] for r in runs]
+    header = ["seed", "rounds", "stop", "compute (%)", "RelAcc (%)", "PearCorr (%)", f"{100 * runs[0].settings.interval_level:g}% intervals holding the truth (%)", "selected", "survivors"]
+    rows = [
+        [str(r.seed), str(r.rounds), r.stop, f"{100 * r.compute_fraction:.2f}", _pct(r.relacc), _pct(r.pearcorr), _pct(r.coverage), r.selected, str(r.survivors)]
+        for r in runs
+    ]
     n = len(runs)
+    mean = {k: sum(getattr(r, k) for r in runs) / n for k in ("rounds", "compute_fraction", "relacc", "pearcorr", "coverage")}
     rows.append(
-        [
-            "mean",
-            f"{sum(r.rounds for r in runs) / n:.1f}",
-            "",
-            f"{100 * sum(r.compute_fraction for r in runs) / n:.2f}",
-            _pct(sum(r.relacc for r in runs) / n),
-            _pct(sum(r.pearcorr for r in runs) / n),
-            "",
-            "",
-        ]
+        ["mean", f"{mean['rounds']:.1f}", "", f"{100 * mean['compute_fraction']:.2f}", _pct(mean["relacc"]), _pct(mean["pearcorr"]), _pct(mean["coverage"]), "", ""]
     )
     return f"Race ({describe(runs[0].settings)})", header, rows
 
@@ -134,6 +129,7 @@ def _run_record(run: RaceReplay) -> dict:
         "compute_fraction": run.compute_fraction,
         "relacc": run.relacc,
         "pearcorr": run.pearcorr,
+        "coverage": run.coverage,
         "selected": run.selected,
         "ranking": [{**dataclasses.asdict(r), "lower_confidence": r.lower_confidence} for r in run.ranking],
         "decisions": [

@@ -3,7 +3,8 @@
 A table holds every candidate's loss at every subset size, so "running" a size is reading
 its column; the race decides (`lensllm.science.racing`) exactly as it would between real
 rounds. The ladder is every size column below the target; the target column is the truth
-the ranking is scored against (RelAcc, PearCorr), never measured by the race.
+the ranking is scored against (RelAcc, PearCorr, and the coverage of the prediction
+intervals), never measured by the race.
 
 Compute is counted as the product would: subset size x parameters summed over measured
 points, as a fraction of fine-tuning every candidate on the target. A fixed budget that
@@ -46,6 +47,7 @@ class RaceReplay:
     relacc: float
     pearcorr: float
     selected: str
+    coverage: float
 
     @property
     def rounds(self) -> int:
@@ -128,6 +130,7 @@ def _scored(curves, target, settings, seed, decisions) -> RaceReplay:
         relacc=relacc(true, curves.models.index(ranking[0].name)),
         pearcorr=pearcorr(scores, true),
         selected=ranking[0].name,
+        coverage=float(np.mean([r.interval[0] <= true[curves.models.index(r.name)] <= r.interval[1] for r in ranking])),
     )
 
 

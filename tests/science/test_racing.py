@@ -193,6 +193,8 @@ def test_compute_fraction_weights_each_point_by_parameters():
         ({"max_compute_fraction": -1.0}, "max_compute_fraction"),
         ({"initial_sizes": 0}, "initial_sizes must be a positive integer"),
         ({"max_rounds": 2.5}, "max_rounds must be a positive integer"),
+        ({"laws": ("lensllm", "magic")}, "laws must be distinct names among lensllm, vanilla"),
+        ({"laws": ()}, "laws must be distinct"),
     ],
 )
 def test_bad_settings_are_typed_errors_naming_the_setting(change, match):

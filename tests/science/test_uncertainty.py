@@ -33,34 +33,43 @@ def measured(laws: np.ndarray, noise: float, seed: int) -> list[MeasuredCurve]:
 
 @pytest.mark.parametrize("noise", [0.005, 0.02])
 def test_the_pooled_noise_recovers_the_injected_noise(noise):
-    _, found = predictive_distributions(measured(random_laws(30, 1), noise, 2), TARGET, draws=20, seed=(0, 0))
-    assert 0.6 * noise <= found <= 1.4 * noise
+    found = predictive_distributions(measured(random_laws(30, 1), noise, 2), TARGET, draws=20, seed=(0, 0), laws=["lensllm"]).noise
+    assert 0.6 * noise <= found["lensllm"] <= 1.4 * noise
 
 
 def test_noise_free_curves_get_the_floor_not_zero():
-    _, found = predictive_distributions(measured(random_laws(5, 1), 0.0, 2), TARGET, draws=20, seed=(0, 0))
-    assert found == MIN_LOG_NOISE
+    found = predictive_distributions(measured(random_laws(5, 1), 0.0, 2), TARGET, draws=20, seed=(0, 0), laws=["lensllm"]).noise
+    assert found == {"lensllm": MIN_LOG_NOISE}
 
 
 def test_most_90_percent_intervals_hold_the_true_loss_when_the_law_is_right():
     laws = random_laws(60, 3)
-    predictive, _ = predictive_distributions(measured(laws, 0.01, 4), TARGET, draws=200, seed=(0, 0))
+    predictive = predictive_distributions(measured(laws, 0.01, 4), TARGET, draws=200, seed=(0, 0), laws=["lensllm"]).predictive
     truth = np.array([rectified_loss(np.array([TARGET]), *law)[0] for law in laws])
     inside = np.mean([p.interval(0.9)[0] <= t <= p.interval(0.9)[1] for p, t in zip(predictive, truth)])
     assert 0.75 <= inside <= 1.0
 
 
+def test_the_law_that_fits_the_curves_better_is_the_one_that_extrapolates():
+    rectified_curves = measured(random_laws(10, 9), 0.005, 10)
+    chosen = predictive_distributions(rectified_curves, TARGET, draws=20, seed=(0, 0))
+    assert chosen.law == "lensllm" and chosen.noise["lensllm"] < chosen.noise["vanilla"]
+    # Pure power laws with a zero-shot loss far above them: the rectified form cannot bend that far.
+    power = [MeasuredCurve(f"p{i}", SIZES, 30.0 * SIZES ** -(0.3 + 0.05 * i) + 0.5, zero_shot=20.0) for i in range(6)]
+    chosen = predictive_distributions(power, TARGET, draws=20, seed=(0, 0))
+    assert chosen.law == "vanilla" and chosen.noise["vanilla"] < chosen.noise["lensllm"]
+
+
 def test_draws_are_fixed_by_the_seed_and_do_not_depend_on_the_other_candidates():
     curves = measured(random_laws(4, 5), 0.01, 6)
-    alone, _ = predictive_distributions(curves[:1], TARGET, draws=50, seed=(9, 2))
-    again, _ = predictive_distributions(curves[:1], TARGET, draws=50, seed=(9, 2))
-    other_round, _ = predictive_distributions(curves[:1], TARGET, draws=50, seed=(9, 3))
-    np.testing.assert_array_equal(alone[0].draws, again[0].draws)
-    assert not np.array_equal(alone[0].draws, other_round[0].draws)
-    # The pooled noise depends on the company, the standard normal draws do not: rescale to compare.
-    together, noise_all = predictive_distributions(curves, TARGET, draws=50, seed=(9, 2))
-    assert together[0].fitted == alone[0].fitted
-    assert np.corrcoef(np.log(together[0].draws), np.log(alone[0].draws))[0, 1] > 0.95
+    def draws(company, seed):
+        return predictive_distributions(company, TARGET, draws=50, seed=seed, laws=["lensllm"]).predictive[0].draws
+
+    alone = draws(curves[:1], (9, 2))
+    np.testing.assert_array_equal(alone, draws(curves[:1], (9, 2)))
+    assert not np.array_equal(alone, draws(curves[:1], (9, 3)))
+    # The pooled noise depends on the company, the standard normal draws do not.
+    assert np.corrcoef(np.log(draws(curves, (9, 2))), np.log(alone))[0, 1] > 0.95
 
 
 def test_p_best_of_two_normals_matches_the_closed_form():

@@ -15,10 +15,11 @@ from lensllm.errors import LensLLMError
 from lensllm.science.laws import LawWarning
 from lensllm.science.race_replay import capped, fixed_budget_points, race_points, race_runs, races_by_epsilon
 from lensllm.science.racing import RaceSettings
+from lensllm.science.uncertainty import LAWS
 
 
 # RaceSettings fields the command line sets (as --epsilon, --max-compute-fraction, ...).
-SETTINGS_FIELDS = ("epsilon", "delta", "max_compute_fraction", "initial_sizes", "sizes_per_round", "max_rounds")
+SETTINGS_FIELDS = ("epsilon", "delta", "max_compute_fraction", "initial_sizes", "sizes_per_round", "max_rounds", "laws")
 DEFAULT_SEEDS = 3
 
 
@@ -37,7 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     race.add_argument("--initial-sizes", type=options.positive_int, help=f"sizes of round 0 (default {d.initial_sizes})")
     race.add_argument("--sizes-per-round", type=options.positive_int, help=f"sizes each later round adds (default {d.sizes_per_round})")
     race.add_argument("--max-rounds", type=options.positive_int, help=f"rounds at most (default {d.max_rounds})")
+    race.add_argument("--laws", type=law_list, help=f"laws whose bootstrap draws are pooled (default {','.join(d.laws)})")
     race.add_argument("--seeds", type=options.positive_int, help=f"replay with seeds 0..N-1 (default {DEFAULT_SEEDS})")
+
+
+def law_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in LAWS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected laws among {', '.join(LAWS)}, got {text!r}")
+    return names
 
 
 def given_race_options(args: argparse.Namespace) -> list[str]:

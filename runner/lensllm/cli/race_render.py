@@ -24,7 +24,8 @@ def describe(settings: RaceSettings) -> str:
     """The settings in one line."""
     return (
         f"epsilon {settings.epsilon:g}, delta {settings.delta:g}, compute cap {100 * settings.max_compute_fraction:g}%, "
-        f"{settings.initial_sizes} sizes then {settings.sizes_per_round} per round, at most {settings.max_rounds} rounds"
+        f"{settings.initial_sizes} sizes then {settings.sizes_per_round} per round, at most {settings.max_rounds} rounds, "
+        f"laws {' + '.join(settings.laws)}"
     )
 
 
@@ -47,7 +48,7 @@ def _runs_section(runs: Sequence[RaceReplay]) -> Section:
 
 
 def _rounds_section(run: RaceReplay) -> Section:
-    header = ["round", "sizes up to", "candidates", "eliminated", "compute after (%)", "leader", "its P(best)", "noise (log)"]
+    header = ["round", "sizes up to", "candidates", "eliminated", "compute after (%)", "leader", "its P(best)", "law (pooled noise per law, log)"]
     rows = []
     for d in run.decisions:
         leader = max(d.assessments, key=lambda a: a.p_best)
@@ -60,7 +61,7 @@ def _rounds_section(run: RaceReplay) -> Section:
                 f"{100 * d.compute_fraction:.2f}",
                 leader.name,
                 f"{leader.p_best:.3f}",
-                f"{d.noise:.4f}",
+                f"{d.law} (" + ", ".join(f"{law} {value:.4f}" for law, value in d.noise.items()) + ")",
             ]
         )
     return f"Rounds of the race with seed {run.seed} (stopped: {run.stop})", header, rows
@@ -137,6 +138,7 @@ def _run_record(run: RaceReplay) -> dict:
                 "round": d.round,
                 "stop": d.stop,
                 "compute_fraction": d.compute_fraction,
+                "law": d.law,
                 "noise": d.noise,
                 "assessments": [dataclasses.asdict(a) for a in d.assessments],
                 "eliminated": [dataclasses.asdict(e) for e in d.eliminated],

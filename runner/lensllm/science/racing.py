@@ -3,9 +3,9 @@
 A race runs in rounds over a ladder of subset sizes (the selection's budget sizes, smallest
 first). Round 0 fine-tunes every candidate on the first `initial_sizes` sizes; round k adds
 the next `sizes_per_round` sizes for the candidates still in the race, nested on what they
-measured (no size is ever run twice). After each round `decide` fits every survivor's law
-with a bootstrap (`lensllm.science.uncertainty`), computes its probability of being best at
-the target, P(best), and
+measured (no size is ever run twice). After each round `decide` fits the survivors' curves
+with the law that fits them best and bootstraps it (`lensllm.science.uncertainty`),
+computes each survivor's probability of being best at the target, P(best), and
 
 - eliminates every candidate with P(best) < epsilon (never the most likely one), recording
   the round and the reason; an eliminated candidate never comes back;
@@ -31,7 +31,7 @@ import numpy as np
 
 from lensllm.errors import CurveError
 from lensllm.science.checks import check_positive, check_sizes
-from lensllm.science.uncertainty import MeasuredCurve, predictive_distributions, probability_best
+from lensllm.science.uncertainty import LAWS, MeasuredCurve, predictive_distributions, probability_best
 
 StopReason = Literal["confident", "exhausted", "computeCap"]
 
@@ -46,6 +46,7 @@ class RaceSettings:
     initial_sizes: int = 4
     sizes_per_round: int = 1
     max_rounds: int = 7
+    laws: tuple[str, ...] = tuple(LAWS)
     draws: int = 200
     interval_level: float = 0.9
 
@@ -59,6 +60,9 @@ class RaceSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise CurveError(f"race setting {name} must be a positive integer, got {value!r}")
+        unknown = [law for law in self.laws if law not in LAWS]
+        if not self.laws or unknown or len(set(self.laws)) != len(self.laws):
+            raise CurveError(f"race setting laws must be distinct names among {', '.join(LAWS)}, got {list(self.laws)}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class RoundDecision:
     stop: StopReason | None = None
     compute_fraction: float = 0.0
     next_compute_fraction: float = 0.0
-    noise: float = 0.0
+    law: str = ""
+    noise: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -168,13 +173,13 @@ def decide(
     racing = [c for c in candidates if c.in_race]
     if not racing:
         raise CurveError("no candidate is left in the race")
-    predictive, noise = predictive_distributions(
-        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round)
+    assessed = predictive_distributions(
+        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws
     )
-    p_best = probability_best(np.stack([p.draws for p in predictive]))
+    p_best = probability_best(np.stack([p.draws for p in assessed.predictive]))
     assessments = tuple(
         Assessment(c.name, round, max(c.sizes), p.loss, p.interval(settings.interval_level), float(pb))
-        for c, p, pb in zip(racing, predictive, p_best)
+        for c, p, pb in zip(racing, assessed.predictive, p_best)
     )
     leader = int(np.argmax(p_best))
     out = tuple(
@@ -196,7 +201,8 @@ def decide(
         stop=stop,
         compute_fraction=spent,
         next_compute_fraction=0.0 if stop else cost,
-        noise=noise,
+        law=assessed.law,
+        noise=assessed.noise,
     )
 
 

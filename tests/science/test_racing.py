@@ -139,6 +139,7 @@ def test_a_race_never_runs_more_rounds_than_allowed(curves, initial, step, max_r
 def test_the_schedule_starts_with_the_initial_sizes_then_adds_sizes_per_round():
     settings = RaceSettings(initial_sizes=4, sizes_per_round=2, max_rounds=3)
     assert schedule(settings, [1, 2, 3, 4, 5, 6, 7, 8, 9]) == [(1, 2, 3, 4), (5, 6), (7, 8)]
+    assert schedule(settings, [1, 2, 3]) == [(1, 2, 3)]
     assert round_zero(settings, [1, 2, 3, 4, 5], ["a", "b"]) == {"a": (1, 2, 3, 4), "b": (1, 2, 3, 4)}
 
 
@@ -192,6 +193,7 @@ def test_compute_fraction_weights_each_point_by_parameters():
         ({"delta": 1.0}, "delta must be in"),
         ({"max_compute_fraction": -1.0}, "max_compute_fraction"),
         ({"initial_sizes": 0}, "initial_sizes must be a positive integer"),
+        ({"initial_sizes": 3}, "initial_sizes must be at least 4"),
         ({"max_rounds": 2.5}, "max_rounds must be a positive integer"),
         ({"laws": ("lensllm", "magic")}, "laws must be distinct names among lensllm, vanilla"),
         ({"laws": ()}, "laws must be distinct"),

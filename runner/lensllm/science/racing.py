@@ -34,6 +34,8 @@ from lensllm.science.checks import check_positive, check_sizes
 from lensllm.science.uncertainty import LAWS, MeasuredCurve, predictive_distributions, probability_best
 
 StopReason = Literal["confident", "exhausted", "computeCap"]
+# The laws have up to four parameters; round 0 needs spare points to measure the noise.
+MIN_INITIAL_SIZES = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class RaceSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise CurveError(f"race setting {name} must be a positive integer, got {value!r}")
+        if self.initial_sizes < MIN_INITIAL_SIZES:
+            raise CurveError(f"race setting initial_sizes must be at least {MIN_INITIAL_SIZES} (the laws need spare points), got {self.initial_sizes}")
         unknown = [law for law in self.laws if law not in LAWS]
         if not self.laws or unknown or len(set(self.laws)) != len(self.laws):
             raise CurveError(f"race setting laws must be distinct names among {', '.join(LAWS)}, got {list(self.laws)}")

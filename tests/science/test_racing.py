@@ -229,3 +229,21 @@ def _candidate(curves: Curves, i: int, n_sizes: int) -> RaceCandidate:
         tuple(float(v) for v in curves.losses[i, :n_sizes]),
         float(curves.zero_shot[i]),
     )
+
+
+@pytest.mark.parametrize("laws", [("lensllm",), ("vanilla",), ("lensllm", "vanilla")])
+def test_every_law_set_honours_the_decision_contract(curves, laws):
+    settings = RaceSettings(laws=laws, draws=50)
+    points = [_candidate(curves, i, 4) for i in range(curves.n_models)]
+    decision = decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
+    assert decision == decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
+    assert decision.law in laws and set(decision.noise) == set(laws)
+    assert [a.name for a in decision.assessments] == list(LAWS)
+    assert sum(a.p_best for a in decision.assessments) == pytest.approx(1.0, abs=1e-9)
+    for a in decision.assessments:
+        assert a.round == 0 and a.largest_size == 800
+        assert 0 < a.interval[0] <= a.interval[1] and np.isfinite(a.predicted_loss)
+    out = {e.name for e in decision.eliminated}
+    assert set(decision.next_sizes) == set(LAWS) - out
+    assert decision.stop is None and all(sizes == (1600,) for sizes in decision.next_sizes.values())
+    assert decision.compute_fraction == pytest.approx(compute_fraction(points, TARGET))

@@ -108,3 +108,8 @@ def test_a_table_without_parameter_counts_exits_2_naming_the_column(tmp_path, ca
     path.write_text("model,0,100,200,400,800,1600\na,3,2.9,2.8,2.7,2.6,2.5\nb,3,2.8,2.7,2.6,2.5,2.45\n")
     code, _, err = run_cli(["bench", path, "--strategy", "race", "--format", "csv"], capsys)
     assert code == 2 and "parameter counts (a `size` column)" in err
+
+
+def test_fixed_budgets_stay_the_default_strategy(race_csv, capsys):
+    code, out, _ = run_cli(["bench", race_csv, "--methods", "ats", "--ratios", "2", "--format", "csv"], capsys)
+    assert code == 0 and out.splitlines()[0] == "method,ratio,max_n,target_n,pearcorr,relacc,selected"

@@ -95,5 +95,5 @@ def plot_race(runs: Sequence[RaceReplay], front: Sequence[QualityPoint], fixed: 
             label="race with the chosen settings, one star per seed",
         )
     _label_axes(axes, ("RelAcc (%)", "PearCorr (%)"), "compute (% of fully fine-tuning every candidate)", base=10)
-    axes[0].legend(fontsize="small", loc="lower right")
+    axes[1].legend(fontsize="small", loc="best")
     _save(fig, path, title)

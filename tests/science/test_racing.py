@@ -210,7 +210,7 @@ def test_decide_rejects_duplicate_names_missing_sizes_and_an_empty_race(curves):
         decide(RaceSettings(), SIZES.astype(int), TARGET, [good, good], round=0, seed=0)
     with pytest.raises(CurveError, match="no candidate is left"):
         decide(RaceSettings(), SIZES.astype(int), TARGET, [dataclasses.replace(good, eliminated_in=0)], round=0, seed=0)
-    with pytest.raises(FitError, match="need at least 3 points"):
+    with pytest.raises(FitError, match="candidate 'late': need at least 3 points"):
         decide(RaceSettings(), SIZES.astype(int), TARGET, [_candidate(curves, 0, 2)], round=0, seed=0)
     with pytest.raises(CurveError, match="parameter count of 'late'"):
         decide(RaceSettings(), SIZES.astype(int), TARGET, [dataclasses.replace(good, params=0.0)], round=0, seed=0)

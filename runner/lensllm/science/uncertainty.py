@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lensllm.errors import FitError
+from lensllm.errors import CurveError, FitError
 from lensllm.science.checks import check_curve, check_positive
 from lensllm.science.fitting import family_loss, fit_family_many, refit_family_many
 
@@ -68,7 +68,10 @@ class MeasuredCurve:
 
     def points(self, with_zero_shot: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The (size, loss) points a law is fitted to, the zero-shot loss first as size 0 when asked and known."""
-        x, y = check_curve(self.sizes, self.losses, min_points=MIN_FITTED_POINTS)
+        try:
+            x, y = check_curve(self.sizes, self.losses, min_points=MIN_FITTED_POINTS)
+        except (CurveError, FitError) as err:
+            raise type(err)(f"candidate {self.name!r}: {err}") from None
         if np.any(x <= 0):
             raise FitError(f"candidate {self.name!r}: fine-tuned sizes must be > 0, got {x.tolist()}")
         if self.zero_shot is None or not with_zero_shot:

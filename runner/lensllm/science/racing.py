@@ -173,7 +173,7 @@ def decide(
     seed: int,
 ) -> RoundDecision:
     """After `round`, assess the candidates still in the race, eliminate, and say what runs next or why to stop."""
-    _check_candidates(candidates, target)
+    _check_inputs(candidates, target, round)
     racing = [c for c in candidates if c.in_race]
     if not racing:
         raise CurveError("no candidate is left in the race")
@@ -210,8 +210,10 @@ def decide(
     )
 
 
-def _check_candidates(candidates: Sequence[RaceCandidate], target: float) -> None:
+def _check_inputs(candidates: Sequence[RaceCandidate], target: float, round: int) -> None:
     check_positive(target, what="target size")
+    if round < 0:
+        raise CurveError(f"round must be >= 0, got {round}")
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise CurveError(f"candidate names must be unique, got {names}")

@@ -50,4 +50,81 @@ TXT
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md
 rm -r "$tmp"
+
+# ---------------------------------------------------------------------------------------------
+# Racing (issue 11): a section of its own, appended to the page above. Every table in it is
+# printed, and every figure drawn, by `lensllm bench CURVES --strategy race --format markdown`.
+# ---------------------------------------------------------------------------------------------
+race_tmp=$(mktemp -d)
+mkdir -p docs/figures
+race_start=$(date +%s.%N)
+for table in flan gigaword wmt19; do
+  "$lensllm" bench "$curves/$table.csv" --strategy race --format markdown \
+    --plot "docs/figures/race-$table.png" > "$race_tmp/$table.md"
+done
+race_seconds=$(python3 -c "print(f'{$(date +%s.%N) - $race_start:.0f}')")
+{
+  cat <<'TXT'
+
+## Racing: fine-tune only the candidates that can still win
+
+`lensllm bench CURVES --strategy race` replays the racing policy (`lensllm.science.racing`) on a
+table: reading a column stands for fine-tuning on that many examples. Round 0 fine-tunes every
+candidate on 200, 400, 800 and 1,600 examples; each later round adds the next doubling (3,200, then
+6,400, ...) for the candidates still in the race, nested on what they measured, so no size is run
+twice; at most 7 rounds, so the largest size is 102,400 (1/16 of the target). After each round the
+remaining curves are fitted with the LENSLLM law (rectified form: these tables have no NTK) and with
+the vanilla law; the law whose fits leave the smaller residual, pooled over the candidates, is refitted
+to 200 parametric-bootstrap resamples of each curve (log-normal noise at that pooled residual level).
+That gives each candidate's predictive distribution of the target loss and its probability of being
+best, P(best). A candidate with P(best) < epsilon leaves the race (round and reason recorded); the
+race stops when one candidate has P(best) >= 1 - delta, when the schedule has no sizes left, or when
+the next round would take the compute spent past the cap. The ranking lists the survivors by their
+predicted loss (the bootstrap draws' mean in log space), then the eliminated candidates by the
+prediction they left with, flagged as lower-confidence.
+
+Compute: a measured point costs subset size x parameters, counted as a fraction of fine-tuning every
+candidate on all 1,638,400 examples. A fixed budget at ratio 1/r spends the sum of the sizes up to
+1,638,400 / r over 1,638,400: 25.0% at 1/8, 3.1% at 1/64, 0.38% at 1/512, whatever the models.
+
+Settings: epsilon 0.01, delta 0.05, compute cap 5%, the schedule above. They were chosen on FLAN and
+Gigaword only, with seeds 0-2, from a grid of 4 or 5 sizes in round 0, 1 or 2 sizes per later round,
+epsilon 0.005, 0.01, 0.02 or 0.05 and delta 0.05 or 0.1: epsilon 0.05 eliminated the eventual winner
+(RelAcc 85% on FLAN or 94% on Gigaword); with epsilon 0.005 to 0.02 every schedule found the best
+model, and 4 sizes then 1 per round did it with the least compute (1.4% to 1.8%); epsilon 0.01, the
+issue's default, was kept over 0.02, which saved less than 0.1 point; delta 0.1 stopped FLAN sooner
+(1.1%) at the same RelAcc, and the more cautious 0.05 was kept. The cap is the issue's 5% bound: it never binds
+on these two tables.
+
+WMT19 was held out, and the first race failed on it: with the LENSLLM law alone (then the only law),
+RelAcc was 84.9%, 84.9% and 99.1% over seeds 0-2 (mean 89.7%) at 2.7% compute. In round 0 the six
+T5 and Switch models, the best six on WMT19, all fell under epsilon: their zero-shot losses sit far
+above their first fine-tuned points, which the rectified form fits badly, and the flat early curves of
+the decoder-only models gave bootstrap draws near zero loss that took their P(best). Choosing the law
+each round by its residual (the vanilla law fits WMT19's early rounds better) mended it, and changed
+no outcome on FLAN and Gigaword: the LENSLLM law fitted better in 271 of the 272 rounds of the tuning
+grid. So the WMT19 numbers below are no longer held out: they come from a change made after seeing
+that table. `--laws lensllm` reproduces the held-out run; LensBench tables will be the next fresh test.
+
+Each table below gives the race with these settings for seeds 0, 1, 2; the rounds of seed 0 (the law
+chosen and each law's pooled log-space residual); and quality against compute, with fixed-budget AtS
+at every ratio next to the race's Pareto front over epsilon (0.005, 0.01, 0.02, 0.05) and the cap
+(0.1% to 25%), means over the three seeds. The figures draw the same, with RelAcc and PearCorr.
+
+Two honest limits. PearCorr: eliminated candidates keep the prediction of the small sizes they left
+at, so a race ranks the losers worse than a fixed budget of the same cost; it buys the winner, not
+the whole order. Intervals: the bootstrap sees measurement noise, not the law being wrong far from
+the data, so where every curve bends later than the law expects (FLAN) far fewer than 90% of the
+intervals hold the true loss; P(best) compares candidates that share that error.
+TXT
+  for table in flan:FLAN gigaword:Gigaword wmt19:WMT19; do
+    file=${table%%:*} title=${table#*:}
+    [ "$file" = wmt19 ] && title="$title (held out for the settings; the law choice came after it, see above)"
+    printf '\n### %s\n\n![%s: quality against compute](figures/race-%s.png)\n\n' "$title" "$title" "$file"
+    cat "$race_tmp/$file.md"
+  done
+  printf '\nThe three tables, three seeds each plus the front: %s s wall time on one %s machine with %s cores.\n' \
+    "$race_seconds" "$(uname -m)" "$(nproc)"
+} >> docs/benchmarks.md
+rm -r "$race_tmp"
 echo "wrote docs/benchmarks.md"

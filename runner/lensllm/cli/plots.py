@@ -1,4 +1,4 @@
-"""Matplotlib figures for the CLI: benchmark metrics against budget, and fitted curves."""
+"""Matplotlib figures for the CLI: benchmark metrics against budget or compute, and fitted curves."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 
 from lensllm.science.benchmark import BenchRow  # noqa: E402
 from lensllm.science.curves import Curves  # noqa: E402
+from lensllm.science.race_replay import QualityPoint, RaceReplay, pareto_front  # noqa: E402
 from lensllm.science.selectors import Selection  # noqa: E402
 
 
@@ -22,12 +23,20 @@ def plot_bench(rows: Sequence[BenchRow], path: Path, title: str) -> None:
         ratios = [r.ratio for r in mine]
         axes[0].plot(ratios, [100 * r.pearcorr for r in mine], marker="o", label=method)
         axes[1].plot(ratios, [100 * r.relacc for r in mine], marker="o", label=method)
-    for ax, label in zip(axes, ("PearCorr (%)", "RelAcc (%)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("budget ratio (target size / largest subset seen)")
+    _label_axes(axes, ("PearCorr (%)", "RelAcc (%)"), "budget ratio (target size / largest subset seen)", base=2)
+    axes[1].legend(fontsize="small", loc="lower left")
+    _save(fig, path, title)
+
+
+def _label_axes(axes, ylabels: Sequence[str], xlabel: str, base: int) -> None:
+    for ax, label in zip(axes, ylabels):
+        ax.set_xscale("log", base=base)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize="small", loc="lower left")
+
+
+def _save(fig, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -58,3 +67,33 @@ def plot_fits(
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_race(runs: Sequence[RaceReplay], front: Sequence[QualityPoint], fixed: Sequence[QualityPoint], path: Path, title: str) -> None:
+    """RelAcc and PearCorr against compute: fixed-budget AtS per ratio, the race's Pareto front, and its runs."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    best = pareto_front(front)
+    for ax, metric in zip(axes, ("relacc", "pearcorr")):
+        fixed_x, fixed_y = [100 * p.compute_fraction for p in fixed], [100 * getattr(p, metric) for p in fixed]
+        ax.plot(fixed_x, fixed_y, marker="s", label="fixed-budget AtS")
+        for p, x, y in zip(fixed, fixed_x, fixed_y):
+            ax.annotate(p.label.split()[-1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        ax.plot(
+            [100 * p.compute_fraction for p in best],
+            [100 * getattr(p, metric) for p in best],
+            marker="o",
+            drawstyle="steps-post" if metric == "relacc" else "default",
+            label="race: Pareto front (RelAcc) over settings, mean over seeds",
+        )
+        ax.scatter(
+            [100 * r.compute_fraction for r in runs],
+            [100 * getattr(r, metric) for r in runs],
+            marker="*",
+            s=120,
+            color="black",
+            zorder=3,
+            label="race with the chosen settings, one star per seed",
+        )
+    _label_axes(axes, ("RelAcc (%)", "PearCorr (%)"), "compute (% of fully fine-tuning every candidate)", base=10)
+    axes[1].legend(fontsize="small", loc="best")
+    _save(fig, path, title)

@@ -1,0 +1,265 @@
+"""Racing: spend the larger subset sizes only on candidates that may still be best.
+
+A race runs in rounds over a ladder of subset sizes (the selection's budget sizes, smallest
+first). Round 0 fine-tunes every candidate on the first `initial_sizes` sizes; round k adds
+the next `sizes_per_round` sizes for the candidates still in the race, nested on what they
+measured (no size is ever run twice). After each round `decide` fits the survivors' curves
+with the law that fits them best and bootstraps it (`lensllm.science.uncertainty`),
+computes each survivor's probability of being best at the target, P(best), and
+
+- eliminates every candidate with P(best) < epsilon (never the most likely one), recording
+  the round and the reason; an eliminated candidate never comes back;
+- stops when one candidate has P(best) >= 1 - delta, when the schedule (at most
+  `max_rounds` rounds) has no sizes left, or when the next round would push the compute spent past
+  `max_compute_fraction` of fully fine-tuning every candidate (a point costs subset size x
+  parameters; round 0 always runs, as nothing can be ranked without it);
+- otherwise names the sizes each survivor runs next.
+
+`rank` orders the candidates once the race stops: survivors by predicted loss, then the
+eliminated ones by the prediction they had when they left, flagged as lower-confidence.
+
+Pure functions of (settings, ladder, target, measured points, round, seed): the operator's
+trial plan calls them between rounds, and `lensllm bench --strategy race` replays them on
+curve tables (`lensllm.science.race_replay`).
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from lensllm.errors import CurveError
+from lensllm.science.checks import check_positive, check_sizes
+from lensllm.science.uncertainty import LAWS, MeasuredCurve, predictive_distributions, probability_best
+
+StopReason = Literal["confident", "exhausted", "computeCap"]
+# The laws have up to four parameters; round 0 needs spare points to measure the noise.
+MIN_INITIAL_SIZES = 4
+
+
+@dataclass(frozen=True)
+class RaceSettings:
+    """The knobs of a race; defaults chosen on the FLAN and Gigaword tables (docs/benchmarks.md)."""
+
+    epsilon: float = 0.01
+    delta: float = 0.05
+    max_compute_fraction: float = 0.05
+    initial_sizes: int = 4
+    sizes_per_round: int = 1
+    max_rounds: int = 7
+    laws: tuple[str, ...] = tuple(LAWS)
+    draws: int = 200
+    interval_level: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("epsilon", "delta", "interval_level"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise CurveError(f"race setting {name} must be in (0, 1), got {value!r}")
+        check_positive(self.max_compute_fraction, what="race setting max_compute_fraction")
+        for name in ("initial_sizes", "sizes_per_round", "max_rounds", "draws"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise CurveError(f"race setting {name} must be a positive integer, got {value!r}")
+        if self.initial_sizes < MIN_INITIAL_SIZES:
+            raise CurveError(f"race setting initial_sizes must be at least {MIN_INITIAL_SIZES} (the laws need spare points), got {self.initial_sizes}")
+        unknown = [law for law in self.laws if law not in LAWS]
+        if not self.laws or unknown or len(set(self.laws)) != len(self.laws):
+            raise CurveError(f"race setting laws must be distinct names among {', '.join(LAWS)}, got {list(self.laws)}")
+
+
+@dataclass(frozen=True)
+class RaceCandidate:
+    """What the race knows of one candidate: its measured points, its size, and whether it is out."""
+
+    name: str
+    params: float
+    sizes: tuple[int, ...]
+    losses: tuple[float, ...]
+    zero_shot: float | None = None
+    eliminated_in: int | None = None
+
+    @property
+    def in_race(self) -> bool:
+        return self.eliminated_in is None
+
+    def curve(self) -> MeasuredCurve:
+        return MeasuredCurve(self.name, np.asarray(self.sizes, float), np.asarray(self.losses, float), self.zero_shot)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One candidate's standing after a round: predicted loss at the target, its interval, P(best)."""
+
+    name: str
+    round: int
+    largest_size: int
+    predicted_loss: float
+    interval: tuple[float, float]
+    p_best: float
+
+
+@dataclass(frozen=True)
+class Elimination:
+    name: str
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """What `decide` concluded after a round, and what runs next (nothing when `stop` is set)."""
+
+    round: int
+    assessments: tuple[Assessment, ...]
+    eliminated: tuple[Elimination, ...]
+    next_sizes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    stop: StopReason | None = None
+    compute_fraction: float = 0.0
+    next_compute_fraction: float = 0.0
+    law: str = ""
+    noise: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    name: str
+    rank: int
+    predicted_loss: float
+    interval: tuple[float, float]
+    p_best: float
+    eliminated_in: int | None
+
+    @property
+    def lower_confidence(self) -> bool:
+        """Eliminated candidates are ranked on fewer, smaller sizes than the survivors."""
+        return self.eliminated_in is not None
+
+
+def schedule(settings: RaceSettings, ladder: Sequence[int]) -> list[tuple[int, ...]]:
+    """The sizes each round adds, round 0 first; at most `max_rounds` rounds."""
+    sizes = [int(s) for s in check_sizes(ladder, what="race ladder")]
+    if sizes[0] <= 0:
+        raise CurveError(f"race ladder sizes must be > 0, got {sizes}")
+    rounds = [tuple(sizes[: settings.initial_sizes])]
+    rest = sizes[settings.initial_sizes :]
+    step = settings.sizes_per_round
+    rounds += [tuple(rest[i : i + step]) for i in range(0, len(rest), step)]
+    return rounds[: settings.max_rounds]
+
+
+def round_zero(settings: RaceSettings, ladder: Sequence[int], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The sizes every candidate runs first."""
+    first = schedule(settings, ladder)[0]
+    return {name: first for name in names}
+
+
+def compute_fraction(candidates: Sequence[RaceCandidate], target: float) -> float:
+    """Compute spent (sum of size x parameters over measured points) over fine-tuning every candidate on `target`."""
+    return sum(sum(c.sizes) * c.params for c in candidates) / _full_cost(candidates, target)
+
+
+def _full_cost(candidates: Sequence[RaceCandidate], target: float) -> float:
+    return float(target) * sum(c.params for c in candidates)
+
+
+def decide(
+    settings: RaceSettings,
+    ladder: Sequence[int],
+    target: float,
+    candidates: Sequence[RaceCandidate],
+    round: int,
+    seed: int,
+) -> RoundDecision:
+    """After `round`, assess the candidates still in the race, eliminate, and say what runs next or why to stop."""
+    _check_inputs(candidates, target, round)
+    racing = [c for c in candidates if c.in_race]
+    if not racing:
+        raise CurveError("no candidate is left in the race")
+    assessed = predictive_distributions(
+        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws
+    )
+    p_best = probability_best(np.stack([p.draws for p in assessed.predictive]))
+    assessments = tuple(
+        Assessment(c.name, round, max(c.sizes), p.loss, p.interval(settings.interval_level), float(pb))
+        for c, p, pb in zip(racing, assessed.predictive, p_best)
+    )
+    leader = int(np.argmax(p_best))
+    out = tuple(
+        Elimination(a.name, round, f"P(best) {a.p_best:.4f} < epsilon {settings.epsilon:g} after sizes up to {a.largest_size:,}")
+        for i, a in enumerate(assessments)
+        if a.p_best < settings.epsilon and i != leader
+    )
+    gone = {e.name for e in out}
+    survivors = [c for c in racing if c.name not in gone]
+    spent = compute_fraction(candidates, target)
+    plan = _next_sizes(settings, ladder, survivors, round)
+    cost = sum(sum(plan[c.name]) * c.params for c in survivors) / _full_cost(candidates, target)
+    stop = _stop_reason(settings, float(p_best[leader]), plan, spent + cost)
+    return RoundDecision(
+        round=round,
+        assessments=assessments,
+        eliminated=out,
+        next_sizes={} if stop else plan,
+        stop=stop,
+        compute_fraction=spent,
+        next_compute_fraction=0.0 if stop else cost,
+        law=assessed.law,
+        noise=assessed.noise,
+    )
+
+
+def _check_inputs(candidates: Sequence[RaceCandidate], target: float, round: int) -> None:
+    check_positive(target, what="target size")
+    if round < 0:
+        raise CurveError(f"round must be >= 0, got {round}")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise CurveError(f"candidate names must be unique, got {names}")
+    for c in candidates:
+        check_positive(c.params, what=f"parameter count of {c.name!r}")
+        if len(c.sizes) != len(c.losses):
+            raise CurveError(f"candidate {c.name!r}: {len(c.sizes)} sizes but {len(c.losses)} losses")
+
+
+def _next_sizes(
+    settings: RaceSettings, ladder: Sequence[int], survivors: Sequence[RaceCandidate], round: int
+) -> dict[str, tuple[int, ...]]:
+    """Sizes of the schedule up to round + 1 that each survivor has not measured yet."""
+    due = [s for sizes in schedule(settings, ladder)[: round + 2] for s in sizes]
+    return {c.name: tuple(s for s in due if s not in frozenset(c.sizes)) for c in survivors}
+
+
+def _stop_reason(
+    settings: RaceSettings, top_p_best: float, plan: Mapping[str, tuple[int, ...]], fraction_after: float
+) -> StopReason | None:
+    if top_p_best >= 1.0 - settings.delta:
+        return "confident"
+    if not any(plan.values()):
+        return "exhausted"
+    if fraction_after > settings.max_compute_fraction:
+        return "computeCap"
+    return None
+
+
+def rank(candidates: Sequence[RaceCandidate], latest: Mapping[str, Assessment]) -> list[RankedCandidate]:
+    """Survivors by predicted loss, then eliminated candidates by their last prediction (ties keep input order)."""
+    missing = [c.name for c in candidates if c.name not in latest]
+    if missing:
+        raise CurveError(f"no assessment for candidates {missing}: rank after at least one decided round")
+    order = sorted(
+        range(len(candidates)),
+        key=lambda i: (not candidates[i].in_race, latest[candidates[i].name].predicted_loss, i),
+    )
+    return [
+        RankedCandidate(
+            name=candidates[i].name,
+            rank=r,
+            predicted_loss=latest[candidates[i].name].predicted_loss,
+            interval=latest[candidates[i].name].interval,
+            p_best=latest[candidates[i].name].p_best,
+            eliminated_in=candidates[i].eliminated_in,
+        )
+        for r, i in enumerate(order, start=1)
+    ]

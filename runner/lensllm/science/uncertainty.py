@@ -1,0 +1,190 @@
+"""How sure is a prediction of the loss at the target, and how likely is each candidate to be best?
+
+Every candidate's curve is fitted with each law offered, and the law whose fits leave the
+smaller residual, pooled over the candidates, is the one that extrapolates: no single law
+fits every dataset (the LENSLLM law wins on the published FLAN and Gigaword tables, the
+vanilla law on the early, small sizes of WMT19, where zero-shot losses sit far above the
+first fine-tuned point). Both laws fit with the same degrees of freedom per curve (the
+LENSLLM law has one more parameter and one more point, the zero-shot loss), so their
+residuals compare fairly. A parametric bootstrap of the chosen law gives each candidate's
+predictive distribution at the target size: the fitted curve plus log-normal noise at the
+pooled residual level, refitted many times. The prediction is the draws' mean in log space
+(bagging). The laws:
+
+- `lensllm`: `B / (F + D^beta) + E` with the zero-shot loss as the point D = 0 (without an
+  NTK summary it has the rectified form; `lensllm.science.laws.LensLLMLaw`);
+- `vanilla`: `B / D^beta + E` on the fine-tuned points only (`VanillaLaw`).
+
+The noise level is pooled over every curve assessed together (one dataset, one recipe, so
+one measurement noise): with a handful of points per curve and four parameters,
+a single curve's residuals say almost nothing about its noise, thirty curves' do. The
+zero-shot point is not resampled: it is measured on the fixed test set, not after training
+on a random subset.
+
+What the bootstrap does not see is the law being wrong far from the data; the intervals
+are conditional on the law, and docs/benchmarks.md measures how often they hold.
+
+Called by `lensllm.science.racing`; pure and deterministic under the seed it is given.
+"""
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lensllm.errors import CurveError, FitError
+from lensllm.science.checks import check_curve, check_positive
+from lensllm.science.fitting import family_loss, fit_family_many, refit_family_many
+
+MIN_FITTED_POINTS = 3
+# A perfect fit would make every bootstrap draw identical; real subset fine-tunes never
+# repeat to better than this (log-space standard deviation, about 0.2%).
+MIN_LOG_NOISE = 2e-3
+
+
+@dataclass(frozen=True)
+class _LawSpec:
+    f_bounds: tuple[float, float]
+    uses_zero_shot: bool
+
+    @property
+    def n_params(self) -> int:
+        return 4 if self.f_bounds[1] > 0 else 3
+
+
+# The same bounds and points as the estimators of lensllm.science.laws use.
+LAWS = {"lensllm": _LawSpec((0.0, np.inf), True), "vanilla": _LawSpec((0.0, 0.0), False)}
+
+
+@dataclass(frozen=True)
+class MeasuredCurve:
+    """One candidate's measured points: losses after fine-tuning on `sizes` examples, and the zero-shot loss."""
+
+    name: str
+    sizes: np.ndarray
+    losses: np.ndarray
+    zero_shot: float | None = None
+
+    def points(self, with_zero_shot: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The (size, loss) points a law is fitted to, the zero-shot loss first as size 0 when asked and known."""
+        try:
+            x, y = check_curve(self.sizes, self.losses, min_points=MIN_FITTED_POINTS)
+        except (CurveError, FitError) as err:
+            raise type(err)(f"candidate {self.name!r}: {err}") from None
+        if np.any(x <= 0):
+            raise FitError(f"candidate {self.name!r}: fine-tuned sizes must be > 0, got {x.tolist()}")
+        if self.zero_shot is None or not with_zero_shot:
+            return x, y
+        zero = check_positive(self.zero_shot, what=f"zero-shot loss of {self.name!r}")
+        return np.concatenate([[0.0], x]), np.concatenate([[zero], y])
+
+
+@dataclass(frozen=True)
+class Predictive:
+    """A candidate's predicted loss at the target: bootstrap draws of every law, pooled."""
+
+    name: str
+    draws: np.ndarray
+
+    @property
+    def loss(self) -> float:
+        """The bagged prediction: the draws' mean in log space. Steadier than the single fit far
+        from the data (on the published tables it correlates better with the truth at every budget)."""
+        return float(np.exp(np.mean(np.log(self.draws))))
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """The central `level` interval of the draws."""
+        lo, hi = np.quantile(self.draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+        return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """The predictive distributions of one round, the law they come from, and each law's pooled noise."""
+
+    predictive: list[Predictive]
+    law: str
+    noise: dict[str, float]
+
+
+def predictive_distributions(
+    curves: Sequence[MeasuredCurve], target: float, *, draws: int, seed: Sequence[int], laws: Sequence[str] = tuple(LAWS)
+) -> Assessed:
+    """Each curve's predictive distribution of the loss at `target` under the best-fitting of `laws`.
+
+    `seed` (e.g. (selection seed, round)) and each candidate's name seed its draws, so a
+    candidate's draws do not depend on which other candidates are assessed with it.
+    """
+    check_positive(target, what="target size")
+    fitted = {law: _fit_all(curves, LAWS[law]) for law in laws}
+    noise = {law: pooled for law, (_, _, pooled) in fitted.items()}
+    law = min(laws, key=lambda name: noise[name])  # ties keep the order given
+    points, fits, _ = fitted[law]
+    out: dict[int, np.ndarray] = {}
+    for x, members in _by_sizes(points).items():
+        found = _bootstrap(np.array(x), [curves[i].name for i in members], [fits[i] for i in members], LAWS[law], target, draws, seed, noise[law])
+        out.update(zip(members, found))
+    return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise)
+
+
+def _fit_all(curves: Sequence[MeasuredCurve], law: _LawSpec) -> tuple[list, list, float]:
+    """Every curve's points and fit under `law` (one vectorised fit per set of sizes), and the pooled noise."""
+    points = [c.points(law.uses_zero_shot) for c in curves]
+    fits: list = [None] * len(curves)
+    for x, members in _by_sizes(points).items():
+        rows = fit_family_many(np.array(x), np.stack([points[i][1] for i in members]), f_bounds=law.f_bounds)
+        for i, fit in zip(members, rows):
+            if fit is None:
+                raise FitError(f"candidate {curves[i].name!r}: no finite fit of the law to its points")
+            fits[i] = fit
+    return points, fits, _pooled_noise([x.size for x, _ in points], fits, law.n_params)
+
+
+def _by_sizes(points: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[tuple[float, ...], list[int]]:
+    """Indices of the curves measured at the same sizes, which one vectorised fit can share."""
+    groups: dict[tuple[float, ...], list[int]] = {}
+    for i, (x, _) in enumerate(points):
+        groups.setdefault(tuple(x.tolist()), []).append(i)
+    return groups
+
+
+def _bootstrap(x, names, fits, law: _LawSpec, target, draws, seed, noise) -> list[np.ndarray]:
+    """Refit `draws` noisy copies of each fitted curve (all measured at `x`) in one vectorised pass."""
+    params = np.array([[f.B, f.F, f.beta, f.E] for f in fits])
+    fitted = family_loss(x[None, :], *(params[:, k : k + 1] for k in range(4)))
+    z = np.stack([np.random.default_rng([*seed, zlib.crc32(n.encode())]).standard_normal((draws, x.size)) for n in names])
+    z[..., x == 0] = 0.0
+    resampled = (fitted[:, None, :] * np.exp(noise * z)).reshape(-1, x.size)
+    refits = refit_family_many(x, resampled, np.repeat(params, draws, axis=0), f_bounds=law.f_bounds)
+    at_target = family_loss(float(target), *refits.T).reshape(len(names), draws)
+    point = family_loss(float(target), *params.T)
+    # A resample with no finite refit (rare) counts as the fitted curve itself.
+    return list(np.where(np.isfinite(at_target), at_target, point[:, None]))
+
+
+def _pooled_noise(n_points: Sequence[int], fits: Sequence, n_params: int) -> float:
+    """Residual standard deviation in log space, pooled over every fit with spare degrees of freedom."""
+    sse = sum(f.rmse_log**2 * n for f, n in zip(fits, n_points))
+    dof = sum(max(n - n_params, 0) for n in n_points)
+    return max(float(np.sqrt(sse / dof)) if dof > 0 else 0.0, MIN_LOG_NOISE)
+
+
+def probability_best(draws: np.ndarray) -> np.ndarray:
+    """P(best) of every candidate from independent draws of their losses (one row per candidate).
+
+    Rao-Blackwellised: for each draw of candidate i, the exact probability under the other
+    candidates' empirical distributions that all of them are higher; averaged over i's
+    draws. Smoother than counting argmins, and it sums to 1 when no two draws tie.
+    """
+    d = np.asarray(draws, float)
+    m, n = d.shape
+    if m == 1:
+        return np.ones(1)
+    ordered = np.sort(d, axis=1)
+    flat = d.ravel()
+    # higher[k, j]: fraction of candidate k's draws strictly above flat draw j.
+    higher = 1.0 - np.stack([np.searchsorted(ordered[k], flat, side="right") for k in range(m)]) / n
+    higher = higher.reshape(m, m, n)
+    higher[np.arange(m), np.arange(m)] = 1.0
+    return np.prod(higher, axis=0).mean(axis=1)

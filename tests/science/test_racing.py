@@ -1,0 +1,251 @@
+"""The racing policy (lensllm.science.racing) on synthetic laws, where the winner is known."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lensllm.errors import CurveError, FitError
+from lensllm.science.curves import Curves
+from lensllm.science.laws import rectified_loss
+from lensllm.science.race_replay import capped, replay_race
+from lensllm.science.racing import (
+    Assessment,
+    RaceCandidate,
+    RaceSettings,
+    compute_fraction,
+    decide,
+    rank,
+    round_zero,
+    schedule,
+)
+
+SIZES = 100.0 * 2.0 ** np.arange(12)  # 100 .. 204,800
+TARGET = 204_800
+NOISE = 0.004  # log-space, like the published Gigaword curves
+# (B, D_l, beta, E, parameters): "late" is best at the target but not at small sizes.
+LAWS = {
+    "late": (300.0, 40.0, 0.60, 0.90, 7e8),
+    "early": (8.0, 4.0, 0.30, 1.20, 1e8),
+    "steady": (40.0, 10.0, 0.35, 0.95, 3e8),
+    "weak": (20.0, 6.0, 0.25, 1.60, 2e9),
+    "weaker": (30.0, 8.0, 0.20, 1.90, 1e9),
+    "flat": (2.0, 1.0, 0.20, 2.40, 5e8),
+}
+
+
+def synthetic(noise: float = NOISE, seed: int = 7) -> Curves:
+    rng = np.random.default_rng(seed)
+    losses, zero = [], []
+    for B, D_l, beta, E, _ in LAWS.values():
+        clean = rectified_loss(SIZES, B=B, D_l=D_l, beta=beta, E=E)
+        losses.append(clean * np.exp(noise * rng.standard_normal(SIZES.size)))
+        zero.append(rectified_loss(np.array([0.0]), B=B, D_l=D_l, beta=beta, E=E)[0])
+    return Curves(
+        models=tuple(LAWS),
+        sizes=SIZES,
+        losses=np.array(losses),
+        zero_shot=np.array(zero),
+        params=np.array([law[-1] for law in LAWS.values()]),
+    )
+
+
+@pytest.fixture(scope="module")
+def curves() -> Curves:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def replay(curves):
+    return replay_race(curves, TARGET, RaceSettings(max_compute_fraction=0.5), seed=3)
+
+
+def test_the_synthetic_winner_is_not_the_best_at_small_sizes(curves):
+    assert curves.loss_at(TARGET).argmin() == 0
+    assert curves.losses[:, 3].argmin() != 0
+
+
+def test_the_race_finds_the_known_winner_and_drops_clear_losers_in_round_0(replay):
+    assert replay.selected == "late"
+    assert replay.relacc == 1.0
+    first_out = {e.name for e in replay.decisions[0].eliminated}
+    assert {"weaker", "flat"} <= first_out
+    assert "late" not in first_out
+
+
+def test_same_seed_same_race_and_another_seed_same_winner(curves, replay):
+    again = replay_race(curves, TARGET, replay.settings, seed=3)
+    assert again.decisions == replay.decisions
+    other = replay_race(curves, TARGET, replay.settings, seed=4)
+    assert other.selected == "late"
+    assert other.decisions[0].assessments != replay.decisions[0].assessments
+
+
+def test_no_size_is_planned_twice_and_each_round_runs_the_next_sizes_of_the_schedule(replay):
+    plan = schedule(replay.settings, SIZES[SIZES < TARGET].astype(int))
+    measured = {name: set(plan[0]) for name in LAWS}
+    for d in replay.decisions:
+        for name, sizes in d.next_sizes.items():
+            assert not measured[name] & set(sizes), f"{name} re-runs {measured[name] & set(sizes)}"
+            assert sizes == plan[d.round + 1]
+            measured[name] |= set(sizes)
+
+
+def test_an_eliminated_candidate_is_never_assessed_or_run_again(replay):
+    gone: set[str] = set()
+    for d in replay.decisions:
+        assessed = {a.name for a in d.assessments}
+        assert not assessed & gone
+        assert not set(d.next_sizes) & (gone | {e.name for e in d.eliminated})
+        gone |= {e.name for e in d.eliminated}
+    assert all(r.lower_confidence == (r.name in gone) for r in replay.ranking)
+
+
+def test_eliminations_record_the_round_and_the_reason(replay):
+    out = replay.decisions[0].eliminated[0]
+    assert out.round == 0
+    assert out.reason.startswith("P(best) ") and "< epsilon 0.01 after sizes up to 800" in out.reason
+
+
+@pytest.mark.parametrize("cap", [0.002, 0.01, 0.03, 0.1])
+def test_the_compute_cap_is_respected_and_equals_cutting_the_uncapped_race(curves, replay, cap):
+    ran = replay_race(curves, TARGET, dataclasses.replace(replay.settings, max_compute_fraction=cap), seed=3)
+    round_zero_cost = replay.decisions[0].compute_fraction
+    assert ran.compute_fraction <= max(cap, round_zero_cost) + 1e-12
+    cut = capped(curves, TARGET, replay, cap)
+    assert (cut.decisions, cut.ranking, cut.compute_fraction) == (ran.decisions, ran.ranking, ran.compute_fraction)
+
+
+def test_a_capped_race_cannot_be_stretched_to_a_looser_cap(curves, replay):
+    tight = capped(curves, TARGET, replay, 0.002)
+    with pytest.raises(CurveError, match="cannot tell what a cap of 0.01 would do"):
+        capped(curves, TARGET, tight, 0.01)
+
+
+def test_a_cap_below_round_0_still_runs_round_0_and_stops_there(curves):
+    ran = replay_race(curves, TARGET, RaceSettings(max_compute_fraction=1e-6), seed=0)
+    assert ran.rounds == 1 and ran.stop == "computeCap"
+    assert len(ran.ranking) == len(LAWS)
+
+
+@pytest.mark.parametrize(("initial", "step", "max_rounds"), [(4, 1, 7), (4, 2, 7), (5, 1, 3), (4, 1, 1)])
+def test_a_race_never_runs_more_rounds_than_allowed(curves, initial, step, max_rounds):
+    settings = RaceSettings(initial_sizes=initial, sizes_per_round=step, max_rounds=max_rounds, delta=1e-9, epsilon=1e-9, max_compute_fraction=1.0)
+    ran = replay_race(curves, TARGET, settings, seed=0)
+    assert ran.rounds <= max_rounds
+    assert len(schedule(settings, SIZES[SIZES < TARGET].astype(int))) <= max_rounds
+
+
+def test_the_schedule_starts_with_the_initial_sizes_then_adds_sizes_per_round():
+    settings = RaceSettings(initial_sizes=4, sizes_per_round=2, max_rounds=3)
+    assert schedule(settings, [1, 2, 3, 4, 5, 6, 7, 8, 9]) == [(1, 2, 3, 4), (5, 6), (7, 8)]
+    assert schedule(settings, [1, 2, 3]) == [(1, 2, 3)]
+    assert round_zero(settings, [1, 2, 3, 4, 5], ["a", "b"]) == {"a": (1, 2, 3, 4), "b": (1, 2, 3, 4)}
+
+
+def test_a_race_stops_confident_once_one_candidate_is_clearly_best():
+    halved = synthetic()
+    clear = dataclasses.replace(halved, losses=halved.losses * np.where(np.arange(len(LAWS)) == 0, 0.5, 1.0)[:, None])
+    ran = replay_race(clear, TARGET, RaceSettings(), seed=0)
+    assert ran.stop == "confident" and ran.selected == "late"
+    assert max(a.p_best for a in ran.decisions[-1].assessments) >= 0.95
+
+
+def test_the_most_likely_candidate_is_never_eliminated_even_by_a_large_epsilon(curves):
+    points = [_candidate(curves, i, 6) for i in range(curves.n_models)]
+    decision = decide(RaceSettings(epsilon=0.9), SIZES.astype(int), TARGET, points, round=0, seed=0)
+    leader = max(decision.assessments, key=lambda a: a.p_best).name
+    assert leader not in {e.name for e in decision.eliminated}
+    assert len(decision.eliminated) == curves.n_models - 1
+
+
+def test_p_best_sums_to_one_and_intervals_hold_the_prediction(replay):
+    for d in replay.decisions:
+        assert sum(a.p_best for a in d.assessments) == pytest.approx(1.0, abs=1e-9)
+        for a in d.assessments:
+            assert a.interval[0] <= a.predicted_loss <= a.interval[1] or a.interval[1] - a.interval[0] < 1e-9
+
+
+def test_rank_puts_survivors_first_then_eliminated_by_their_last_prediction():
+    candidates = [
+        RaceCandidate("a", 1.0, (), (), eliminated_in=0),
+        RaceCandidate("b", 1.0, (), ()),
+        RaceCandidate("c", 1.0, (), (), eliminated_in=2),
+        RaceCandidate("d", 1.0, (), ()),
+    ]
+    latest = {n: Assessment(n, 0, 100, loss, (loss, loss), 0.1) for n, loss in zip("abcd", (1.0, 3.0, 2.0, 4.0))}
+    ranked = rank(candidates, latest)
+    assert [r.name for r in ranked] == ["b", "d", "a", "c"]
+    assert [r.lower_confidence for r in ranked] == [False, False, True, True]
+    with pytest.raises(CurveError, match=r"no assessment for candidates \['d'\]"):
+        rank(candidates, {n: latest[n] for n in "abc"})
+
+
+def test_compute_fraction_weights_each_point_by_parameters():
+    candidates = [RaceCandidate("small", 1.0, (100, 200), (2.0, 1.9)), RaceCandidate("big", 3.0, (100,), (2.0,))]
+    assert compute_fraction(candidates, 1000) == pytest.approx((300 * 1 + 100 * 3) / (1000 * 4))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"epsilon": 0.0}, "epsilon must be in"),
+        ({"delta": 1.0}, "delta must be in"),
+        ({"max_compute_fraction": -1.0}, "max_compute_fraction"),
+        ({"initial_sizes": 0}, "initial_sizes must be a positive integer"),
+        ({"initial_sizes": 3}, "initial_sizes must be at least 4"),
+        ({"max_rounds": 2.5}, "max_rounds must be a positive integer"),
+        ({"laws": ("lensllm", "magic")}, "laws must be distinct names among lensllm, vanilla"),
+        ({"laws": ()}, "laws must be distinct"),
+    ],
+)
+def test_bad_settings_are_typed_errors_naming_the_setting(change, match):
+    with pytest.raises(CurveError, match=match):
+        RaceSettings(**change)
+
+
+def test_decide_rejects_duplicate_names_missing_sizes_and_an_empty_race(curves):
+    good = _candidate(curves, 0, 5)
+    with pytest.raises(CurveError, match="round must be >= 0"):
+        decide(RaceSettings(), SIZES.astype(int), TARGET, [good], round=-1, seed=0)
+    with pytest.raises(CurveError, match="unique"):
+        decide(RaceSettings(), SIZES.astype(int), TARGET, [good, good], round=0, seed=0)
+    with pytest.raises(CurveError, match="no candidate is left"):
+        decide(RaceSettings(), SIZES.astype(int), TARGET, [dataclasses.replace(good, eliminated_in=0)], round=0, seed=0)
+    with pytest.raises(FitError, match="candidate 'late': need at least 3 points"):
+        decide(RaceSettings(), SIZES.astype(int), TARGET, [_candidate(curves, 0, 2)], round=0, seed=0)
+    with pytest.raises(CurveError, match="parameter count of 'late'"):
+        decide(RaceSettings(), SIZES.astype(int), TARGET, [dataclasses.replace(good, params=0.0)], round=0, seed=0)
+
+
+def test_a_table_without_parameter_counts_cannot_be_raced(curves):
+    with pytest.raises(CurveError, match="parameter counts"):
+        replay_race(dataclasses.replace(curves, params=None), TARGET, RaceSettings())
+
+
+def _candidate(curves: Curves, i: int, n_sizes: int) -> RaceCandidate:
+    return RaceCandidate(
+        curves.models[i],
+        float(curves.params[i]),
+        tuple(int(s) for s in curves.sizes[:n_sizes]),
+        tuple(float(v) for v in curves.losses[i, :n_sizes]),
+        float(curves.zero_shot[i]),
+    )
+
+
+@pytest.mark.parametrize("laws", [("lensllm",), ("vanilla",), ("lensllm", "vanilla")])
+def test_every_law_set_honours_the_decision_contract(curves, laws):
+    settings = RaceSettings(laws=laws, draws=50)
+    points = [_candidate(curves, i, 4) for i in range(curves.n_models)]
+    decision = decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
+    assert decision == decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
+    assert decision.law in laws and set(decision.noise) == set(laws)
+    assert [a.name for a in decision.assessments] == list(LAWS)
+    assert sum(a.p_best for a in decision.assessments) == pytest.approx(1.0, abs=1e-9)
+    for a in decision.assessments:
+        assert a.round == 0 and a.largest_size == 800
+        assert 0 < a.interval[0] <= a.interval[1] and np.isfinite(a.predicted_loss)
+    out = {e.name for e in decision.eliminated}
+    assert set(decision.next_sizes) == set(LAWS) - out
+    assert decision.stop is None and all(sizes == (1600,) for sizes in decision.next_sizes.values())
+    assert decision.compute_fraction == pytest.approx(compute_fraction(points, TARGET))

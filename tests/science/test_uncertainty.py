@@ -1,0 +1,99 @@
+"""Predictive distributions and P(best) (lensllm.science.uncertainty) on synthetic laws with known noise."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from lensllm.science.fitting import fit_family_many, refit_family_many
+from lensllm.science.laws import rectified_loss
+from lensllm.science.uncertainty import MIN_LOG_NOISE, MeasuredCurve, predictive_distributions, probability_best
+
+SIZES = 100.0 * 2.0 ** np.arange(6)  # 100 .. 3,200
+TARGET = 102_400
+
+
+def random_laws(n: int, seed: int) -> np.ndarray:
+    """Rows of (B, D_l, beta, E) spread like fine-tuning curves."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.uniform(5, 200, n), rng.uniform(1, 50, n), rng.uniform(0.2, 0.6, n), rng.uniform(0.5, 2.0, n)])
+
+
+def measured(laws: np.ndarray, noise: float, seed: int) -> list[MeasuredCurve]:
+    rng = np.random.default_rng(seed)
+    return [
+        MeasuredCurve(
+            f"m{i}",
+            SIZES,
+            rectified_loss(SIZES, *law) * np.exp(noise * rng.standard_normal(SIZES.size)),
+            zero_shot=float(rectified_loss(np.array([0.0]), *law)[0]),
+        )
+        for i, law in enumerate(laws)
+    ]
+
+
+@pytest.mark.parametrize("noise", [0.005, 0.02])
+def test_the_pooled_noise_recovers_the_injected_noise(noise):
+    found = predictive_distributions(measured(random_laws(30, 1), noise, 2), TARGET, draws=20, seed=(0, 0), laws=["lensllm"]).noise
+    assert 0.6 * noise <= found["lensllm"] <= 1.4 * noise
+
+
+def test_noise_free_curves_get_the_floor_not_zero():
+    found = predictive_distributions(measured(random_laws(5, 1), 0.0, 2), TARGET, draws=20, seed=(0, 0), laws=["lensllm"]).noise
+    assert found == {"lensllm": MIN_LOG_NOISE}
+
+
+def test_most_90_percent_intervals_hold_the_true_loss_when_the_law_is_right():
+    laws = random_laws(60, 3)
+    predictive = predictive_distributions(measured(laws, 0.01, 4), TARGET, draws=200, seed=(0, 0), laws=["lensllm"]).predictive
+    truth = np.array([rectified_loss(np.array([TARGET]), *law)[0] for law in laws])
+    inside = np.mean([p.interval(0.9)[0] <= t <= p.interval(0.9)[1] for p, t in zip(predictive, truth)])
+    assert 0.75 <= inside <= 1.0
+
+
+def test_the_law_that_fits_the_curves_better_is_the_one_that_extrapolates():
+    rectified_curves = measured(random_laws(10, 9), 0.005, 10)
+    chosen = predictive_distributions(rectified_curves, TARGET, draws=20, seed=(0, 0))
+    assert chosen.law == "lensllm" and chosen.noise["lensllm"] < chosen.noise["vanilla"]
+    # Pure power laws with a zero-shot loss far above them: the rectified form cannot bend that far.
+    power = [MeasuredCurve(f"p{i}", SIZES, 30.0 * SIZES ** -(0.3 + 0.05 * i) + 0.5, zero_shot=20.0) for i in range(6)]
+    chosen = predictive_distributions(power, TARGET, draws=20, seed=(0, 0))
+    assert chosen.law == "vanilla" and chosen.noise["vanilla"] < chosen.noise["lensllm"]
+
+
+def test_draws_are_fixed_by_the_seed_and_do_not_depend_on_the_other_candidates():
+    curves = measured(random_laws(4, 5), 0.01, 6)
+    def draws(company, seed):
+        return predictive_distributions(company, TARGET, draws=50, seed=seed, laws=["lensllm"]).predictive[0].draws
+
+    alone = draws(curves[:1], (9, 2))
+    np.testing.assert_array_equal(alone, draws(curves[:1], (9, 2)))
+    assert not np.array_equal(alone, draws(curves[:1], (9, 3)))
+    # The pooled noise depends on the company, the standard normal draws do not.
+    assert np.corrcoef(np.log(draws(curves, (9, 2))), np.log(alone))[0, 1] > 0.95
+
+
+def test_p_best_of_two_normals_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    draws = np.stack([1.0 + 0.1 * rng.standard_normal(4000), 1.1 + 0.1 * rng.standard_normal(4000)])
+    p = probability_best(draws)
+    assert p[0] == pytest.approx(norm.cdf(0.1 / (0.1 * np.sqrt(2))), abs=0.01)
+    assert p.sum() == pytest.approx(1.0)
+
+
+def test_p_best_is_one_for_a_lone_candidate_and_zero_for_one_always_behind():
+    assert probability_best(np.array([[1.0, 2.0]])).tolist() == [1.0]
+    p = probability_best(np.array([[1.0, 1.1, 1.2], [2.0, 2.1, 2.2], [1.5, 1.6, 1.7]]))
+    assert p.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_refitting_from_a_nearby_start_finds_the_global_fit():
+    x = np.concatenate([[0.0], SIZES])
+    laws = random_laws(8, 7)
+    y = np.stack([rectified_loss(x, *law) for law in laws]) * np.exp(0.01 * np.random.default_rng(8).standard_normal((8, x.size)))
+    fits = fit_family_many(x, y, f_bounds=(0.0, np.inf))
+    start = np.array([[f.B * 1.3, f.F * 0.7 + 1.0, f.beta * 0.9, f.E * 0.95] for f in fits])
+    refit = refit_family_many(x, y, start, f_bounds=(0.0, np.inf))
+    global_ = np.array([[f.B, f.F, f.beta, f.E] for f in fits])
+    np.testing.assert_allclose(
+        rectified_loss(np.array([TARGET]), *refit.T), rectified_loss(np.array([TARGET]), *global_.T), rtol=1e-5
+    )

@@ -63,7 +63,7 @@ def test_kernel_entries_are_dot_products_of_the_per_example_loss_gradients(tiny_
     grads, losses = [], []
     for example in probe:
         batch = collate([example], pad_id=tokenizer.pad_token_id, seq2seq=False, device=CPU)
-        loss = model(**batch).loss
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
         losses.append(loss.item())
     expected = torch.stack(grads) @ torch.stack(grads).T

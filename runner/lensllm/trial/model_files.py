@@ -1,0 +1,59 @@
+"""What the memory plan reads about a candidate without loading its weights.
+
+Called by the recipe before it loads the model, and by `lensllm plan` and `run-trial
+--plan-only`. A local directory's config.json and safetensors headers are read as plain
+files; hub models and GGUF files go through transformers' AutoConfig (no torch needed, and
+no weights downloaded).
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from lensllm.trial.failures import ModelNotFound, first_line
+from lensllm.trial.spec import CandidateSpec
+
+
+def read_config(candidate: CandidateSpec) -> dict:
+    """The candidate's config as a dict."""
+    path = Path(candidate.model).expanduser()
+    if path.is_dir() and candidate.gguf_file is None and (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    from transformers import AutoConfig  # noqa: PLC0415 - only hub ids and GGUF files need it
+
+    where = {k: v for k, v in {"revision": candidate.revision, "gguf_file": candidate.gguf_file}.items() if v}
+    try:
+        return AutoConfig.from_pretrained(candidate.model, **where).to_dict()
+    except (OSError, ValueError) as err:
+        raise ModelNotFound(f"candidate.model {candidate.model!r}: {first_line(err)}") from None
+
+
+def count_parameters(candidate: CandidateSpec) -> int | None:
+    """Exact parameter count from a local model's safetensors headers; None when there are none."""
+    path = Path(candidate.model).expanduser()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() and candidate.gguf_file is None else []
+    total = 0
+    for file in files:
+        with file.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        total += sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+    return total or None
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def nvidia_smi_memory_bytes() -> int | None:
+    """Total memory of the first GPU nvidia-smi lists, or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    command = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+    lines = proc.stdout.split()
+    return int(lines[0]) * 2**20 if proc.returncode == 0 and lines and lines[0].isdigit() else None

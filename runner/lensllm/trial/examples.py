@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from lensllm.trial.data import Row
+from lensllm.trial.memory import eval_batches
 
 IGNORE = -100  # label value that torch's cross-entropy skips
 LENGTH_WINDOW = 64  # batches whose examples are sorted by length together (see length_grouped)
@@ -170,14 +171,6 @@ def length_grouped(
 
 
 def token_budget_batches(examples: Sequence[Example], max_tokens: int, max_examples: int) -> list[list[Example]]:
-    """Evaluation batches: longest first, each as many examples as fit `max_tokens` padded positions."""
-    ordered = sorted(examples, key=lambda e: -len(e.input_ids))
-    out: list[list[Example]] = []
-    for example in ordered:
-        current = out[-1] if out else None
-        # Longest first, so the batch's first member sets its width.
-        if current and len(current) < max_examples and (len(current) + 1) * len(current[0].input_ids) <= max_tokens:
-            current.append(example)
-        else:
-            out.append([example])
-    return out
+    """Evaluation batches: longest first, within `max_tokens` padded positions (see memory.eval_batches)."""
+    groups = eval_batches([len(e.input_ids) for e in examples], max_tokens, max_examples)
+    return [[examples[i] for i in group] for group in groups]

@@ -29,13 +29,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from lensllm.errors import LensLLMError
 from lensllm.trial.spec import LoraSpec, TrialSpec, WireModel
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 HEAD_CHUNK_BYTES = 64 * 2**20  # float32 logits of one LM-head chunk (modeling.py uses the same bound)
 SKETCH_BLOCK = 1 << 24  # gradient entries hashed at once by the sketch (ntk.py uses the same block)
+GRAM_BLOCK_BYTES = 64 * 2**20  # float64 copy of the Jacobian columns one Gram update multiplies (ntk.py)
 EVAL_MAX_EXAMPLES = 64  # larger evaluation batches gain nothing once a batch fills the device
+EVAL_MIN_FILL = 0.9  # an evaluation batch ends before an example shorter than this share of its width
 GPU_RESERVED = GIB // 2  # CUDA context, cuBLAS workspaces
 GPU_USABLE = 0.92  # the rest of the margin: allocator fragmentation
 # peft adapts these modules with target_modules "all-linear", per family; (input, output) widths.
@@ -83,7 +86,7 @@ GATED_TYPES = frozenset(
 )
 
 
-class PlanError(ValueError):
+class PlanError(LensLLMError):
     """The plan cannot be made: a config it does not understand, a size it cannot parse."""
 
 
@@ -275,6 +278,17 @@ class MemoryPlan(WireModel):
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
 
+    def refusal(self) -> str:
+        """One line for WillNotFit: the phase that does not fit, what it is made of, what would shrink it."""
+        worst = max(self.phases, key=lambda p: p.bytes)
+        parts = ", ".join(f"{name} {gib(size)}" for name, size in worst.parts.items() if size)
+        return (
+            f"the {worst.name} phase needs {gib(worst.bytes)} ({parts}) at micro-batch {self.micro_batch_size}, "
+            f"checkpointing {'on' if self.gradient_checkpointing else 'off'}, {self.sequence_length} tokens; "
+            f"{self.device} has {gib(self.capacity_bytes)} usable: use training.method lora, a shorter "
+            "training.maxSeqLength or a larger device"
+        )
+
     def explain(self) -> str:
         """One line: the chosen settings and each phase against the capacity."""
         phases = ", ".join(f"{p.name} {gib(p.bytes)}" for p in self.phases)
@@ -335,11 +349,15 @@ class _Model:
         kept = self.shape.layers * (self.weight_bytes * self.shape.hidden if checkpointing else layer) + head
         return int(tokens * kept), int(tokens * layer)
 
-    def logits(self, tokens: int) -> int:
-        if self.shape.encoder_decoder:  # full logits: model dtype, float32 copy, its gradient
-            return tokens * self.shape.vocab * (self.weight_bytes + 8)
-        chunk = min(tokens, max(1, HEAD_CHUNK_BYTES // (4 * self.shape.vocab)))
-        return chunk * self.shape.vocab * (self.weight_bytes + 8)
+    def logits(self, tokens: int, *, training: bool) -> int:
+        """Logits of one LM-head chunk: float32 logits and log-softmax, and in training their gradient.
+
+        (The weight-dtype logits die as soon as they are cast to float32.)
+        """
+        per_logit = 8 + (4 if training else 0)
+        if self.shape.encoder_decoder:  # the model's own forward: logits for every position
+            return tokens * self.shape.vocab * per_logit
+        return min(tokens, max(1, HEAD_CHUNK_BYTES // (4 * self.shape.vocab))) * self.shape.vocab * per_logit
 
 
 def plan_trial(
@@ -349,12 +367,14 @@ def plan_trial(
     *,
     parameters: int | None = None,
     sequence_length: int | None = None,
+    eval_lengths: list[int] | None = None,
 ) -> MemoryPlan:
     """Choose micro-batch, checkpointing, evaluation batch and NTK method so that each phase fits.
 
     `parameters` is the exact count when the weight files tell it; `sequence_length` the
-    longest tokenised example when the data is at hand (else training.maxSeqLength). When no
-    choice fits, the plan says so (fits False) with the numbers of the smallest choice.
+    longest tokenised example and `eval_lengths` the test examples' lengths when the data is
+    at hand (else every sequence is planned at training.maxSeqLength). When no choice fits,
+    the plan says so (fits False) with the numbers of the smallest choice.
     """
     shape = shape_of(config)
     training = spec.training
@@ -375,7 +395,7 @@ def plan_trial(
     sequence = min(sequence_length or training.max_seq_length, training.max_seq_length)
     capacity = device.capacity_bytes
     micro, checkpointing, train = _choose_training(model, spec, sequence, capacity, fused=device.kind == "cuda")
-    evaluate, eval_tokens = _choose_evaluation(model, sequence, capacity)
+    evaluate, eval_tokens = _choose_evaluation(model, sequence, capacity, eval_lengths)
     phases = [train, evaluate]
     ntk_fields: dict = {}
     if spec.ntk.enabled:
@@ -396,6 +416,29 @@ def plan_trial(
         phases=phases,
         fits=all(p.bytes <= capacity for p in phases),
         **ntk_fields,
+    )
+
+
+def unplanned(spec: TrialSpec, device: Device, sequence: int) -> MemoryPlan:
+    """The spec's own settings, for an architecture the memory plan cannot model."""
+    training = spec.training
+    micro = min(training.micro_batch_size or training.batch_size, training.batch_size)
+    return MemoryPlan(
+        device=device.kind,
+        capacity_bytes=device.capacity_bytes,
+        dtype=spec.candidate.dtype,
+        parameters=0,
+        trainable_parameters=0,
+        sequence_length=sequence,
+        micro_batch_size=micro,
+        gradient_accumulation=math.ceil(training.batch_size * training.gradient_accumulation / micro),
+        gradient_checkpointing=bool(training.gradient_checkpointing),
+        eval_batch_tokens=training.batch_size * sequence,
+        ntk_scope=spec.ntk_scope,
+        ntk_method="sketch" if spec.ntk.method == "sketch" else "exact",
+        ntk_chunks=1,
+        phases=[],
+        fits=True,
     )
 
 
@@ -427,31 +470,45 @@ def _train_phase(model: _Model, micro: int, sequence: int, checkpointing: bool, 
         "optimizer": 8 * model.trainable,
         "snapshot": model.snapshot,
     }
-    forward_backward = kept + layer + model.logits(tokens) + (gradients if accumulates else 0)
+    logits = model.logits(tokens, training=True)
+    forward_backward = kept + layer + logits + (gradients if accumulates else 0)
     step = gradients + step_extra
     if forward_backward >= step:
-        parts |= {"activations": kept + layer, "logits": model.logits(tokens)}
+        parts |= {"activations": kept + layer, "logits": logits}
         parts["gradients"] = gradients if accumulates else 0
     else:
         parts |= {"gradients": gradients, "stepTemporaries": step_extra}
     return Phase(name="train", bytes=sum(parts.values()), parts=parts)
 
 
-def _choose_evaluation(model: _Model, sequence: int, capacity: int) -> tuple[Phase, int]:
+def _choose_evaluation(
+    model: _Model, sequence: int, capacity: int, lengths: list[int] | None
+) -> tuple[Phase, int]:
+    """The largest token budget per evaluation batch that fits; the phase as its largest real batch."""
     for examples in range(EVAL_MAX_EXAMPLES, 0, -1):
-        phase = _eval_phase(model, examples * sequence, sequence)
+        budget = examples * sequence
+        largest = budget
+        if lengths:
+            largest = max(len(b) * lengths[b[0]] for b in eval_batches(lengths, budget, EVAL_MAX_EXAMPLES))
+        phase = _eval_phase(model, largest, sequence)
         if phase.bytes <= capacity or examples == 1:
-            return phase, examples * sequence
+            return phase, budget
     raise AssertionError("unreachable")
 
 
 def _eval_phase(model: _Model, tokens: int, sequence: int) -> Phase:
-    _, layer = model.activations(tokens, sequence, checkpointing=False)
+    shape, b = model.shape, model.weight_bytes
+    # Without autograd only one layer's intermediates live at once: the residual stream and its
+    # normalised copy (float32 inside RMSNorm), and two of the attention's or the MLP's widest.
+    widest = max(shape.q_dim + shape.kv_dim, shape.intermediate)
+    per_token = b * (2 * shape.hidden + 2 * widest) + 8 * shape.hidden
+    if shape.attention_scores:
+        per_token += 12 * shape.heads * sequence
     parts = {
         "weights": model.weights,
         "snapshot": model.snapshot,
-        "activations": layer + 2 * tokens * model.weight_bytes * model.shape.hidden,
-        "logits": model.logits(tokens),
+        "activations": tokens * per_token,
+        "logits": model.logits(tokens, training=False),
     }
     return Phase(name="evaluate", bytes=sum(parts.values()), parts=parts)
 
@@ -466,7 +523,7 @@ def _choose_ntk(model: _Model, spec: TrialSpec, sequence: int, capacity: int) ->
         "weights": model.weights,
         "snapshot": model.snapshot,
         "activations": kept + layer,
-        "logits": model.logits(sequence),
+        "logits": model.logits(sequence, training=True),
         "gram": 8 * n * n,
     }
     jacobian = n * scoped * 4
@@ -476,7 +533,10 @@ def _choose_ntk(model: _Model, spec: TrialSpec, sequence: int, capacity: int) ->
     method = ntk.method if ntk.method != "auto" else ("exact" if chunks == 1 else "sketch")
     if method == "exact":
         resident = min(jacobian, math.ceil(scoped / chunks) * n * 4)
-        parts = base | {"exampleGradient": math.ceil(scoped / chunks) * scoped_bytes, "resident": resident}
+        parts = base | {
+            "exampleGradient": math.ceil(scoped / chunks) * scoped_bytes,
+            "resident": resident + min(GRAM_BLOCK_BYTES, 2 * resident),
+        }
     else:
         chunks, resident = 1, n * ntk.sketch_dim * 4
         # The sketch hashes a block of gradient entries at a time: index, bucket, sign and value.
@@ -507,6 +567,30 @@ def parse_bytes(text: str) -> int:
     if not match:
         raise PlanError(f"{text!r} is not a size; use e.g. 80Gi, 80G or a number of bytes")
     return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def eval_batches(lengths: list[int], max_tokens: int, max_examples: int) -> list[list[int]]:
+    """Indices of evaluation batches: longest first, each within `max_tokens` padded positions.
+
+    A batch also ends where the next example is shorter than EVAL_MIN_FILL of the batch's
+    width, so no example is more than 10% padding. Here (pure) so the plan sizes the
+    evaluation phase by the batches the recipe will really run.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        current = out[-1] if out else None
+        width = lengths[current[0]] if current else 0  # longest first: the first member sets the width
+        if (
+            current
+            and len(current) < max_examples
+            and (len(current) + 1) * width <= max_tokens
+            and lengths[i] >= EVAL_MIN_FILL * width
+        ):
+            current.append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def gib(value: int) -> str:

@@ -1,7 +1,7 @@
 """What the memory plan reads about a candidate without loading its weights.
 
 Called by the recipe before it loads the model, and by `lensllm plan` and `run-trial
---plan-only`. A local directory's config.json and safetensors headers are read as plain
+--plan-only` (which also find the device to plan for here, without torch). A local directory's config.json and safetensors headers are read as plain
 files; hub models and GGUF files go through transformers' AutoConfig (no torch needed, and
 no weights downloaded).
 """
@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 from lensllm.trial.failures import ModelNotFound, first_line
-from lensllm.trial.spec import CandidateSpec
+from lensllm.trial.memory import Device, MemoryPlan, PlanError, parse_bytes, plan_trial
+from lensllm.trial.spec import CandidateSpec, TrialSpec
 
 
 def read_config(candidate: CandidateSpec) -> dict:
@@ -57,3 +58,25 @@ def nvidia_smi_memory_bytes() -> int | None:
     proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
     lines = proc.stdout.split()
     return int(lines[0]) * 2**20 if proc.returncode == 0 and lines and lines[0].isdigit() else None
+
+
+def planning_device(kind: str, gpu_memory: str | None) -> tuple[Device, str | None]:
+    """The device to plan for, without torch: --gpu-memory, else the GPU nvidia-smi lists, else this host.
+
+    Also returns a note when the plan falls back to this host's memory.
+    """
+    if kind == "cpu":
+        return Device(kind="cpu", total_bytes=host_memory_bytes()), None
+    if gpu_memory is not None:
+        return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+    found = nvidia_smi_memory_bytes()
+    if found is not None:
+        return Device(kind="cuda", total_bytes=found), None
+    if kind == "cuda":
+        raise PlanError("no GPU found to plan for: give its memory with --gpu-memory, e.g. --gpu-memory 80Gi")
+    return Device(kind="cpu", total_bytes=host_memory_bytes()), "no GPU here: planned for this host's memory"
+
+
+def plan_spec(spec: TrialSpec, device: Device) -> MemoryPlan:
+    """The memory plan of a trial from its spec and the candidate's config alone (training.maxSeqLength)."""
+    return plan_trial(spec, read_config(spec.candidate), device, parameters=count_parameters(spec.candidate))

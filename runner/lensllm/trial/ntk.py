@@ -22,12 +22,11 @@ from torch.func import grad_and_value
 
 from lensllm.trial.examples import Example, collate
 from lensllm.trial.failures import InvalidSpec
-from lensllm.trial.memory import SKETCH_BLOCK
+from lensllm.trial.memory import GRAM_BLOCK_BYTES, SKETCH_BLOCK
 from lensllm.trial.losses import token_losses
 
 # The first numbered module in a parameter name is its block: model.layers.3., transformer.h.3., decoder.block.3.
 _BLOCK = re.compile(r"^(.*?)\.(\d+)\.")
-_CHUNK = 1 << 22  # Jacobian columns per float64 Gram update
 
 
 @dataclass(frozen=True)
@@ -113,8 +112,9 @@ def _exact_gram(mean_loss, batches, params: dict[str, torch.Tensor], chunks: int
             torch.cat([g.reshape(-1).float() for g in grads.values()], out=jac[i])
             losses.append(loss.detach())
         # Accumulate in float64 a column block at a time: exact enough for tiny eigenvalues, no n x P float64 copy.
-        for block in jac.split(_CHUNK, dim=1):
-            gram += block.double() @ block.double().T
+        for block in jac.split(max(1, GRAM_BLOCK_BYTES // (8 * n)), dim=1):
+            wide = block.double()
+            gram += wide @ wide.T
         del jac
     return gram, torch.stack(losses)
 

@@ -23,7 +23,7 @@ from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, 
 from lensllm.trial.failures import Diverged, InvalidSpec, OutOfMemory, WillNotFit, classify, first_line
 from lensllm.trial.fits import fit_all
 from lensllm.trial.losses import backward_losses, token_losses
-from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, gib, plan_trial
+from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, plan_trial, unplanned
 from lensllm.trial.model_files import count_parameters, host_memory_bytes, read_config
 from lensllm.trial.modeling import (
     apply_lora,
@@ -87,7 +87,11 @@ class TrialRecipe:
 
     def setup(self) -> None:
         """Data and tokenizer first (cheap to get wrong), then the memory plan, then the weights, once."""
-        torch.manual_seed(self.seed)  # LoRA adapter init
+        self.setup_data()
+        self.setup_model(load_model(self.spec.candidate, dtype=self.dtype, device=self.device))
+
+    def setup_data(self) -> None:
+        """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
         self.tokenizer = load_tokenizer(self.spec.candidate)
         self.seq2seq = bool(read_config(self.spec.candidate).get("is_encoder_decoder"))
@@ -95,8 +99,15 @@ class TrialRecipe:
             raise InvalidSpec("dataset.textField: an encoder-decoder model needs inputField and targetField")
         self.train_examples: list[Example] = self._encode(rows.train)
         self.test_examples: list[Example] = self._encode(rows.test)
-        self.plan = self._plan()  # WillNotFit here costs no weight loading
-        self.model = load_model(self.spec.candidate, dtype=self.dtype, device=self.device)
+        self.plan = self._plan()
+
+    def setup_model(self, model) -> None:
+        """Adapters, checkpointing and compilation as planned; snapshot the starting weights.
+
+        The benchmark hands in a randomly initialised model here; trials load the candidate's weights.
+        """
+        self.model = model
+        torch.manual_seed(self.seed)  # LoRA adapter init
         if self.method == "lora":
             self.model = apply_lora(self.model, self.spec.training.lora, seq2seq=self.seq2seq)
         if self.plan.gradient_checkpointing:
@@ -119,12 +130,13 @@ class TrialRecipe:
                 device,
                 parameters=count_parameters(self.spec.candidate),
                 sequence_length=longest,
+                eval_lengths=[len(e.input_ids) for e in self.test_examples],
             )
         except PlanError as err:  # an architecture without a memory model runs as the spec says
             self.on_progress({"event": "plan", "unplanned": str(err)})
-            return fallback_plan(self.spec, device, longest)
+            return unplanned(self.spec, device, longest)
         if not plan.fits:
-            raise WillNotFit(will_not_fit_message(plan))
+            raise WillNotFit(plan.refusal())
         self.on_progress({"event": "plan", "plan": plan.explain()})
         return plan
 
@@ -308,41 +320,6 @@ def _device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[1]
     return host_memory_bytes()
-
-
-def fallback_plan(spec: TrialSpec, device: Device, sequence: int) -> MemoryPlan:
-    """The spec's own settings, for an architecture the memory plan cannot model."""
-    training = spec.training
-    micro = min(training.micro_batch_size or training.batch_size, training.batch_size)
-    return MemoryPlan(
-        device=device.kind,
-        capacity_bytes=device.capacity_bytes,
-        dtype=spec.candidate.dtype,
-        parameters=0,
-        trainable_parameters=0,
-        sequence_length=sequence,
-        micro_batch_size=micro,
-        gradient_accumulation=math.ceil(training.batch_size * training.gradient_accumulation / micro),
-        gradient_checkpointing=bool(training.gradient_checkpointing),
-        eval_batch_tokens=training.batch_size * sequence,
-        ntk_scope=spec.ntk_scope,
-        ntk_method="sketch" if spec.ntk.method == "sketch" else "exact",
-        ntk_chunks=1,
-        phases=[],
-        fits=True,
-    )
-
-
-def will_not_fit_message(plan: MemoryPlan) -> str:
-    """One line: the phase that does not fit, what it is made of, and what would shrink it."""
-    worst = max(plan.phases, key=lambda p: p.bytes)
-    parts = ", ".join(f"{name} {gib(size)}" for name, size in worst.parts.items() if size)
-    return (
-        f"the {worst.name} phase needs {gib(worst.bytes)} ({parts}) at micro-batch {plan.micro_batch_size}, "
-        f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.sequence_length} tokens; "
-        f"{plan.device} has {gib(plan.capacity_bytes)} usable: use training.method lora, a shorter "
-        "training.maxSeqLength or a larger device"
-    )
 
 
 def _check_finite(value: float, what: str) -> None:

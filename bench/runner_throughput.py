@@ -236,7 +236,7 @@ def print_table(path: Path) -> None:
     columns = [
         ("name", lambda r: r["name"]),
         ("method", lambda r: r["method"] + (" +compile" if r.get("compile") else "")),
-        ("params", lambda r: f"{r['parameters'] / 1e9:.2f}B"),
+        ("params", lambda r: f"{r['parameters'] / 1e9:.2f}B" if r["parameters"] >= 1e8 else f"{r['parameters'] / 1e6:.1f}M"),
         ("micro x acc", lambda r: f"{r['microBatch']} x {r['accumulation']}" + (" ckpt" if r["checkpointing"] else "")),
         ("train tok/s", lambda r: _fmt(r.get("trainTokensPerSecond"), ",.0f")),
         ("pad %", lambda r: _fmt(r.get("trainPadding"), ".1%")),
@@ -246,7 +246,7 @@ def print_table(path: Path) -> None:
         ("NTK", lambda r: f"{r['ntkScope']}/{r['ntkMethod']} {r['ntkSeconds']:.1f}s" if "ntkSeconds" in r else "-"),
         ("NTK GiB (plan)", lambda r: _memory(r, "ntkPeakBytes", "ntk")),
         ("NTK/trial", lambda r: _fmt(r.get("ntkShareOfTrial"), ".2%")),
-        ("error", lambda r: r.get("error", "")),
+        ("error", lambda r: r.get("error", "").split(":")[0]),
     ]
     for title, _ in columns:
         table.add_column(title, justify="left" if title in ("name", "method", "NTK", "error") else "right")
@@ -256,6 +256,9 @@ def print_table(path: Path) -> None:
     console = Console()
     console.width = max(console.width, 160)
     console.print(table)
+    for row in rows:
+        if "error" in row:
+            console.print(f"{row['name']}: {row['error']}", soft_wrap=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:

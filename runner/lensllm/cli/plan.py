@@ -117,7 +117,7 @@ def parts_table(plan: MemoryPlan) -> Table:
     """What each phase's peak is made of (GiB)."""
     table = Table(title="Peak by part (GiB)")
     table.add_column("phase")
-    kinds = list(dict.fromkeys(k for p in plan.phases for k in p.parts))
+    kinds = list(dict.fromkeys(k for p in plan.phases for k, size in p.parts.items() if size))
     for kind in kinds:
         table.add_column(kind, justify="right")
     for phase in plan.phases:

@@ -332,18 +332,23 @@ class _Model:
         return self.parameters * self.weight_bytes + adapters
 
     @property
+    def largest_tensor(self) -> int:
+        s = self.shape
+        return max(s.vocab * s.hidden, s.hidden * s.intermediate, s.hidden * (s.q_dim + 2 * s.kv_dim))
+
+    @property
     def snapshot(self) -> int:
         """The starting weights the recipe restores before each size live in host memory."""
         return self.trainable * self.trainable_bytes if self.on_host else 0
 
-    def activations(self, tokens: int, sequence: int, *, checkpointing: bool) -> tuple[int, int]:
-        """(bytes kept for backward, one layer's transient bytes) for a micro-batch of `tokens`."""
+    def activations(self, tokens: int, sequence: int, *, checkpointing: bool, training: bool = True) -> tuple[int, int]:
+        """(bytes kept for backward, one layer's transient bytes) for a micro-batch of `tokens`.
+
+        Not training (the NTK runs the model in eval mode), LoRA's dropout keeps no copies.
+        """
+        lora = self.lora if training else self.lora.model_copy(update={"dropout": 0.0})
         layer = layer_bytes(
-            self.shape,
-            method=self.method,
-            weight_bytes=self.weight_bytes,
-            lora=self.lora,
-            tokens_per_sequence=sequence,
+            self.shape, method=self.method, weight_bytes=self.weight_bytes, lora=lora, tokens_per_sequence=sequence
         )
         head = 3 * self.weight_bytes * self.shape.hidden  # body output, scored hidden states, their gradient
         kept = self.shape.layers * (self.weight_bytes * self.shape.hidden if checkpointing else layer) + head
@@ -518,7 +523,7 @@ def _choose_ntk(model: _Model, spec: TrialSpec, sequence: int, capacity: int) ->
     scope = spec.ntk_scope
     scoped, scoped_bytes = _scope_size(model, scope, ntk.last_blocks)
     n = ntk.probe_size
-    kept, layer = model.activations(sequence, sequence, checkpointing=False)
+    kept, layer = model.activations(sequence, sequence, checkpointing=False, training=False)
     base = {
         "weights": model.weights,
         "snapshot": model.snapshot,
@@ -539,8 +544,9 @@ def _choose_ntk(model: _Model, spec: TrialSpec, sequence: int, capacity: int) ->
         }
     else:
         chunks, resident = 1, n * ntk.sketch_dim * 4
-        # The sketch hashes a block of gradient entries at a time: index, bucket, sign and value.
-        parts = base | {"exampleGradient": scoped * scoped_bytes, "resident": resident + SKETCH_BLOCK * 24}
+        # The sketch hashes a block of a weight tensor's gradient at a time: index, bucket, sign, value.
+        block = min(SKETCH_BLOCK, model.largest_tensor)
+        parts = base | {"exampleGradient": scoped * scoped_bytes, "resident": resident + block * 24}
     label = f"lastBlocks:{ntk.last_blocks}" if scope == "lastBlocks" else scope
     phase = Phase(name="ntk", bytes=sum(parts.values()), parts=parts)
     return phase, {"ntk_scope": label, "ntk_method": method, "ntk_chunks": chunks, "ntk_resident_bytes": resident}

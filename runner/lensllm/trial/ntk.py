@@ -89,10 +89,13 @@ def measure_kernel(
         nats, tokens = token_losses(model, batch, seq2seq=seq2seq, params=weights)
         return nats.sum() / tokens.sum().clamp(min=1)
 
-    if sketch_dim is None:
-        gram, residuals = _exact_gram(mean_loss, batches, params, chunks)
-    else:
-        gram, residuals = _sketched_gram(mean_loss, batches, params, sketch_dim, seed)
+    # torch.func.grad differentiates inside; outside, weights left out of `params` that train
+    # would otherwise make autograd record (and keep) a graph around every gradient.
+    with torch.no_grad():
+        if sketch_dim is None:
+            gram, residuals = _exact_gram(mean_loss, batches, params, chunks)
+        else:
+            gram, residuals = _sketched_gram(mean_loss, batches, params, sketch_dim, seed)
     model.train(was_training)
     size = sum(p.numel() for p in params.values())
     return Kernel(gram=gram.cpu().numpy(), residuals=residuals.double().cpu().numpy(), parameters=size)

@@ -8,7 +8,6 @@ batch; encoder-decoders and heads that post-process logits keep the model's own 
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from lensllm.trial.examples import IGNORE
 from lensllm.trial.memory import HEAD_CHUNK_BYTES
@@ -34,15 +33,10 @@ def head_chunk_tokens(vocab_size: int) -> int:
     return max(1, HEAD_CHUNK_BYTES // (4 * vocab_size))
 
 
-def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, params: dict | None = None):
-    """Summed cross-entropy (nats) and scored-token count per example.
-
-    With `params`, the model runs with those tensors (keyed by the model's parameter names)
-    in place of its own (torch.func), which is how the NTK differentiates with respect to a
-    chosen subset of the weights.
-    """
+def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool):
+    """Summed cross-entropy (nats) and scored-token count per example."""
     if chunked_head(model):
-        hidden, head_weight, head_bias = _scored_hidden(model, batch, params)
+        hidden, head_weight, head_bias = _scored_hidden(model, batch)
         nats = torch.cat(
             [
                 _chunk_nats(h, head_weight, head_bias, t, reduction="none")
@@ -55,7 +49,7 @@ def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, params
         )
         counts = torch.bincount(batch["score_example"], minlength=rows)
         return per_example, counts
-    return _full_logit_losses(model, batch, seq2seq=seq2seq, params=params)
+    return _full_logit_losses(model, batch, seq2seq=seq2seq)
 
 
 def backward_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, scale: float) -> torch.Tensor:
@@ -67,10 +61,10 @@ def backward_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, sca
     gradient goes through the body in one backward call.
     """
     if not chunked_head(model):
-        nats = _full_logit_losses(model, batch, seq2seq=seq2seq, params=None)[0].sum()
+        nats = _full_logit_losses(model, batch, seq2seq=seq2seq)[0].sum()
         (nats * scale).backward()
         return nats.detach()
-    hidden, head_weight, head_bias = _scored_hidden(model, batch, None)
+    hidden, head_weight, head_bias = _scored_hidden(model, batch)
     cut = hidden.detach().requires_grad_(hidden.requires_grad)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for h, targets in _chunks(cut, batch["score_target"], model.config.vocab_size):
@@ -82,20 +76,11 @@ def backward_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, sca
     return total
 
 
-def _scored_hidden(model, batch: dict[str, torch.Tensor], params: dict | None):
+def _scored_hidden(model, batch: dict[str, torch.Tensor]):
     """Last hidden states at the scored positions, and the LM head's weight and bias to apply."""
     body, head = body_and_head(model)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if params is None:
-        hidden = body(**inputs).last_hidden_state
-        weight, bias = head.weight, head.bias
-    else:
-        swap = {id(p): params[n] for n, p in model.named_parameters() if n in params}
-        body_params = {n: swap[id(p)] for n, p in body.named_parameters() if id(p) in swap}
-        hidden = functional_call(body, body_params, (), inputs).last_hidden_state
-        weight = swap.get(id(head.weight), head.weight)
-        bias = None if head.bias is None else swap.get(id(head.bias), head.bias)
-    return hidden.flatten(0, 1).index_select(0, batch["score_index"]), weight, bias
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return hidden.flatten(0, 1).index_select(0, batch["score_index"]), head.weight, head.bias
 
 
 def _chunks(hidden: torch.Tensor, targets: torch.Tensor, vocab_size: int):
@@ -108,13 +93,13 @@ def _chunk_nats(hidden, weight, bias, targets, *, reduction: str) -> torch.Tenso
     return F.cross_entropy(logits, targets, reduction=reduction)
 
 
-def _full_logit_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, params: dict | None):
+def _full_logit_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool):
     """The model's own forward with logits for every position (encoder-decoders, post-processed heads)."""
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if seq2seq:
         inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = (model(**inputs) if params is None else functional_call(model, params, (), inputs)).logits
+    logits = model(**inputs).logits
     if seq2seq:
         targets = labels
     else:  # position t predicts token t + 1

@@ -538,8 +538,10 @@ def _choose_ntk(model: _Model, spec: TrialSpec, sequence: int, capacity: int) ->
     method = ntk.method if ntk.method != "auto" else ("exact" if chunks == 1 else "sketch")
     if method == "exact":
         resident = min(jacobian, math.ceil(scoped / chunks) * n * 4)
+        # A low-precision gradient is copied to float32 on its way into the Jacobian.
+        converted = 4 if scoped_bytes < 4 else 0
         parts = base | {
-            "exampleGradient": math.ceil(scoped / chunks) * scoped_bytes,
+            "exampleGradient": math.ceil(scoped / chunks) * (scoped_bytes + converted),
             "resident": resident + min(GRAM_BLOCK_BYTES, 2 * resident),
         }
     else:

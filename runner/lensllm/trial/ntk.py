@@ -6,19 +6,20 @@ fit), so the initial residual r0 = f0(X) - y is the vector of per-example losses
 F(0) = ||r0||^2. Under NTK-linearised gradient flow on 1/2 ||f - y||^2 that residual
 decays as exp(-eta Theta t) r0, which is the F(Theta, t) of the law.
 
-Gradients come one example at a time through `torch.func.grad` on a functional call with
-only the scoped weights as inputs: no vmap (it was no faster on CPU, and sdpa attention
-masks break under it) and no requires_grad juggling on the model. The n x P Jacobian is
-never held whole: the exact method accumulates the Gram matrix over parameter chunks, the
-sketch reduces each gradient to k numbers (the memory plan picks which, and the chunks).
+Gradients come one example at a time from `torch.autograd.grad` with respect to the scoped
+weights only (autograd computes no other weight's gradient). torch.func was tried and
+dropped: on a peft-wrapped model its first call kept a copy the size of the base weights
+(+612 MiB on SmolLM2-135M), and vmap was no faster on the CPU. The n x P Jacobian is never
+held whole: the exact method accumulates the Gram matrix over parameter chunks, the sketch
+reduces each gradient to k numbers (the memory plan picks which, and the chunks).
 """
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import grad_and_value
 
 from lensllm.trial.examples import Example, collate
 from lensllm.trial.failures import InvalidSpec
@@ -85,35 +86,50 @@ def measure_kernel(
     model.eval()  # no dropout: the kernel of the deterministic function
     batches = [collate([example], pad_id=pad_id, seq2seq=seq2seq, device=device) for example in probe]
 
-    def mean_loss(weights: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        nats, tokens = token_losses(model, batch, seq2seq=seq2seq, params=weights)
-        return nats.sum() / tokens.sum().clamp(min=1)
+    def gradients(weights: list[torch.Tensor], batch: dict[str, torch.Tensor]):
+        """The mean example loss and its gradient with respect to `weights` (zeros where unused)."""
+        nats, tokens = token_losses(model, batch, seq2seq=seq2seq)
+        loss = nats.sum() / tokens.sum().clamp(min=1)
+        grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)], loss.detach()
 
-    # torch.func.grad differentiates inside; outside, weights left out of `params` that train
-    # would otherwise make autograd record (and keep) a graph around every gradient.
-    with torch.no_grad():
+    with torch.enable_grad(), _differentiable(list(params.values())):
         if sketch_dim is None:
-            gram, residuals = _exact_gram(mean_loss, batches, params, chunks)
+            gram, residuals = _exact_gram(gradients, batches, params, chunks)
         else:
-            gram, residuals = _sketched_gram(mean_loss, batches, params, sketch_dim, seed)
+            gram, residuals = _sketched_gram(gradients, batches, params, sketch_dim, seed)
     model.train(was_training)
     size = sum(p.numel() for p in params.values())
     return Kernel(gram=gram.cpu().numpy(), residuals=residuals.double().cpu().numpy(), parameters=size)
 
 
-def _exact_gram(mean_loss, batches, params: dict[str, torch.Tensor], chunks: int):
+@contextmanager
+def _differentiable(weights: list[torch.Tensor]):
+    """Let autograd differentiate the scoped weights, also frozen ones (lastBlocks under LoRA)."""
+    frozen = [w for w in weights if not w.requires_grad]
+    for w in frozen:
+        w.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for w in frozen:
+            w.requires_grad_(False)
+
+
+def _exact_gram(gradients, batches, params: dict[str, torch.Tensor], chunks: int):
     n = len(batches)
     device = next(iter(params.values())).device
     gram = torch.zeros((n, n), dtype=torch.float64, device=device)
     for group in parameter_chunks(params, chunks):
-        inputs = {name: p.detach() for name, p in group.items()}
-        width = sum(p.numel() for p in inputs.values())
+        weights = list(group.values())
+        width = sum(p.numel() for p in weights)
         jac = torch.empty((n, width), dtype=torch.float32, device=device)  # the n x P memory chunks bound
         losses = []
         for i, batch in enumerate(batches):
-            grads, loss = grad_and_value(mean_loss)(inputs, batch)
-            torch.cat([g.reshape(-1).float() for g in grads.values()], out=jac[i])
-            losses.append(loss.detach())
+            grads, loss = gradients(weights, batch)
+            with torch.no_grad():
+                torch.cat([g.reshape(-1).float() for g in grads], out=jac[i])
+            losses.append(loss)
         # Accumulate in float64 a column block at a time: exact enough for tiny eigenvalues, no n x P float64 copy.
         for block in jac.split(max(1, GRAM_BLOCK_BYTES // (8 * n)), dim=1):
             wide = block.double()
@@ -135,18 +151,18 @@ def parameter_chunks(params: dict[str, torch.Tensor], chunks: int) -> list[dict[
     return groups
 
 
-def _sketched_gram(mean_loss, batches, params: dict[str, torch.Tensor], k: int, seed: int):
+def _sketched_gram(gradients, batches, params: dict[str, torch.Tensor], k: int, seed: int):
     device = next(iter(params.values())).device
-    inputs = {name: p.detach() for name, p in params.items()}
-    hashes = _tensor_hashes(list(inputs), seed)
+    hashes = _tensor_hashes(list(params), seed)
     sketches = torch.zeros((len(batches), k), dtype=torch.float32, device=device)
     losses = []
     for i, batch in enumerate(batches):
-        grads, loss = grad_and_value(mean_loss)(inputs, batch)
-        for name, g in grads.items():
-            count_sketch_(sketches[i], g.reshape(-1), hashes[name])
+        grads, loss = gradients(list(params.values()), batch)
+        with torch.no_grad():
+            for name, g in zip(params, grads):
+                count_sketch_(sketches[i], g.reshape(-1), hashes[name])
         del grads
-        losses.append(loss.detach())
+        losses.append(loss)
     sketches = sketches.double()
     return sketches @ sketches.T, torch.stack(losses)
 

@@ -195,7 +195,7 @@ class TrialRecipe:
             upcoming = self._micro_batches(examples, next(groups, None))
             while upcoming:
                 micro_batches = upcoming
-                scored = sum(b.scored for b in micro_batches)
+                scored = max(sum(b.scored for b in micro_batches), 1)
                 step_nats = torch.zeros((), dtype=torch.float32, device=self.device)
                 for batch in micro_batches:  # token-weighted: each scored token counts 1 / scored
                     step_nats += backward_losses(self.model, batch.tensors, seq2seq=self.seq2seq, scale=1 / scored)

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lensllm.trial.memory import estimated_parameters, lora_parameters, shape_of
+from lensllm.trial.architecture import estimated_parameters, lora_parameters, shape_of
 from lensllm.trial.spec import LoraSpec
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

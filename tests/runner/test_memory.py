@@ -9,17 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
 
-from lensllm.trial.memory import (
-    GIB,
-    Device,
-    PlanError,
-    estimated_parameters,
-    layer_bytes,
-    lora_parameters,
-    parse_bytes,
-    plan_trial,
-    shape_of,
-)
+from lensllm.trial.architecture import PlanError, estimated_parameters, layer_bytes, lora_parameters, shape_of
+from lensllm.trial.memory import GIB, Device, parse_bytes, plan_trial
 from lensllm.trial.modeling import apply_lora
 from lensllm.trial.spec import LoraSpec, TrialSpec
 

@@ -15,7 +15,7 @@ LM head on those positions only, and nothing on the device has to be counted bac
 host (a boolean mask would force a sync to learn its size).
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -142,13 +142,6 @@ def make_batch(examples: Sequence[Example], *, pad_id: int, seq2seq: bool, devic
         positions=positions,
         scored=sum(e.n_scored for e in examples),
     )
-
-
-def batches(examples: Sequence[Example], size: int, order: Sequence[int] | None = None) -> Iterator[list[Example]]:
-    """Consecutive batches of `size` examples, in `order` when given."""
-    index = list(order) if order is not None else list(range(len(examples)))
-    for start in range(0, len(index), size):
-        yield [examples[i] for i in index[start : start + size]]
 
 
 def length_grouped(

@@ -6,6 +6,7 @@ import yaml
 
 from lensllm.cli.main import main
 from lensllm.trial import recipe as recipe_module
+from lensllm.trial.result import TrialResult
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bench" / "configs"
 
@@ -93,10 +94,10 @@ def test_a_trial_that_will_not_fit_fails_before_loading_any_weights(
 def test_a_trial_records_its_plan_and_the_compact_result_drops_it_first(tiny_models, task_dir, spec_template, trial_run):
     run = trial_run(spec_template(tiny_models["llama"], task_dir))
     plan = run.doc["plan"]
-    assert plan["microBatchSize"] == 16 and plan["fits"] and [p["name"] for p in plan["phases"]] == [
-        "train",
-        "evaluate",
-        "ntk",
-    ]
+    assert plan["microBatchSize"] == 16 and plan["fits"]
+    assert [p["name"] for p in plan["phases"]] == ["train", "evaluate", "ntk"]
     assert all(0 <= p["train"]["paddingFraction"] < 0.5 for p in run.doc["points"])
-    assert "plan" not in json.loads(run.message) or len(run.message) < 4096
+    result = TrialResult.model_validate(run.doc)
+    without_plan = len(result.model_copy(update={"plan": None}).to_termination_message(limit=10**6).encode())
+    compact = json.loads(result.to_termination_message(limit=without_plan))
+    assert "plan" not in compact and "spec" in compact  # the plan goes first, the spec echo stays

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
 
 from lensllm.trial.architecture import PlanError, estimated_parameters, layer_bytes, lora_parameters, shape_of
-from lensllm.trial.memory import GIB, Device, parse_bytes, plan_trial
+from lensllm.trial.memory import GIB, Device, parse_bytes, plan_trial, unplanned
 from lensllm.trial.modeling import apply_lora
 from lensllm.trial.spec import LoraSpec, TrialSpec
 
@@ -243,3 +243,9 @@ def test_predicted_peak_memory_is_within_25_percent_of_the_measured_peak_on_the_
     predicted_peak = max(r["predicted"] for r in rows.values())
     measured_peak = max(r["measured"] for r in rows.values())
     assert predicted_peak == pytest.approx(measured_peak, rel=0.25)
+
+
+def test_an_architecture_without_a_memory_model_runs_as_the_spec_says():
+    plan = unplanned(spec(batchSize=16, microBatchSize=4, gradientCheckpointing=True), GPU_80, 512)
+    assert (plan.micro_batch_size, plan.gradient_accumulation, plan.gradient_checkpointing) == (4, 4, True)
+    assert plan.fits and plan.phases == [] and plan.eval_batch_tokens == 16 * 512

@@ -66,10 +66,6 @@ class MemoryPlan(WireModel):
     phases: list[Phase] = Field(description="Predicted peak of each phase.")
     fits: bool = Field(description="Whether every phase fits capacityBytes.")
 
-    @property
-    def peak_bytes(self) -> int:
-        return max(p.bytes for p in self.phases)
-
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
 

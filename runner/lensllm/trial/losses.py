@@ -43,11 +43,10 @@ def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool):
                 for h, t in _chunks(hidden, batch["score_target"], model.config.vocab_size)
             ]
         )
-        rows = batch["input_ids"].shape[0]
-        per_example = torch.zeros(rows, dtype=torch.float32, device=nats.device).index_add(
-            0, batch["score_example"], nats
-        )
-        counts = torch.bincount(batch["score_example"], minlength=rows)
+        rows, where = batch["input_ids"].shape[0], batch["score_example"]
+        per_example = torch.zeros(rows, dtype=torch.float32, device=nats.device).index_add(0, where, nats)
+        # index_add, not bincount: bincount syncs with the host to size its output.
+        counts = torch.zeros(rows, dtype=torch.long, device=where.device).index_add(0, where, torch.ones_like(where))
         return per_example, counts
     return _full_logit_losses(model, batch, seq2seq=seq2seq)
 

@@ -31,6 +31,7 @@ def grads_to_masters_(params: list[torch.Tensor], masters: list[torch.Tensor]) -
 
 @torch.no_grad()
 def masters_to_weights_(params: list[torch.Tensor], masters: list[torch.Tensor]) -> None:
-    for p, m in zip(params, masters):
-        if m is not p:
-            p.copy_(m)
+    """Round the updated masters into the model's low-precision weights (one foreach kernel per dtype)."""
+    pairs = [(p, m) for p, m in zip(params, masters) if m is not p]
+    if pairs:
+        torch._foreach_copy_([p for p, _ in pairs], [m for _, m in pairs])

@@ -1,92 +1,131 @@
-"""Training throughput of the runner's step: tokens per second and model FLOP utilisation.
+"""Throughput of the runner's own training, evaluation and NTK: real tokens per second, padding, MFU, memory.
 
-Times the same forward, loss, backward and AdamW step the trial recipe runs, on random
-token ids of a fixed batch shape, and reports one JSON line. Model FLOPs use the runner's
-own estimate (about 6 x parameters per trained token, 2 x per evaluated token; attention
-FLOPs are left out, as in the trial results), so MFU here matches what a trial reports.
+Builds a trial whose candidate is a randomly initialised model from a config (no download),
+on a task with lognormal example lengths (`lognormal_task.py`), and runs the recipe's own
+`train`, `evaluate` and `measure_ntk` (`TrialRecipe`, the code a trial runs; nothing is
+re-implemented here). Prints one JSON line per run; `--table FILE` prints those lines as a table.
 
-    python bench/runner_throughput.py --tiny                       # CPU smoke run, no files needed
-    python bench/runner_throughput.py --model Qwen/Qwen2.5-0.5B --batch-size 8 --seq-len 1024
-    python bench/runner_throughput.py --model DIR --method lora --gradient-checkpointing --peak-tflops 989
+Model FLOPs are the runner's estimate (`modeling.training_flops`): per trained token 2N
+forward, 2N for the activation gradients and 2T for the weight gradients of the T trainable
+weights, i.e. 6N for full fine-tuning and 4N + 2T for LoRA; attention scores and recomputation
+under gradient checkpointing are not counted (the usual MFU convention). MFU is that over the
+device's dense bf16 peak.
+
+    python bench/runner_throughput.py --tiny --device cpu                 # CPU smoke run
+    python bench/runner_throughput.py --config bench/configs/qwen2.5-0.5b.json --examples 1024
+    python bench/runner_throughput.py --config bench/configs/qwen2.5-7b.json --method lora --ntk-probe 64
 """
 
 import argparse
 import json
-import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from lensllm.trial.modeling import (
-    apply_lora,
-    choose_device,
-    choose_dtype,
-    describe,
-    enable_gradient_checkpointing_,
-    evaluation_flops,
-    load_candidate,
-    parameter_counts,
-    peak_memory,
-    token_losses,
-    training_flops,
-)
-from lensllm.trial.spec import CandidateSpec, LoraSpec
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lognormal_task import SPECIALS, write_task, write_tokenizer  # noqa: E402
+
+from lensllm.trial.modeling import evaluation_flops, training_flops  # noqa: E402
+from lensllm.trial.recipe import TrialRecipe  # noqa: E402
+from lensllm.trial.spec import TrialSpec  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by GPU name fragment, from the vendors' data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 1024,
+    "vocab_size": 2048,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="hub id or local directory (as candidate.model in a trial spec)")
-    source.add_argument("--tiny", action="store_true", help="a 1M-parameter Llama built from a config, for CPU checks")
-    p.add_argument("--gguf-file", help="GGUF file inside --model")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, autotuning)")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    source.add_argument("--config", type=Path, help="a Hugging Face config.json; the model is randomly initialised")
+    source.add_argument("--tiny", action="store_true", help="a 1M-parameter Llama, for CPU checks")
+    source.add_argument("--table", type=Path, metavar="RESULTS.jsonl", help="print earlier JSON lines as a table")
+    p.add_argument("--name", help="label of the run (default: the config's file name)")
     p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--examples", type=int, default=256, help="training examples timed (one epoch); 0 skips training")
+    p.add_argument("--warmup", type=int, default=32, help="examples trained first, untimed (kernels, allocator)")
+    p.add_argument("--test-examples", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--median-len", type=int, default=150, help="median example length in tokens")
+    p.add_argument("--max-len", type=int, default=512, help="longest example (training.maxSeqLength)")
+    p.add_argument("--ntk-probe", type=int, default=0, help="NTK probe size (0: no NTK)")
+    p.add_argument("--ntk-scope", choices=("auto", "all", "lora", "lastBlocks"), default="auto")
+    p.add_argument("--ntk-method", choices=("auto", "exact", "sketch"), default="auto")
+    p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer body")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--gpu-memory", type=int, help="device bytes the plan may assume (default: the device's)")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--trial-examples",
+        type=int,
+        default=31_000,
+        help="examples a whole trial fine-tunes on (sizes x epochs; default 1k..16k doubling), for the NTK share",
+    )
     return p.parse_args(argv)
 
 
-def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    if args.tiny:
-        config = LlamaConfig(
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=256,
-            vocab_size=512,
-            max_position_embeddings=max(args.seq_len, 64),
-            use_cache=False,
-        )
-        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    model, _ = load_candidate(CandidateSpec(model=args.model, gguf_file=args.gguf_file), dtype=dtype, device=device)
-    return model
+def trial_spec(args: argparse.Namespace, model_dir: Path, data_dir: Path) -> TrialSpec:
+    checkpointing = {"auto": None, "on": True, "off": False}[args.gradient_checkpointing]
+    return TrialSpec.model_validate(
+        {
+            "candidate": {"model": str(model_dir), "dtype": args.dtype},
+            "dataset": {"source": str(data_dir), "textField": "text", "maxTestExamples": args.test_examples},
+            "subsetSizes": [max(args.examples, args.warmup, args.ntk_probe, 1)],
+            "targetSize": 10**6,
+            "seed": args.seed,
+            "device": args.device,
+            "training": {
+                "method": args.method,
+                "learningRate": 1e-5,
+                "batchSize": args.batch_size,
+                "maxSeqLength": args.max_len,
+                "gradientCheckpointing": checkpointing,
+                "compile": args.compile,
+            },
+            "ntk": {
+                "enabled": args.ntk_probe > 0,
+                "probeSize": max(args.ntk_probe, 1),
+                "scope": args.ntk_scope,
+                "method": args.ntk_method,
+            },
+        }
+    )
 
 
-def random_batch(model, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+def prepare(args: argparse.Namespace, folder: Path) -> tuple[TrialSpec, dict]:
+    """A model folder (config and tokenizer, no weights) and the task; the trial spec over them."""
+    config = TINY if args.tiny else json.loads(args.config.read_text())
+    model_dir, data_dir = folder / "model", folder / "data"
+    model_dir.mkdir(parents=True)
+    vocab = min(config["vocab_size"] - len(SPECIALS), 16384)  # words; the model's vocabulary may be larger
+    write_tokenizer(model_dir, vocab)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    size = max(args.examples, args.warmup, args.ntk_probe, 1)
+    write_task(data_dir, train=size, test=args.test_examples, vocab=vocab, median=args.median_len, cap=args.max_len)
+    return trial_spec(args, model_dir, data_dir), config
 
 
-def timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+def random_model(config: dict, device: torch.device, dtype: torch.dtype):
+    """The architecture of `config` with random weights, built on the device."""
+    hf_config = AutoConfig.for_model(**config)
+    with device:
+        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
 
 
 def peak_tflops(args: argparse.Namespace, device: torch.device) -> float | None:
@@ -98,61 +137,157 @@ def peak_tflops(args: argparse.Namespace, device: torch.device) -> float | None:
     return next((peak for fragment, peak in PEAK_TFLOPS.items() if fragment in name), None)
 
 
+def measured_peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory(prefix="lensllm-bench-") as tmp:
+        spec, config = prepare(args, Path(tmp))
+        recipe = TrialRecipe(spec, device_memory=args.gpu_memory)
+        recipe.setup_data()  # plans; raises WillNotFit before the model exists
+        recipe.setup_model(random_model(config, recipe.device, recipe.dtype))
+        report = describe_run(args, recipe)
+        if args.examples:
+            recipe.train(args.warmup)
+            report |= time_training(args, recipe)
+        report |= time_evaluation(recipe)
+        if args.ntk_probe:
+            report |= time_ntk(recipe)
+            if args.examples:
+                per_example = report["trainSeconds"] / args.examples
+                report["ntkShareOfTrial"] = report["ntkSeconds"] / (per_example * args.trial_examples)
+        recipe.cleanup()
+    return report
+
+
+def describe_run(args: argparse.Namespace, recipe: TrialRecipe) -> dict:
+    plan = recipe.plan
+    return {
+        "name": args.name or ("tiny-llama" if args.tiny else args.config.stem),
+        "device": str(recipe.device) if recipe.device.type != "cuda" else torch.cuda.get_device_name(recipe.device),
+        "dtype": str(recipe.dtype).removeprefix("torch."),
+        "method": args.method,
+        "compile": args.compile,
+        "parameters": recipe.parameters,
+        "trainableParameters": recipe.trainable,
+        "microBatch": plan.micro_batch_size,
+        "accumulation": plan.gradient_accumulation,
+        "checkpointing": plan.gradient_checkpointing,
+        "plannedPeakBytes": {p.name: p.bytes for p in plan.phases},
+    }
+
+
+def time_training(args: argparse.Namespace, recipe: TrialRecipe) -> dict:
+    if recipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(recipe.device)
+    stats = recipe.train(args.examples)
+    peak = peak_tflops(args, recipe.device)
+    tflops = stats.flops / stats.seconds / 1e12
+    return {
+        "trainExamples": args.examples,
+        "trainTokens": stats.tokens,
+        "trainSeconds": stats.seconds,
+        "trainTokensPerSecond": stats.tokens / stats.seconds,
+        "trainPadding": stats.padding_fraction,
+        "trainTflops": tflops,
+        "trainMfu": None if peak is None else tflops / peak,
+        "trainPeakBytes": measured_peak(recipe.device),
+        "flopsFormula": "6N" if args.method == "full" else "4N+2T",
+    }
+
+
+def time_evaluation(recipe: TrialRecipe) -> dict:
+    if recipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(recipe.device)
+    evaluation = recipe.evaluate()
+    tokens = sum(e.n_tokens for e in recipe.test_examples)
+    return {
+        "evalTokensPerSecond": tokens / evaluation.seconds,
+        "evalPadding": evaluation.padding_fraction,
+        "evalTflops": evaluation_flops(recipe.parameters, tokens) / evaluation.seconds / 1e12,
+        "evalPeakBytes": measured_peak(recipe.device),
+    }
+
+
+def time_ntk(recipe: TrialRecipe) -> dict:
+    if recipe.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(recipe.device)
+    start = time.perf_counter()
+    summary = recipe.measure_ntk()
+    seconds = time.perf_counter() - start
+    return {
+        "ntkProbe": summary.n,
+        "ntkScope": summary.scope,
+        "ntkMethod": summary.method,
+        "ntkParameters": summary.parameters,
+        "ntkSeconds": seconds,
+        "ntkPeakBytes": measured_peak(recipe.device),
+    }
+
+
+def print_table(path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    table = Table(title=f"Runner throughput ({path})")
+    columns = [
+        ("name", lambda r: r["name"]),
+        ("method", lambda r: r["method"] + (" +compile" if r.get("compile") else "")),
+        ("params", lambda r: f"{r['parameters'] / 1e9:.2f}B" if r["parameters"] >= 1e8 else f"{r['parameters'] / 1e6:.1f}M"),
+        ("micro x acc", lambda r: f"{r['microBatch']} x {r['accumulation']}" + (" ckpt" if r["checkpointing"] else "")),
+        ("train tok/s", lambda r: _fmt(r.get("trainTokensPerSecond"), ",.0f")),
+        ("pad %", lambda r: _fmt(r.get("trainPadding"), ".1%")),
+        ("MFU", lambda r: _fmt(r.get("trainMfu"), ".1%")),
+        ("eval tok/s", lambda r: _fmt(r.get("evalTokensPerSecond"), ",.0f")),
+        ("train GiB (plan)", lambda r: _memory(r, "trainPeakBytes", "train")),
+        ("NTK", lambda r: f"{r['ntkScope']}/{r['ntkMethod']} {r['ntkSeconds']:.1f}s" if "ntkSeconds" in r else "-"),
+        ("NTK GiB (plan)", lambda r: _memory(r, "ntkPeakBytes", "ntk")),
+        ("NTK/trial", lambda r: _fmt(r.get("ntkShareOfTrial"), ".2%")),
+        ("error", lambda r: r.get("error", "").split(":")[0]),
+    ]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title in ("name", "method", "NTK", "error") else "right")
+    for row in rows:
+        shown = ("name", "method", "error") if "error" in row else [title for title, _ in columns]
+        table.add_row(*[str(cell(row)) if title in shown else "" for title, cell in columns])
+    console = Console()
+    console.width = max(console.width, 160)
+    console.print(table)
+    for row in rows:
+        if "error" in row:
+            console.print(f"{row['name']}: {row['error']}", soft_wrap=True)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _memory(row: dict, measured: str, phase: str) -> str:
+    planned = row.get("plannedPeakBytes", {}).get(phase)
+    value = row.get(measured)
+    if value is None or planned is None:
+        return "-"
+    return f"{value / 2**30:.1f} ({planned / 2**30:.1f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(0)
-    device = choose_device(args.device)
-    dtype = choose_dtype(args.dtype, device)
-    model = build_model(args, device, dtype)
-    seq2seq = bool(model.config.is_encoder_decoder)
-    if args.method == "lora":
-        model = apply_lora(model, LoraSpec(), seq2seq=seq2seq)
-    if args.gradient_checkpointing:
-        enable_gradient_checkpointing_(model)
-    total, trainable = parameter_counts(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    batch = random_batch(model, args.batch_size, args.seq_len, device)
-    # Encoder-decoder models process the sequence twice: once in the encoder, once as labels in the decoder.
-    tokens = args.batch_size * args.seq_len * (2 if seq2seq else 1)
-
-    def train_step() -> None:
-        nats, scored = token_losses(model, batch, seq2seq=seq2seq)
-        (nats.sum() / scored.sum()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def eval_step() -> None:
-        token_losses(model, batch, seq2seq=seq2seq)
-
-    model.train()
-    train_s = statistics.median(timed(train_step, args.steps, args.warmup, device))
-    model.eval()
-    eval_s = statistics.median(timed(eval_step, args.steps, args.warmup, device))
-    peak = peak_tflops(args, device)
-    train_tflops = training_flops(total, trainable, tokens) / train_s / 1e12
-    eval_tflops = evaluation_flops(total, tokens) / eval_s / 1e12
-    memory, memory_kind = peak_memory(device)
-    report = {
-        "model": "tiny-llama" if args.tiny else args.model,
-        "device": describe(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "method": args.method,
-        "parameters": total,
-        "trainableParameters": trainable,
-        "batchSize": args.batch_size,
-        "seqLen": args.seq_len,
-        "trainStepSeconds": train_s,
-        "trainTokensPerSecond": tokens / train_s,
-        "trainTflops": train_tflops,
-        "trainMfu": None if peak is None else train_tflops / peak,
-        "evalTokensPerSecond": tokens / eval_s,
-        "evalTflops": eval_tflops,
-        "evalMfu": None if peak is None else eval_tflops / peak,
-        "peakMemoryBytes": memory,
-        "peakMemoryKind": memory_kind,
-    }
+    if args.table:
+        print_table(args.table)
+        return 0
+    if args.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(1)  # two threads ran 5-9x slower on the shared CPUs
+    try:
+        report = run(args)
+    except Exception as err:  # noqa: BLE001 - one failed case must still print its row (WillNotFit, OOM)
+        reason = getattr(err, "reason", type(err).__name__)
+        report = {"name": args.name or ("tiny-llama" if args.tiny else args.config.stem), "method": args.method}
+        report["error"] = f"{reason}: {str(err).splitlines()[0] if str(err) else ''}"
+        print(json.dumps(report))
+        return 1
     print(json.dumps(report))
     return 0
 

@@ -61,15 +61,12 @@ def test_huge_learning_rate_is_diverged(tiny_models, task_dir, spec_template, tr
 def test_memory_exhaustion_during_training_is_out_of_memory(
     tiny_models, task_dir, spec_template, trial_run, monkeypatch, error
 ):
-    """Simulated: the loss computation raises what torch (GPU) or Python (host) raise when memory runs out."""
-    real = recipe_module.token_losses
+    """Simulated: the training loss raises what torch (GPU) or Python (host) raise when memory runs out."""
 
-    def exhausted_in_training(model, batch, **kwargs):
-        if model.training:
-            raise error
-        return real(model, batch, **kwargs)
+    def exhausted_in_training(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(recipe_module, "token_losses", exhausted_in_training)
+    monkeypatch.setattr(recipe_module, "backward_losses", exhausted_in_training)
     run = trial_run(spec_template(tiny_models["gpt2"], task_dir))
     assert_classified_failure(run, reason="OutOfMemory", exit_code=1, says="out of memory")
 
@@ -84,7 +81,7 @@ def test_memory_exhaustion_in_the_ntk_names_the_ntk_settings(
 
     monkeypatch.setattr(recipe_module, "measure_kernel", exhausted)
     run = trial_run(spec_template(tiny_models["gpt2"], task_dir))
-    assert_classified_failure(run, reason="OutOfMemory", exit_code=1, says="use ntk.scope lora or lastBlocks")
+    assert_classified_failure(run, reason="OutOfMemory", exit_code=1, says="use ntk.method sketch, ntk.scope lora")
 
 
 @pytest.mark.parametrize(

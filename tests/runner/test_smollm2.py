@@ -1,4 +1,8 @@
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +27,31 @@ def test_lora_fine_tuning_lowers_the_test_loss_of_real_smollm2(smollm2_gguf, tas
     assert doc["points"][1]["test"]["bitsPerByte"] < 0.8 * doc["zeroShot"]["bitsPerByte"]
     peak_gib = doc["resources"]["peakMemoryBytes"] / 2**30
     print(f"SmolLM2 trial: {time.perf_counter() - start:.1f} s, peak RSS {peak_gib:.2f} GiB")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_memory_plan_of_smollm2_is_within_25_percent_of_the_measured_peaks(
+    smollm2_gguf, text_dir, spec_file, method
+):
+    """Each phase in its own process (bench/memory_plan_check.py): training, evaluation and the NTK."""
+    path = spec_file(
+        {
+            "candidate": {"model": str(smollm2_gguf.parent), "ggufFile": smollm2_gguf.name},
+            "dataset": {"source": str(text_dir), "textField": "text", "maxTestExamples": 32},
+            "subsetSizes": [16],
+            "targetSize": 1000,
+            "device": "cpu",
+            "training": {"method": method, "batchSize": 8, "maxSeqLength": 128},
+            "ntk": {"probeSize": 8},
+        }
+    )
+    script = Path(__file__).resolve().parents[2] / "bench" / "memory_plan_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--spec", str(path)], check=True, capture_output=True, text=True, timeout=1800
+    )
+    print(proc.stdout)
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["phase"] for r in rows] == ["train", "evaluate", "ntk"]
+    for row in rows:
+        assert row["ratio"] == pytest.approx(1, abs=0.25), row

@@ -1,10 +1,15 @@
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "runner_throughput.py"
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "runner_throughput.py"
+SMALL = "--tiny --device cpu --examples 48 --warmup 8 --test-examples 16 --median-len 40 --max-len 96 --peak-tflops 1"
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +25,33 @@ def run_bench(bench, capsys, args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_throughput_benchmark_reports_tokens_per_second_and_mfu_on_a_tiny_model(bench, capsys):
-    report = run_bench(
-        bench, capsys, "--tiny --device cpu --batch-size 2 --seq-len 16 --steps 2 --warmup 1 --peak-tflops 1"
+def test_benchmark_times_the_recipes_own_training_and_reports_real_tokens_padding_and_mfu(bench, capsys):
+    report = run_bench(bench, capsys, SMALL + " --ntk-probe 4")
+    seconds, tokens = report["trainSeconds"], report["trainTokens"]
+    assert report["trainTokensPerSecond"] == pytest.approx(tokens / seconds)
+    assert report["trainTflops"] == pytest.approx(6 * report["parameters"] * tokens / seconds / 1e12)  # 6N
+    assert report["trainMfu"] == pytest.approx(report["trainTflops"])  # over the given 1 TFLOP/s peak
+    assert 0 <= report["trainPadding"] < 0.3 and 0 <= report["evalPadding"] < 0.1
+    assert report["plannedPeakBytes"]["train"] > 0 and report["ntkMethod"] == "exact"
+    assert report["ntkShareOfTrial"] == pytest.approx(report["ntkSeconds"] / (seconds / 48 * 31_000))
+
+
+def test_benchmark_counts_lora_flops_as_4n_plus_2t(bench, capsys):
+    report = run_bench(bench, capsys, SMALL + " --method lora")
+    n, t = report["parameters"], report["trainableParameters"]
+    assert 0 < t < n / 10 and report["flopsFormula"] == "4N+2T"
+    assert report["trainTflops"] == pytest.approx((4 * n + 2 * t) * report["trainTokens"] / report["trainSeconds"] / 1e12)
+
+
+def test_gpu_script_runs_every_case_and_prints_one_table_in_its_cpu_smoke_mode(tmp_path):
+    """bench/gpu.sh has its own CPU path so that its logic is exercised here; it has not run on a GPU."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu.sh"), "--cpu-smoke"], capture_output=True, text=True, env=env, timeout=600
     )
-    assert report["trainTokensPerSecond"] == pytest.approx(2 * 16 / report["trainStepSeconds"])
-    assert report["trainMfu"] == pytest.approx(report["trainTflops"] / 1.0)
-    assert report["trainTflops"] == pytest.approx(6 * report["parameters"] * 32 / report["trainStepSeconds"] / 1e12)
-
-
-def test_throughput_benchmark_runs_lora_with_gradient_checkpointing(bench, capsys):
-    args = "--tiny --device cpu --batch-size 2 --seq-len 16 --steps 1 --warmup 0 --method lora --gradient-checkpointing"
-    report = run_bench(bench, capsys, args)
-    assert 0 < report["trainableParameters"] < report["parameters"] and report["trainMfu"] is None
+    rows = [json.loads(line) for line in (tmp_path / "runner-throughput.jsonl").read_text().splitlines()]
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in rows] == ["tiny-full", "tiny-lora", "tiny-ntk-all-sketch", "tiny-will-not-fit"]
+    assert all("error" not in r for r in rows[:3]) and rows[3]["error"].startswith("WillNotFit: ")
+    assert rows[2]["ntkMethod"].startswith("sketch:") and rows[2]["ntkScope"] == "all"
+    assert "Runner throughput" in proc.stdout and "tiny-will-not-fit: WillNotFit" in proc.stdout

@@ -27,7 +27,7 @@ def test_every_architecture_learns_from_zero_shot_to_the_largest_size(
     losses = [p["test"]["loss"] for p in doc["points"]]
     assert (run.code, doc["status"]) == (0, "Succeeded")
     assert doc["zeroShot"]["loss"] > losses[0] > losses[-1]
-    assert [e["event"] for e in run.events] == ["zeroShot", "ntk", "size", "size", "size"]
+    assert [e["event"] for e in run.events] == ["plan", "zeroShot", "ntk", "size", "size", "size"]
     assert [f["method"] for f in doc["fits"]] == list(METHODS)
     assert all(f["predictedLoss"] > 0 and f["error"] is None for f in doc["fits"])
     assert doc["resources"]["trainableParameters"] == doc["resources"]["parameters"]
@@ -129,7 +129,7 @@ def test_resume_skips_finished_sizes_and_reproduces_the_uninterrupted_result(
     saved.write_text(json.dumps(partial))
     resumed = trial_run(spec, "--resume", str(saved))
     assert resumed.code == 0
-    assert [(e["event"], e.get("size")) for e in resumed.events] == [("size", 64), ("size", 128)]
+    assert [(e["event"], e.get("size")) for e in resumed.events] == [("plan", None), ("size", 64), ("size", 128)]
     assert without_timings(resumed.doc) == without_timings(uninterrupted)
 
 
@@ -139,7 +139,7 @@ def test_resume_may_add_sizes_but_not_change_the_training(tiny_models, task_dir,
     saved = tmp_path / "first.json"
     saved.write_text(json.dumps(first))
     extended = trial_run({**spec, "subsetSizes": [32, 64, 128]}, "--resume", str(saved))
-    assert extended.code == 0 and [e.get("size") for e in extended.events] == [128]
+    assert extended.code == 0 and [e.get("size") for e in extended.events] == [None, 128]
     assert extended.doc["points"][:2] == first["points"]
     changed = trial_run({**spec, "seed": 1}, "--resume", str(saved))
     assert (changed.code, changed.doc["reason"]) == (2, "InvalidSpec")
@@ -155,6 +155,6 @@ def test_subprocess_run_prints_progress_lines_and_writes_both_documents(
     )
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 0, proc.stderr
-    assert [e["event"] for e in events] == ["zeroShot", "ntk", "size", "size", "size"]
+    assert [e["event"] for e in events] == ["plan", "zeroShot", "ntk", "size", "size", "size"]
     assert TrialResult.model_validate_json(log.read_text()).status == "Succeeded"
     assert TrialResult.model_validate_json(out.read_text()).points[-1].size == 128

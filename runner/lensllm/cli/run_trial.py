@@ -9,8 +9,10 @@ import argparse
 import json
 import sys
 
+from lensllm.errors import LensLLMError
 from lensllm.trial import documents
-from lensllm.trial.failures import EXIT_RUNTIME, TrialFailure, exit_code
+from lensllm.trial.failures import EXIT_RUNTIME, EXIT_USAGE, TrialFailure, exit_code
+from lensllm.trial.memory import PlanError, parse_bytes
 from lensllm.trial.result import TrialResult
 
 
@@ -33,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="compact result, <= 4096 bytes (default: /dev/termination-log if present)",
     )
     p.add_argument("--resume", metavar="RESULT.json", help="result of an earlier attempt: skip the sizes it finished")
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print the memory plan (from the model config, for training.maxSeqLength) and exit: 0 fits, 2 will not",
+    )
+    p.add_argument(
+        "--gpu-memory", metavar="SIZE", help="device memory to plan for, e.g. 80Gi (default: what the device reports)"
+    )
     p.set_defaults(run=run)
 
 
@@ -41,17 +51,44 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = documents.read_spec(args.spec) if args.spec else documents.read_spec_env(args.spec_env)
         resume = documents.read_resume(args.resume) if args.resume else None
+        device_memory = parse_bytes(args.gpu_memory) if args.gpu_memory else None
     except TrialFailure as failure:
         result = TrialResult(status="Failed", reason=failure.reason, message=str(failure), spec=spec)
+    except PlanError as err:
+        result = TrialResult(status="Failed", reason="InvalidSpec", message=f"--gpu-memory: {err}", spec=spec)
     else:
+        if args.plan_only:
+            return _plan_only(spec, args.gpu_memory)
         # torch and transformers load here, not at CLI start: a bad spec fails fast and light.
         from lensllm.trial.recipe import run_trial
 
         out = documents.result_path(args.out, spec)
         result = run_trial(
-            spec, resume=resume, on_progress=_print_event, on_checkpoint=lambda r: documents.write_result(out, r)
+            spec,
+            resume=resume,
+            on_progress=_print_event,
+            on_checkpoint=lambda r: documents.write_result(out, r),
+            device_memory=device_memory,
         )
     return _deliver(result, args, spec)
+
+
+def _plan_only(spec, gpu_memory: str | None) -> int:
+    """Print the trial's memory plan; exit 2 with the numbers when it will not fit."""
+    from lensllm.cli.plan import show
+    from lensllm.trial.model_files import plan_spec, planning_device
+
+    try:
+        device, note = planning_device(spec.device, gpu_memory)
+        plan = plan_spec(spec, device)
+    except (TrialFailure, LensLLMError) as err:
+        print(f"lensllm run-trial: {getattr(err, 'reason', 'InvalidSpec')}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    show([(spec.candidate.model, plan)], "table", note)
+    if not plan.fits:
+        print(f"lensllm run-trial: WillNotFit: {plan.refusal()}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def _print_event(event: dict) -> None:

@@ -50,6 +50,12 @@ class BudgetExceedsDataset(TrialFailure):
     reason = "BudgetExceedsDataset"
 
 
+class WillNotFit(TrialFailure):
+    """The memory plan finds no setting under which the trial fits the device."""
+
+    reason = "WillNotFit"
+
+
 class Diverged(TrialFailure):
     """Training produced a non-finite loss or gradient."""
 
@@ -83,12 +89,13 @@ def first_line(err: BaseException) -> str:
 
 # The user's input is wrong: the same spec fails the same way on every retry.
 USER_ERRORS = frozenset(
-    cls.reason for cls in (InvalidSpec, ModelNotFound, DatasetNotFound, DatasetFieldMissing, BudgetExceedsDataset)
+    cls.reason
+    for cls in (InvalidSpec, ModelNotFound, DatasetNotFound, DatasetFieldMissing, BudgetExceedsDataset, WillNotFit)
 )
 
 
 def exit_code(result: TrialResult) -> int:
-    """0 on success, 2 when the input was wrong (spec, model, dataset, budget), 1 for any other failure.
+    """0 on success, 2 when the input was wrong (spec, model, dataset, budget, memory), 1 for any other failure.
 
     Kubernetes can tell the two apart (a Job's podFailurePolicy): a retry cannot fix exit 2,
     while a divergence, an out-of-memory or a bug may not happen again on another node.

@@ -1,19 +1,17 @@
 """Model side of a trial: device and dtype choice, loading, LoRA, weight snapshots, losses.
 
 Called by the recipe, the NTK and `bench/runner_throughput.py`. Causal and encoder-decoder
-models are told apart by `config.is_encoder_decoder`, never by name.
+models are told apart by `config.is_encoder_decoder`, never by name. The losses live in
+`losses.py`, the optimizer in `optim.py`.
 """
 
 import resource
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, TaskType, get_peft_model
-from torch.func import functional_call
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lensllm.trial.examples import IGNORE
 from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
 from lensllm.trial.spec import CandidateSpec, LoraSpec
 
@@ -44,22 +42,41 @@ def describe(device: torch.device) -> str:
 
 def load_candidate(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):
     """Model and tokenizer of the candidate; the model class follows the config."""
+    tokenizer = load_tokenizer(spec)
+    return load_model(spec, dtype=dtype, device=device), tokenizer
+
+
+def load_tokenizer(spec: CandidateSpec):
+    """The candidate's tokenizer, with a pad token (EOS when it has none)."""
     _check_local(spec.model)
-    where = {k: v for k, v in {"revision": spec.revision, "gguf_file": spec.gguf_file}.items() if v is not None}
     try:
-        config = AutoConfig.from_pretrained(spec.model, **where)
-        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        tokenizer = AutoTokenizer.from_pretrained(spec.model, **where)
-        # device_map puts the weights straight on the device: no full host copy of a large model first.
-        model = model_class.from_pretrained(spec.model, config=config, dtype=dtype, device_map=device, **where)
-    except (OSError, ValueError) as err:  # not found, not downloadable, or not a model these classes load
+        tokenizer = AutoTokenizer.from_pretrained(spec.model, **_where(spec))
+    except (OSError, ValueError) as err:  # not found, not downloadable, or not a tokenizer
         raise ModelNotFound(f"candidate.model {spec.model!r}: {first_line(err)}") from None
     if tokenizer.eos_token_id is None:
         raise InvalidSpec(f"candidate.model {spec.model!r}: its tokenizer has no EOS token to end targets with")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss anyway
+    return tokenizer
+
+
+def load_model(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):
+    """The candidate's weights on the device; the model class follows the config."""
+    _check_local(spec.model)
+    where = _where(spec)
+    try:
+        config = AutoConfig.from_pretrained(spec.model, **where)
+        model_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        # device_map puts the weights straight on the device: no full host copy of a large model first.
+        model = model_class.from_pretrained(spec.model, config=config, dtype=dtype, device_map=device, **where)
+    except (OSError, ValueError) as err:  # not found, not downloadable, or not a model these classes load
+        raise ModelNotFound(f"candidate.model {spec.model!r}: {first_line(err)}") from None
     model.config.use_cache = False  # no generation here; the cache only costs memory in training
-    return model, tokenizer
+    return model
+
+
+def _where(spec: CandidateSpec) -> dict[str, str]:
+    return {k: v for k, v in {"revision": spec.revision, "gguf_file": spec.gguf_file}.items() if v is not None}
 
 
 def _check_local(model: str) -> None:
@@ -114,23 +131,16 @@ def parameter_counts(model) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def token_losses(model, batch: dict[str, torch.Tensor], *, seq2seq: bool, params: dict | None = None):
-    """Summed cross-entropy (nats) and scored-token count per example.
+def body_and_head(model):
+    """The transformer body (embeddings to final norm) and the LM head of a causal LM, peft-wrapped or not."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps in place
+    return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
 
-    With `params`, the model runs with those tensors in place of its own (torch.func), which
-    is how the NTK differentiates with respect to a chosen subset of the weights.
-    """
-    labels = batch["labels"]
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if seq2seq:
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = (model(**inputs) if params is None else functional_call(model, params, (), inputs)).logits
-    if seq2seq:
-        targets = labels
-    else:  # position t predicts token t + 1
-        logits, targets = logits[:, :-1], labels[:, 1:]
-    nats = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
-    return nats.sum(dim=1), (targets != IGNORE).sum(dim=1)
+
+def compile_body_(model) -> None:
+    """torch.compile the transformer body in place (parameter names stay as they are); all of an encoder-decoder."""
+    target = model if model.config.is_encoder_decoder else body_and_head(model)[0]
+    target.compile(dynamic=True)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:

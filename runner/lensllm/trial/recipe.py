@@ -19,25 +19,30 @@ import transformers
 from transformers import get_linear_schedule_with_warmup
 
 from lensllm.trial.data import load_task_rows
-from lensllm.trial.examples import Example, batches, collate, encode_rows
-from lensllm.trial.failures import Diverged, InvalidSpec, OutOfMemory, classify, first_line
+from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, make_batch, token_budget_batches
+from lensllm.trial.failures import Diverged, InvalidSpec, OutOfMemory, WillNotFit, classify, first_line
 from lensllm.trial.fits import fit_all
+from lensllm.trial.losses import backward_losses, token_losses
+from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, plan_trial, unplanned
+from lensllm.trial.model_files import count_parameters, host_memory_bytes, read_config
 from lensllm.trial.modeling import (
     apply_lora,
     choose_device,
     choose_dtype,
+    compile_body_,
     describe,
     enable_gradient_checkpointing_,
     evaluation_flops,
-    load_candidate,
+    load_model,
+    load_tokenizer,
     parameter_counts,
     peak_memory,
     restore_,
     snapshot,
-    token_losses,
     training_flops,
 )
 from lensllm.trial.ntk import measure_kernel, scoped_parameters, spectrum
+from lensllm.trial.optim import adamw, fp32_masters, grads_to_masters_, masters_to_weights_
 from lensllm.trial.result import Evaluation, NTKSummary, Resources, SizePoint, TrainingStats, TrialResult
 from lensllm.trial.spec import TrialSpec
 
@@ -57,6 +62,7 @@ class TrialRecipe:
         resume: TrialResult | None = None,
         on_progress: Progress | None = None,
         on_checkpoint: Checkpoint | None = None,
+        device_memory: int | None = None,
     ) -> None:
         self.spec = spec
         self.sizes = spec.subset_sizes
@@ -74,28 +80,65 @@ class TrialRecipe:
         self.ntk = spec.ntk
         self.device = choose_device(spec.device)  # fails fast on device: cuda without a GPU
         self.dtype = choose_dtype(spec.candidate.dtype, self.device)
+        self.device_memory = device_memory or _device_memory(self.device)
         self.on_progress = on_progress or (lambda event: None)
         self.on_checkpoint = on_checkpoint or (lambda result: None)
         self.result = _start_result(spec, resume)
 
     def setup(self) -> None:
-        """Data first (cheap to get wrong), then model and tokenizer, once; snapshot the starting weights."""
-        torch.manual_seed(self.seed)  # LoRA adapter init
+        """Data and tokenizer first (cheap to get wrong), then the memory plan, then the weights, once."""
+        self.setup_data()
+        self.setup_model(load_model(self.spec.candidate, dtype=self.dtype, device=self.device))
+
+    def setup_data(self) -> None:
+        """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
-        self.model, self.tokenizer = load_candidate(self.spec.candidate, dtype=self.dtype, device=self.device)
-        self.seq2seq = bool(self.model.config.is_encoder_decoder)
+        self.tokenizer = load_tokenizer(self.spec.candidate)
+        self.seq2seq = bool(read_config(self.spec.candidate).get("is_encoder_decoder"))
         if self.seq2seq and self.spec.dataset.is_text:
             raise InvalidSpec("dataset.textField: an encoder-decoder model needs inputField and targetField")
-        if self.method == "lora":
-            self.model = apply_lora(self.model, self.spec.training.lora, seq2seq=self.seq2seq)
-        if self.spec.training.gradient_checkpointing:
-            enable_gradient_checkpointing_(self.model)
         self.train_examples: list[Example] = self._encode(rows.train)
         self.test_examples: list[Example] = self._encode(rows.test)
+        self.plan = self._plan()
+
+    def setup_model(self, model) -> None:
+        """Adapters, checkpointing and compilation as planned; snapshot the starting weights.
+
+        The benchmark hands in a randomly initialised model here; trials load the candidate's weights.
+        """
+        self.model = model
+        torch.manual_seed(self.seed)  # LoRA adapter init
+        if self.method == "lora":
+            self.model = apply_lora(self.model, self.spec.training.lora, seq2seq=self.seq2seq)
+        if self.plan.gradient_checkpointing:
+            enable_gradient_checkpointing_(self.model)
+        if self.spec.training.compile:
+            compile_body_(self.model)
         self.initial = snapshot(self.model)
         self.parameters, self.trainable = parameter_counts(self.model)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _plan(self) -> MemoryPlan:
+        """The memory plan for the longest example actually present; WillNotFit when nothing fits."""
+        longest = max(len(e.input_ids) for e in self.train_examples + self.test_examples)
+        device = Device(kind=self.device.type, total_bytes=self.device_memory)
+        try:
+            plan = plan_trial(
+                self.spec,
+                read_config(self.spec.candidate),
+                device,
+                parameters=count_parameters(self.spec.candidate),
+                sequence_length=longest,
+                eval_lengths=[len(e.input_ids) for e in self.test_examples],
+            )
+        except PlanError as err:  # an architecture without a memory model runs as the spec says
+            self.on_progress({"event": "plan", "unplanned": str(err)})
+            return unplanned(self.spec, device, longest)
+        if not plan.fits:
+            raise WillNotFit(plan.refusal())
+        self.on_progress({"event": "plan", "plan": plan.explain()})
+        return plan
 
     def _train_examples_needed(self) -> int:
         return max(self.sizes[-1], self.ntk.probe_size if self.ntk.enabled else 0)
@@ -110,6 +153,7 @@ class TrialRecipe:
         if result.zero_shot is None:
             result.zero_shot = self.evaluate()
             self.on_progress({"event": "zeroShot", **_wire(result.zero_shot)})
+        result.plan = self.plan
         if self.ntk.enabled and result.ntk is None:
             result.ntk = self.measure_ntk()
             self.on_progress({"event": "ntk", **_wire(result.ntk, exclude={"eigenvalues", "projections_sq"})})
@@ -137,53 +181,71 @@ class TrialRecipe:
         torch.manual_seed(self.seed + size)
         shuffle = torch.Generator().manual_seed(self.seed + size)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        micro_batches = math.ceil(size / self.batch_size)
-        total_steps = math.ceil(micro_batches / self.accumulation) * self.epochs
+        masters = fp32_masters(params)
+        optimizer = adamw(masters, lr=self.learning_rate, weight_decay=self.weight_decay, device=self.device)
+        step_examples = self.batch_size * self.accumulation
+        total_steps = math.ceil(size / step_examples) * self.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, round(self.warmup_ratio * total_steps), total_steps)
-        start, steps, tokens = time.perf_counter(), 0, 0
+        lengths = [len(e.input_ids) for e in examples]
+        start, steps, tokens, positions = time.perf_counter(), 0, 0, 0
         self.model.train()
         for _ in range(self.epochs):
             epoch_nats, epoch_scored = 0.0, 0
-            order = torch.randperm(size, generator=shuffle).tolist()
-            for i, chunk in enumerate(batches(examples, self.batch_size, order)):
-                batch = collate(chunk, pad_id=self.tokenizer.pad_token_id, seq2seq=self.seq2seq, device=self.device)
-                nats, scored = token_losses(self.model, batch, seq2seq=self.seq2seq)
-                loss = nats.sum() / scored.sum().clamp(min=1)
-                group = min(self.accumulation, micro_batches - (i // self.accumulation) * self.accumulation)
-                (loss / group).backward()
-                _check_finite(loss.item(), f"training loss at size {size}, step {steps + 1}")
-                epoch_nats += nats.sum().item()
-                epoch_scored += int(scored.sum().item())
-                tokens += sum(e.n_tokens for e in chunk)
-                if (i + 1) % self.accumulation == 0 or i + 1 == micro_batches:
-                    norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                    _check_finite(norm.item(), f"gradient norm at size {size}, step {steps + 1}")
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    steps += 1
+            groups = iter(length_grouped(lengths, step_examples, shuffle))
+            upcoming = self._micro_batches(examples, next(groups, None))
+            while upcoming:
+                micro_batches = upcoming
+                scored = max(sum(b.scored for b in micro_batches), 1)
+                step_nats = torch.zeros((), dtype=torch.float32, device=self.device)
+                for batch in micro_batches:  # token-weighted: each scored token counts 1 / scored
+                    step_nats += backward_losses(self.model, batch.tensors, seq2seq=self.seq2seq, scale=1 / scored)
+                    tokens, positions = tokens + batch.tokens, positions + batch.positions
+                upcoming = self._micro_batches(examples, next(groups, None))  # collated while the device works
+                grads_to_masters_(params, masters)
+                norm = torch.nn.utils.clip_grad_norm_(masters, self.max_grad_norm)
+                loss, norm = torch.stack([step_nats / scored, norm.float()]).tolist()  # the step's one host sync
+                _check_finite(loss, f"training loss at size {size}, step {steps + 1}")
+                _check_finite(norm, f"gradient norm at size {size}, step {steps + 1}")
+                optimizer.step()
+                scheduler.step()
+                masters_to_weights_(params, masters)
+                optimizer.zero_grad(set_to_none=True)
+                epoch_nats, epoch_scored, steps = epoch_nats + loss * scored, epoch_scored + scored, steps + 1
         return TrainingStats(
             steps=steps,
             tokens=tokens,
             final_loss=epoch_nats / max(epoch_scored, 1),
             seconds=time.perf_counter() - start,
             flops=training_flops(self.parameters, self.trainable, tokens),
+            padding_fraction=1 - tokens / max(positions, 1),
         )
+
+    def _micro_batches(self, examples: list[Example], group: list[int] | None) -> list[Batch]:
+        """One optimizer step's examples (longest first) cut into the plan's micro-batches."""
+        if group is None:
+            return []
+        micro = self.plan.micro_batch_size
+        return [self._batch([examples[i] for i in group[j : j + micro]]) for j in range(0, len(group), micro)]
+
+    def _batch(self, examples: list[Example]) -> Batch:
+        return make_batch(examples, pad_id=self.tokenizer.pad_token_id, seq2seq=self.seq2seq, device=self.device)
 
     @torch.no_grad()
     def evaluate(self, after: int | None = None) -> Evaluation:
         """Test loss of the current weights: per token, summed per example, and bits per byte."""
-        start, nats, scored = time.perf_counter(), 0.0, 0
+        start, positions = time.perf_counter(), 0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         self.model.eval()
-        for chunk in batches(self.test_examples, self.batch_size):
-            batch = collate(chunk, pad_id=self.tokenizer.pad_token_id, seq2seq=self.seq2seq, device=self.device)
-            batch_nats, batch_scored = token_losses(self.model, batch, seq2seq=self.seq2seq)
-            nats += batch_nats.sum().item()
-            scored += int(batch_scored.sum().item())
+        for chunk in token_budget_batches(self.test_examples, self.plan.eval_batch_tokens, EVAL_MAX_EXAMPLES):
+            batch = self._batch(chunk)
+            nats, _ = token_losses(self.model, batch.tensors, seq2seq=self.seq2seq)
+            total += nats.sum()
+            positions += batch.positions
+        nats = total.item()  # the evaluation's one host sync
         _check_finite(nats, "zero-shot test loss" if after is None else f"test loss after size {after}")
         n_bytes = sum(e.n_bytes for e in self.test_examples)
         tokens = sum(e.n_tokens for e in self.test_examples)
+        scored = sum(e.n_scored for e in self.test_examples)
         return Evaluation(
             loss=nats / max(scored, 1),
             loss_per_example=nats / len(self.test_examples),
@@ -192,12 +254,15 @@ class TrialRecipe:
             tokens=scored,
             seconds=time.perf_counter() - start,
             flops=evaluation_flops(self.parameters, tokens),
+            padding_fraction=1 - tokens / max(positions, 1),
         )
 
     def measure_ntk(self) -> NTKSummary:
         """Empirical NTK at the starting weights on the first probeSize training examples."""
         start = time.perf_counter()
-        params = scoped_parameters(self.model, self.ntk.scope, self.ntk.last_blocks)
+        scope = self.spec.ntk_scope
+        params = scoped_parameters(self.model, scope, self.ntk.last_blocks)
+        sketch = self.plan.ntk_method == "sketch"
         try:
             kernel = measure_kernel(
                 self.model,
@@ -205,6 +270,9 @@ class TrialRecipe:
                 params=params,
                 seq2seq=self.seq2seq,
                 pad_id=self.tokenizer.pad_token_id,
+                chunks=self.plan.ntk_chunks or 1,
+                sketch_dim=self.ntk.sketch_dim if sketch else None,
+                seed=self.seed,
             )
         except (MemoryError, RuntimeError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not isinstance(classify(err), OutOfMemory):
@@ -213,15 +281,15 @@ class TrialRecipe:
             size = sum(p.numel() for p in params.values())
             raise OutOfMemory(
                 f"out of memory in the NTK over {size} parameters x {self.ntk.probe_size} examples; "
-                "use ntk.scope lora or lastBlocks, or a smaller ntk.probeSize"
+                "use ntk.method sketch, ntk.scope lora or lastBlocks, or a smaller ntk.probeSize"
             ) from None
         eigenvalues, projections = spectrum(kernel)
-        scope = f"lastBlocks:{self.ntk.last_blocks}" if self.ntk.scope == "lastBlocks" else self.ntk.scope
         return NTKSummary(
             n=len(kernel.residuals),
             eta=self.spec.ntk_eta,
-            scope=scope,
+            scope=f"lastBlocks:{self.ntk.last_blocks}" if scope == "lastBlocks" else scope,
             parameters=kernel.parameters,
+            method=f"sketch:{self.ntk.sketch_dim}" if sketch else "exact",
             eigenvalues=eigenvalues.tolist(),
             projections_sq=projections.tolist(),
             residual_norm_sq=float(kernel.residuals @ kernel.residuals),
@@ -241,11 +309,17 @@ class TrialRecipe:
 
     def cleanup(self) -> None:
         """Drop the model and its snapshot so a long-lived process (or the next trial) gets the memory back."""
-        for name in ("model", "initial", "train_examples", "test_examples"):
+        for name in ("model", "initial", "train_examples", "test_examples", "plan"):
             self.__dict__.pop(name, None)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return host_memory_bytes()
 
 
 def _check_finite(value: float, what: str) -> None:
@@ -290,6 +364,7 @@ def run_trial(
     resume: TrialResult | None = None,
     on_progress: Progress | None = None,
     on_checkpoint: Checkpoint | None = None,
+    device_memory: int | None = None,
 ) -> TrialResult:
     """Run the recipe end to end; a failure becomes a Failed result that keeps the points measured so far."""
     start = time.perf_counter()
@@ -298,7 +373,9 @@ def run_trial(
     transformers.utils.logging.disable_progress_bar()
     recipe = None
     try:
-        recipe = TrialRecipe(spec, resume=resume, on_progress=on_progress, on_checkpoint=on_checkpoint)
+        recipe = TrialRecipe(
+            spec, resume=resume, on_progress=on_progress, on_checkpoint=on_checkpoint, device_memory=device_memory
+        )
         recipe.setup()
         result = recipe.run()
     except Exception as err:  # noqa: BLE001 - every failure must still leave a result document

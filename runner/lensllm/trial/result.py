@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lensllm import __version__
+from lensllm.trial.memory import MemoryPlan
 from lensllm.trial.spec import TrialSpec, WireModel
 
 Reason = Literal[
@@ -22,6 +23,7 @@ Reason = Literal[
     "DatasetNotFound",
     "DatasetFieldMissing",
     "BudgetExceedsDataset",
+    "WillNotFit",
     "Diverged",
     "OutOfMemory",
     "InternalError",
@@ -48,6 +50,9 @@ class Evaluation(WireModel):
     tokens: int = Field(description="Scored tokens.")
     seconds: float = Field(description="Wall time of the evaluation.")
     flops: float = Field(description="Estimated FLOPs: 2 x parameters x tokens processed.")
+    padding_fraction: float | None = Field(
+        default=None, description="Share of the token positions computed that were padding."
+    )
 
 
 class TrainingStats(WireModel):
@@ -59,6 +64,9 @@ class TrainingStats(WireModel):
     seconds: float = Field(description="Wall time of the fine-tuning.")
     flops: float = Field(
         description="Estimated FLOPs: about 6 x parameters x tokens (4x frozen + 6x trainable with LoRA)."
+    )
+    padding_fraction: float | None = Field(
+        default=None, description="Share of the token positions computed that were padding."
     )
 
 
@@ -79,6 +87,9 @@ class NTKSummary(WireModel):
     eta: float = Field(description="Learning rate of the NTK dynamics F(t) = sum_k c_k^2 exp(-2 eta lambda_k t).")
     scope: str = Field(description="Parameters differentiated: all, lora or lastBlocks:k.")
     parameters: int = Field(description="Number of parameters in that scope.")
+    method: str = Field(
+        default="exact", description="exact (Gram of the gradients) or sketch:k (of their k-dimensional CountSketch)."
+    )
     eigenvalues: list[float] = Field(
         description="Eigenvalues lambda_k of the Gram matrix, largest first (top ones only in compact results)."
     )
@@ -133,6 +144,9 @@ class TrialResult(WireModel):
     ntk: NTKSummary | None = Field(default=None, description="Empirical NTK summary.")
     fits: list[LawFit] = Field(default_factory=list, description="Law fits and predictions, one per method.")
     resources: Resources | None = Field(default=None, description="Device and memory.")
+    plan: MemoryPlan | None = Field(
+        default=None, description="The memory plan the trial ran (left out of compact results first)."
+    )
     seconds: float = Field(default=0.0, description="Wall time of this attempt.")
 
     def to_json(self) -> str:
@@ -192,6 +206,14 @@ def _top_modes(k: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return shrink
 
 
+def _drop_plan(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.pop("plan", None)
+    for evaluation in [doc.get("zeroShot"), *(p["test"] for p in doc["points"])]:
+        if evaluation:
+            evaluation.pop("paddingFraction", None)
+    return doc
+
+
 def _drop_spec(doc: dict[str, Any]) -> dict[str, Any]:
     doc.pop("spec", None)
     return doc
@@ -222,6 +244,7 @@ def _shorten_texts(doc: dict[str, Any]) -> dict[str, Any]:
 _SHRINKS: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = (
     lambda doc: doc,
     _round_floats,
+    _drop_plan,
     _top_modes(8),
     _drop_spec,
     _drop_fit_details,

@@ -107,8 +107,18 @@ class TrainingSpec(WireModel):
     )
     learning_rate: float = Field(default=1e-4, gt=0, description="Peak AdamW learning rate.")
     epochs: int = Field(default=1, ge=1, description="Passes over each subset.")
-    batch_size: int = Field(default=8, ge=1, description="Examples per forward pass (training and evaluation).")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Examples per forward pass; the optimizer step takes batchSize x gradientAccumulation examples.",
+    )
     gradient_accumulation: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples per forward pass when the memory plan must split batchSize (gradients accumulate, "
+        "the step keeps batchSize x gradientAccumulation examples); default: the largest that fits.",
+    )
     max_seq_length: int = Field(
         default=512, ge=4, description="Longest tokenised example; prompts are cut from the left first."
     )
@@ -117,7 +127,13 @@ class TrainingSpec(WireModel):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient norm clipping threshold.")
-    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute activations in backward to save memory; default: only when the memory plan needs it.",
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the model's transformer body (CUDA; pays off on long trials)."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter settings (used when method is lora).")
 
 
@@ -133,10 +149,26 @@ class NTKSpec(WireModel):
     eta: float | None = Field(
         default=None, gt=0, description="Learning rate of the NTK dynamics; defaults to training.learningRate."
     )
-    scope: Literal["all", "lora", "lastBlocks"] = Field(
-        default="all", description="Parameters the kernel differentiates: all, the LoRA adapters, or the last blocks."
+    scope: Literal["auto", "all", "lora", "lastBlocks"] = Field(
+        default="auto",
+        description="Parameters the kernel differentiates: all, the LoRA adapters, or the last blocks; "
+        "auto follows training.method (lora for LoRA, all for full fine-tuning).",
     )
     last_blocks: int = Field(default=1, ge=1, description="How many final transformer blocks scope lastBlocks covers.")
+    method: Literal["auto", "exact", "sketch"] = Field(
+        default="auto",
+        description="exact: the Gram matrix of per-example gradients, accumulated over parameter chunks within "
+        "maxResidentBytes; sketch: the Gram matrix of their seeded CountSketches of sketchDim numbers (unbiased; "
+        "entry ij has a standard deviation of at most sqrt(2 / sketchDim) x sqrt(G_ii G_jj)); "
+        "auto: exact when the probe's gradients fit the device at once, else sketch.",
+    )
+    sketch_dim: int = Field(default=65536, ge=64, description="Numbers per example in the sketch (method sketch).")
+    max_resident_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Device bytes the exact method may hold in per-example gradients at once; "
+        "default: what the memory plan leaves free.",
+    )
 
 
 class OutputSpec(WireModel):
@@ -195,6 +227,13 @@ class TrialSpec(WireModel):
     @property
     def ntk_eta(self) -> float:
         return self.ntk.eta if self.ntk.eta is not None else self.training.learning_rate
+
+    @property
+    def ntk_scope(self) -> str:
+        """The NTK scope, with auto resolved by the training method."""
+        if self.ntk.scope != "auto":
+            return self.ntk.scope
+        return "lora" if self.training.method == "lora" else "all"
 
 
 def validation_message(err: ValidationError) -> str:

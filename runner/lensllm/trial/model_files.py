@@ -1,0 +1,82 @@
+"""What the memory plan reads about a candidate without loading its weights.
+
+Called by the recipe before it loads the model, and by `lensllm plan` and `run-trial
+--plan-only` (which also find the device to plan for here, without torch). A local directory's config.json and safetensors headers are read as plain
+files; hub models and GGUF files go through transformers' AutoConfig (no torch needed, and
+no weights downloaded).
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from lensllm.trial.failures import ModelNotFound, first_line
+from lensllm.trial.memory import Device, MemoryPlan, PlanError, parse_bytes, plan_trial
+from lensllm.trial.spec import CandidateSpec, TrialSpec
+
+
+def read_config(candidate: CandidateSpec) -> dict:
+    """The candidate's config as a dict."""
+    path = Path(candidate.model).expanduser()
+    if path.is_dir() and candidate.gguf_file is None and (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    from transformers import AutoConfig  # noqa: PLC0415 - only hub ids and GGUF files need it
+
+    where = {k: v for k, v in {"revision": candidate.revision, "gguf_file": candidate.gguf_file}.items() if v}
+    try:
+        return AutoConfig.from_pretrained(candidate.model, **where).to_dict()
+    except (OSError, ValueError) as err:
+        raise ModelNotFound(f"candidate.model {candidate.model!r}: {first_line(err)}") from None
+
+
+def count_parameters(candidate: CandidateSpec) -> int | None:
+    """Exact parameter count from a local model's safetensors headers; None when there are none."""
+    path = Path(candidate.model).expanduser()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() and candidate.gguf_file is None else []
+    total = 0
+    for file in files:
+        with file.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        total += sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+    return total or None
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def nvidia_smi_memory_bytes() -> int | None:
+    """Total memory of the first GPU nvidia-smi lists, or None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    command = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+    lines = proc.stdout.split()
+    return int(lines[0]) * 2**20 if proc.returncode == 0 and lines and lines[0].isdigit() else None
+
+
+def planning_device(kind: str, gpu_memory: str | None) -> tuple[Device, str | None]:
+    """The device to plan for, without torch: --gpu-memory, else the GPU nvidia-smi lists, else this host.
+
+    Also returns a note when the plan falls back to this host's memory.
+    """
+    if kind == "cpu":
+        return Device(kind="cpu", total_bytes=host_memory_bytes()), None
+    if gpu_memory is not None:
+        return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+    found = nvidia_smi_memory_bytes()
+    if found is not None:
+        return Device(kind="cuda", total_bytes=found), None
+    if kind == "cuda":
+        raise PlanError("no GPU found to plan for: give its memory with --gpu-memory, e.g. --gpu-memory 80Gi")
+    return Device(kind="cpu", total_bytes=host_memory_bytes()), "no GPU here: planned for this host's memory"
+
+
+def plan_spec(spec: TrialSpec, device: Device) -> MemoryPlan:
+    """The memory plan of a trial from its spec and the candidate's config alone (training.maxSeqLength)."""
+    return plan_trial(spec, read_config(spec.candidate), device, parameters=count_parameters(spec.candidate))

@@ -4,5 +4,6 @@ They live in tests/support/cluster.py (on the pythonpath); importing them here i
 """
 
 from cluster import kube, kubectl, kubelet, namespace, operator_process
+from selections import custom, start_operator
 
-__all__ = ["kube", "kubectl", "kubelet", "namespace", "operator_process"]
+__all__ = ["custom", "kube", "kubectl", "kubelet", "namespace", "operator_process", "start_operator"]

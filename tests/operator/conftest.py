@@ -4,5 +4,6 @@ They live in tests/support/cluster.py (on the pythonpath); importing them here i
 """
 
 from cluster import kube, kubectl, kubelet, namespace, operator_process
+from harness_tools import batch, core
 
-__all__ = ["kube", "kubectl", "kubelet", "namespace", "operator_process"]
+__all__ = ["batch", "core", "kube", "kubectl", "kubelet", "namespace", "operator_process"]

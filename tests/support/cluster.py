@@ -24,6 +24,7 @@ from typing import TypeVar
 import kubernetes
 import pytest
 import yaml
+from api_faults import ApiFaults
 from kube_emulator import ApiCall, EmulatorServer, KubeEmulator
 from kubelet import OFFLINE, Kubelet
 
@@ -65,6 +66,11 @@ class Cluster:
     def emulator(self) -> KubeEmulator:
         """The emulator itself; read its state through `server.call(...)`, it lives in another thread."""
         return self.server.emulator
+
+    @property
+    def faults(self) -> ApiFaults:
+        """The API server's switchable faults (tests/support/api_faults.py); safe to use from the test's thread."""
+        return self.server.emulator.faults
 
     @property
     def api_calls(self) -> list[ApiCall]:

@@ -74,7 +74,7 @@ class FaultRule:
     subresource: str | None = None  # "" matches the main endpoint only
     namespace: str | None = None
     name: str | None = None
-    user_agent: str | None = None  # a prefix of the User-Agent header, e.g. "lensllm-operator"
+    user_agent: str | tuple[str, ...] | None = None  # prefix(es) of the User-Agent, e.g. ("kopf/", "lensllm-operator/")
     probability: float = 1.0
     calls: Collection[int] | None = None
     times: int | None = None

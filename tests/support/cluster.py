@@ -157,6 +157,12 @@ class OperatorProcess:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
+    @property
+    def pid(self) -> int:
+        """The process id of the current start (for /proc measurements)."""
+        assert self._process is not None, "never started"
+        return self._process.pid
+
     def start(self) -> None:
         """Start it and wait until the readiness probe passes; fail with its log if it exits or times out first."""
         with self.log_path.open("ab") as log:

@@ -35,12 +35,14 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import jsonschema
@@ -88,6 +90,17 @@ class ApiCall(NamedTuple):
     subresource: str | None
     namespace: str | None
     user_agent: str = ""
+
+
+class JournalEntry(NamedTuple):
+    """One write to an object of a journaled resource: when, what, and what the journal's extractor kept of it."""
+
+    at: float  # time.monotonic()
+    type: str  # ADDED, MODIFIED or DELETED
+    resource: str
+    namespace: str | None
+    name: str
+    data: Any
 
 
 class Change(NamedTuple):
@@ -155,6 +168,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     api_calls: list[ApiCall] = attrs.field(factory=list, init=False)
     faults: ApiFaults = attrs.field(factory=ApiFaults, init=False)
+    # Resource plural -> what to keep of each write to its objects (e.g. a Job's conditions), in `journal`:
+    # how a suite learns when things happened without watching (and without the watch history's window).
+    journaled: dict[str, Callable[[Body], Any]] = attrs.field(factory=dict, init=False)
+    journal: list[JournalEntry] = attrs.field(factory=list, init=False)
     pod_logs: dict[tuple[str, str], Path] = attrs.field(factory=dict, init=False)  # filled by the kubelet
     _rv: int = attrs.field(default=0, init=False)
     _changes: list[Change] = attrs.field(factory=list, init=False)
@@ -163,6 +180,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _schemas: dict[kmock.resource, tuple[Body, jsonschema.Draft4Validator, CelRules]] = attrs.field(
         factory=dict, init=False)
     _deletion_policies: dict[str, str] = attrs.field(factory=dict, init=False)
+    _index: dict[kmock.resource, dict[Key, None]] = attrs.field(factory=dict, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)  # watches from before this get 410 Expired
     _compactions_applied: int = attrs.field(default=0, init=False)
 
@@ -601,13 +619,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _collect_dependents(self, namespace: str | None, owner_uid: str, policy: str) -> None:
         """The garbage collector: dependents left without a live owner go too, unless the owner orphaned them."""
-        for key in [key for key, body in self._live() if namespace in (None, key[1])]:
+        dependents = [key for key, body in self._live() if namespace in (None, key[1])
+                      and any(ref.get("uid") == owner_uid for ref in body["metadata"].get("ownerReferences") or [])]
+        for key in dependents:
             body = self._get(key)  # fresh: collecting an earlier dependent may have changed or removed this one
             refs = (body or {}).get("metadata", {}).get("ownerReferences") or []
             if body is None or not any(ref["uid"] == owner_uid for ref in refs):
                 continue
             others = [ref for ref in refs if ref["uid"] != owner_uid]
-            live_uids = {live["metadata"]["uid"] for _, live in self._live()}
+            live_uids = {live["metadata"]["uid"] for _, live in self._live()} if others else set()
             if policy == "Orphan" or any(ref["uid"] in live_uids for ref in others):
                 released = copy.deepcopy(body)
                 released["metadata"]["ownerReferences"] = others
@@ -652,9 +672,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         # Only the latest version is kept (kmock would keep every one): long runs stay flat in memory.
         if event == "DELETED":
             del self.objects[key]
+            self._index[key[0]].pop(key, None)
         else:
             self.objects[key] = body
+            self._index.setdefault(key[0], {})[key] = None  # lists scan one resource, not every object
         self._changes.append(Change(self._rv, key[0], event, copy.deepcopy(body), old))
+        if (extract := self.journaled.get(str(key[0].plural))) is not None:
+            self.journal.append(JournalEntry(time.monotonic(), event, str(key[0].plural), key[1], key[2],
+                                             extract(body)))
         limit = self.faults.history_limit
         if limit is not None and len(self._changes) > limit + limit // 10:  # trimmed in batches, as etcd compacts
             self._compact(self._changes[-limit - 1].rv)
@@ -708,7 +733,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _select(self, request: kmock.Request, matches: Callable[[Body], bool] | None = None) -> list[Body]:
         matches = matches or self._matcher(request)
-        return [copy.deepcopy(body) for key, body in self._live() if key[0] == request.resource and matches(body)]
+        keys = list(self._index.get(request.resource, {}))
+        return [copy.deepcopy(body) for key in keys if matches(body := self.objects[key].raw)]
 
     @staticmethod
     def _matcher(request: kmock.Request) -> Callable[[Body], bool]:
@@ -769,13 +795,15 @@ class EmulatorServer:
         self.url = f"http://127.0.0.1:{self._server.port}"
 
     @staticmethod
-    async def _start() -> tuple[KubeEmulator, kmock.Server]:
+    async def _start() -> tuple[KubeEmulator, aiohttp.test_utils.RawTestServer]:
         emulator = KubeEmulator()
         await emulator.__aenter__()
         loop = asyncio.get_running_loop()
         # Faults switched on from a test's thread wake the watches in the server's own loop.
         emulator.faults.notify = lambda: loop.call_soon_threadsafe(emulator._wake_watchers)
-        server = kmock.Server(emulator, host="127.0.0.1")
+        # aiohttp's server as kmock.Server runs it, without kmock's process-wide DNS interception for in-process
+        # clients: it cannot be stacked by emulators started and stopped in other threads (parallel chaos runs).
+        server = aiohttp.test_utils.RawTestServer(emulator, host="127.0.0.1")
         await server.__aenter__()
         return emulator, server
 

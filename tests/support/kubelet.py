@@ -53,13 +53,18 @@ class Kubelet:
     """The kubelet, volume controller and Job controller of an emulated cluster, in their own thread and loop."""
 
     def __init__(self, server: EmulatorServer, workdir: Path, *, entrypoint: Sequence[str] = (),
-                 retry_delay: float = 0.0, max_grace_period: float = 2.0, seed: int = 0) -> None:
+                 retry_delay: float = 0.0, max_grace_period: float = 2.0, seed: int = 0,
+                 commands: dict[str, Sequence[str]] | None = None, env: dict[str, str] | None = None,
+                 max_running: int | None = None) -> None:
         self.runs: collections.Counter[str] = collections.Counter()  # processes started per Job name
         self.max_concurrency = 0  # most pod processes running at once
         self.errors: list[BaseException] = []  # failures of the kubelet itself; the fixture fails the test on any
         self.faults = PodFaults(seed)
         self._server, self._workdir = server, workdir
         self._entrypoint, self._retry_delay, self._max_grace = list(entrypoint), retry_delay, max_grace_period
+        self._commands = {name: list(argv) for name, argv in (commands or {}).items()}  # stand-ins for executables
+        self._node_env = dict(env or {})  # what every pod's process inherits, under the pod's own env
+        self._max_running = max_running  # the node's room: further pods wait in ContainerCreating
         self._running: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self._conditions: dict[tuple[str, str], list[Body]] = {}  # what the server says of each pod
         self._gone: set[tuple[str, str]] = set()  # pods deleted, or marked for deletion
@@ -85,6 +90,7 @@ class Kubelet:
         self._loop.close()
 
     async def _start(self) -> None:
+        self._slots = asyncio.Semaphore(self._max_running or 2**30)
         self._client = ControllerClient(self._server.url)
         self.controller = JobController(self._client, self, self._retry_delay)
         self.spawn(self._client.watch("/apis/batch/v1/jobs", self.controller.on_job))
@@ -150,7 +156,8 @@ class Kubelet:
         if await self._wait_while(pod, lambda: self._unschedulable(pod)):
             await self._bind_pod(pod)
             if await self._wait_while(pod, lambda: self._image_missing(pod, container)):
-                code = await self._run_container(pod, container)
+                async with self._slots:
+                    code = await self._run_container(pod, container)
         if key in self._gone and key not in self._removed:
             await self._client.request("DELETE", object_path(pod), gracePeriodSeconds="0")  # the pod has stopped
         return PodOutcome(code, key[1], self._conditions.get(key, []))
@@ -214,7 +221,8 @@ class Kubelet:
         mounts = self._mounts(pod, container, workdir)
         termination, log = mounts[container.get("terminationMessagePath", TERMINATION_LOG)], workdir / "log"
         self._server.emulator.pod_logs[key] = log  # read by the emulator for pods/log (a dict write is atomic)
-        env = {name: remap(value, mounts) for name, value in env.items()}
+        declared = {var["name"] for var in container.get("env") or []}  # the node's own variables stay as they are
+        env = {name: remap(value, mounts) if name in declared else value for name, value in env.items()}
         started = now()
         process = await self._start_process(self._argv(container, env, mounts), env, workdir, log)
         code = 128 if process is None else await self._follow_process(pod, container, process, started)
@@ -308,9 +316,11 @@ class Kubelet:
         return message
 
     def _argv(self, container: Body, env: dict[str, str], mounts: dict[str, Path]) -> list[str]:
-        """command + args (or the image's entrypoint), $(VAR)s expanded, mounted paths pointed at their stand-ins."""
+        """command + args (or the image's entrypoint), $(VAR)s expanded, mounted paths pointed at their stand-ins,
+        and an executable named in `commands` replaced by its stand-in (e.g. a fast fake of `lensllm`)."""
         argv = [*(container.get("command") or self._entrypoint), *(container.get("args") or [])]
-        return [remap(expand(arg, env), mounts) for arg in argv]
+        argv = [remap(expand(arg, env), mounts) for arg in argv]
+        return [*self._commands[argv[0]], *argv[1:]] if argv and argv[0] in self._commands else argv
 
     def _mounts(self, pod: Body, container: Body, workdir: Path) -> dict[str, Path]:
         """Local stand-ins for the container's mounts: a directory per emptyDir (per pod) or claim (shared), and
@@ -345,7 +355,7 @@ class Kubelet:
 
     async def _env(self, pod: Body, container: Body) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)  # the venv's: `python` and `lensllm` resolve there first
-        env = {**os.environ, **OFFLINE, "HOSTNAME": pod["metadata"]["name"],
+        env = {**os.environ, **OFFLINE, **self._node_env, "HOSTNAME": pod["metadata"]["name"],
                "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
         namespace = pod["metadata"]["namespace"]
         for source in container.get("envFrom") or []:

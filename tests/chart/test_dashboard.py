@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from lensllm_operator.metrics import OperatorMetrics
+from prometheus_client import CollectorRegistry
 
 # The sample names Prometheus stores for each kind of metric family prometheus-client exports.
 SAMPLE_SUFFIXES = {

@@ -1,6 +1,5 @@
-from prometheus_client import CollectorRegistry, generate_latest
-
 from lensllm_operator.metrics import OperatorMetrics
+from prometheus_client import CollectorRegistry, generate_latest
 
 
 def exposition(metrics: OperatorMetrics) -> str:

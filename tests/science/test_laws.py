@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
-
 from lensllm.errors import CurveError, FitError, NotFittedError
 from lensllm.science.laws import (
-    LawWarning,
     AtSLaw,
+    LawWarning,
     LensLLMLaw,
     NTKSpectrum,
     RectifiedLaw,

@@ -26,6 +26,11 @@ LABEL_TERM = re.compile(
 )
 
 
+def quoted(value: object) -> str:
+    """A value in an error message as Go's %q writes it: in double quotes, control characters escaped."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
     """A failure shaped like a real API server's Status, with one of its standard reasons."""
     return kmock.KubernetesError(status=code, reason=reason, message=message, details=details)
@@ -159,12 +164,12 @@ def metadata_errors(body: Body) -> list[str]:
     meta = body["metadata"]
     errors = []
     if len(meta["name"]) > 253 or not DNS_SUBDOMAIN.fullmatch(meta["name"]):
-        errors.append(f'metadata.name: Invalid value: "{meta["name"]}": a lowercase RFC 1123 subdomain must '
+        errors.append(f'metadata.name: Invalid value: {quoted(meta["name"])}: a lowercase RFC 1123 subdomain must '
                       "consist of lower case alphanumeric characters, '-' or '.'")
     template_labels = ((body.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels", {})
     for where, labels in (("metadata.labels", meta.get("labels") or {}),
                           ("spec.template.metadata.labels", template_labels)):
-        errors += [f'{where}: Invalid value: "{key}={value}": not a valid label'
+        errors += [f"{where}: Invalid value: {quoted(f'{key}={value}')}: not a valid label"
                    for key, value in labels.items() if not _valid_label(key, value)]
     for index, ref in enumerate(meta.get("ownerReferences") or []):
         errors += [f"metadata.ownerReferences[{index}].{field}: Required value"

@@ -61,6 +61,7 @@ from api_objects import (
     merge_patch,
     metadata_errors,
     prune_and_default,
+    quoted,
     schema_error,
     to_json_schema,
     without_nulls,
@@ -757,7 +758,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         listed = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
         causes = [{"reason": "FieldValueInvalid", "message": error, "field": error.split(":")[0]} for error in errors]
         qualified_kind = f"{kind}.{resource.group}" if resource.group else str(kind)
-        return api_error(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {listed}',
+        return api_error(422, "Invalid", f"{qualified_kind} {quoted(name)} is invalid: {listed}",
                          name=name, group=resource.group, kind=kind, causes=causes)
 
     @staticmethod

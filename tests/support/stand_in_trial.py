@@ -11,7 +11,10 @@ and restarts trials and checks that no measured point is lost or measured twice.
   whose parameters depend only on the candidate's model (so every run, faulty or not, measures the same points);
 - a size finished (its checkpoint written) is appended to the ledger LENSLLM_STANDIN_LEDGER (one JSON line: model,
   size, pod), which is how a suite counts points measured twice;
-- sizes already in `--resume` are not measured again; the laws are fitted by the runner's own `fit_all`.
+- a model whose path ends in `/missing` fails as the real recipe does for a model that is not there (ModelNotFound,
+  exit 2), before measuring anything;
+- sizes already in `--resume` are not measured again; the laws are fitted by the runner's own `fit_all` (unless
+  LENSLLM_STANDIN_FITS=0).
 """
 
 import hashlib
@@ -29,6 +32,7 @@ from lensllm.trial.spec import TrialSpec
 
 SIZE_SECONDS = "LENSLLM_STANDIN_SIZE_SECONDS"
 LEDGER = "LENSLLM_STANDIN_LEDGER"
+FITS = "LENSLLM_STANDIN_FITS"  # "0": leave the law fits out (the bad-input suite runs hundreds of trials)
 PARAMETERS = 1_000_000
 
 
@@ -72,6 +76,10 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
                          resources=Resources(device="cpu", dtype="float32", parameters=PARAMETERS,
                                              trainable_parameters=PARAMETERS, peak_memory_bytes=1 << 20,
                                              peak_memory_kind="processRss"))
+    if spec.candidate.model.endswith("/missing"):
+        message = f"model {spec.candidate.model}: no such local directory and not a hub id"
+        return result.model_copy(update={"status": "Failed", "reason": "ModelNotFound", "message": message,
+                                         "seconds": time.perf_counter() - started})
     delay = float(os.environ.get(SIZE_SECONDS, "0.2"))
     for size in spec.subset_sizes:
         if any(point.size == size for point in result.points):
@@ -86,8 +94,9 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
         if on_progress is not None:
             on_progress({"event": "size", "size": size, "bitsPerByte": result.points[-1].test.bits_per_byte})
     result.points.sort(key=lambda point: point.size)
-    result.fits = fit_all(result.zero_shot, result.points, target=spec.target_size, metric=spec.fit_metric,
-                          ntk=result.ntk)
+    if os.environ.get(FITS) != "0":
+        result.fits = fit_all(result.zero_shot, result.points, target=spec.target_size, metric=spec.fit_metric,
+                              ntk=result.ntk)
     result.status = "Succeeded"
     result.seconds = time.perf_counter() - started
     return result

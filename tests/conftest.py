@@ -25,6 +25,7 @@ def curves_dir() -> Path:
 def demo_world(tmp_path_factory) -> Path:
     """The demo's generated task and three tiny pre-trained causal LMs (lensllm.demo), built once."""
     import torch
+
     from lensllm.demo import prepare
 
     torch.set_num_threads(1)

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lensllm_operator.metrics import OperatorMetrics
 from prometheus_client import CollectorRegistry
+
+from lensllm_operator.metrics import OperatorMetrics
 
 # The sample names Prometheus stores for each kind of metric family prometheus-client exports.
 SAMPLE_SUFFIXES = {

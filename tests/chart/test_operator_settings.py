@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import pytest
+
 from lensllm.cli.main import main
 from lensllm_operator import run as operator_run
 from lensllm_operator.config import OperatorConfig

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from lensllm.selection.plan import next_trials
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.selection.status import initial_status, now_iso

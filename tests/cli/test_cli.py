@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from lensllm.cli.main import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

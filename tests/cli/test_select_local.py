@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from demo_selection import demo_models, selection_manifest
+
 from lensllm.cli.main import main
 from lensllm.selection.status import LLMSelectionStatus
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from lensllm.selection.plan import Trial
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.spec import TrialSpec

@@ -1,5 +1,6 @@
-from lensllm_operator.metrics import OperatorMetrics
 from prometheus_client import CollectorRegistry, generate_latest
+
+from lensllm_operator.metrics import OperatorMetrics
 
 
 def exposition(metrics: OperatorMetrics) -> str:

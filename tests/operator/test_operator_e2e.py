@@ -5,6 +5,7 @@ import io
 import json
 import sys
 import urllib.request
+from pathlib import Path
 
 import kubernetes
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from cluster import free_port, wait_for
 from demo_selection import demo_models, selection_manifest
 from kubernetes.client.rest import ApiException
+
 from lensllm.cli.main import main
 from lensllm.selection.status import LLMSelectionStatus
 

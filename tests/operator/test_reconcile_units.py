@@ -2,13 +2,14 @@
 
 import asyncio
 
+from prometheus_client import CollectorRegistry
+
 from lensllm.selection import status as st
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm_operator import kube
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.metrics import OperatorMetrics
 from lensllm_operator.reconcile import Context, _read_result, job_state, termination_message
-from prometheus_client import CollectorRegistry
 
 
 def job(suspend=False, active=0, conditions=()):

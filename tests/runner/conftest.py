@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from lensllm.cli.main import main  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
@@ -33,6 +32,8 @@ from transformers import (  # noqa: E402
     T5Config,
     T5ForConditionalGeneration,
 )
+
+from lensllm.cli.main import main  # noqa: E402
 
 torch.set_num_threads(1)  # two threads ran 5-9x slower on the 2-core CI machines
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from lensllm.trial.data import Row, load_task_rows
 from lensllm.trial.examples import IGNORE, collate, encode_rows
 from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound

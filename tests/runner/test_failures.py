@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+
 from lensllm.cli.main import main
 from lensllm.trial import TrialResult
 from lensllm.trial import recipe as recipe_module

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from lensllm.science.laws import NTKSpectrum
 from lensllm.trial.data import load_task_rows
 from lensllm.trial.examples import collate, encode_rows

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from pydantic import ValidationError
+
 from lensllm.trial import DatasetSpec, NTKSpec, TrainingSpec, TrialResult, TrialSpec
 from lensllm.trial.result import Evaluation, LawFit, NTKSummary, SizePoint, TrainingStats
 from lensllm.trial.spec import validation_message
-from pydantic import ValidationError
 
 MINIMAL = {
     "candidate": {"model": "org/model"},

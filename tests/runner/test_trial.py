@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from lensllm.trial import TrialResult
 from lensllm.trial.recipe import TrialRecipe
 from lensllm.trial.result import METHODS

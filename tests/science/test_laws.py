@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+
 from lensllm.errors import CurveError, FitError, NotFittedError
 from lensllm.science.laws import (
-    AtSLaw,
     LawWarning,
+    AtSLaw,
     LensLLMLaw,
     NTKSpectrum,
     RectifiedLaw,

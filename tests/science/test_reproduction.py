@@ -7,6 +7,7 @@ release as results/tab1.txt. The paper rounds to 4 decimals, then to 1 decimal i
 import warnings
 
 import pytest
+
 from lensllm.curves_io import read_curves
 from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
 

@@ -1,7 +1,7 @@
 import dataclasses
-
 import numpy as np
 import pytest
+
 from lensllm.curves_io import read_curves
 from lensllm.errors import CurveError, UnknownMethodError
 from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark, summarize

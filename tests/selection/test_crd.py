@@ -3,6 +3,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from lensllm.selection.crd import build_crd, crd_yaml
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,8 @@
 import pytest
+from pydantic import ValidationError
+
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.spec import TrialSpec
-from pydantic import ValidationError
 
 
 def spec(**changes) -> dict:

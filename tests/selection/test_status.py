@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from lensllm.science.laws import rectified_loss
 from lensllm.selection import status as st
 from lensllm.selection.plan import next_trials

@@ -24,6 +24,7 @@ from typing import TypeVar
 import kubernetes
 import pytest
 import yaml
+from api_faults import ApiFaults
 from kube_emulator import ApiCall, EmulatorServer, KubeEmulator
 from kubelet import OFFLINE, Kubelet
 
@@ -65,6 +66,11 @@ class Cluster:
     def emulator(self) -> KubeEmulator:
         """The emulator itself; read its state through `server.call(...)`, it lives in another thread."""
         return self.server.emulator
+
+    @property
+    def faults(self) -> ApiFaults:
+        """The API server's switchable faults (tests/support/api_faults.py); safe to use from the test's thread."""
+        return self.server.emulator.faults
 
     @property
     def api_calls(self) -> list[ApiCall]:
@@ -150,6 +156,12 @@ class OperatorProcess:
     @property
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
+
+    @property
+    def pid(self) -> int:
+        """The process id of the current start (for /proc measurements)."""
+        assert self._process is not None, "never started"
+        return self._process.pid
 
     def start(self) -> None:
         """Start it and wait until the readiness probe passes; fail with its log if it exits or times out first."""

@@ -5,7 +5,9 @@ hints: the timer reconciles every unfinished selection every `resync_seconds` wh
 happened, so a lost event or a failed call is healed within one interval.
 """
 
+import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -30,6 +32,9 @@ def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: l
     settings.scanning.disabled = True
     # The watch stream should reconnect well before typical load balancer idle timeouts.
     settings.watching.server_timeout = 270
+    # kopf gives up on a failing API call after ~1 minute of retries, and a watch that gives up ends
+    # the whole operator: during an API server outage, keep retrying (every 30 s at most) instead.
+    settings.networking.error_backoffs = ErrorBackoffs()
     # Only our Jobs stream in, filtered by the API server: a handler's labels= filter is applied
     # client-side, after every Job of the cluster has been sent to this pod.
     settings.watching.label_selectors["batch", "jobs"] = SELECTION_LABEL
@@ -38,6 +43,16 @@ def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: l
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lensllm.io")
     memo.ctx.metrics.serve(memo.ctx.config.metrics_port)
     logger.info("metrics on :%d/metrics, resync every %gs", memo.ctx.config.metrics_port, RESYNC_SECONDS)
+
+
+class ErrorBackoffs:
+    """kopf's delays between retries of a failed API call (1, 1, 2, 3, 5, ... s), then 30 s forever.
+
+    Iterable anew for every call, as kopf expects; it has no length, which tells kopf there is no last retry.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30))
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

@@ -20,11 +20,6 @@ from lensllm.selection.plan import Trial
 from lensllm_operator.names import job_name
 
 
-@pytest.fixture
-def batch(kube):
-    return kubernetes.client.BatchV1Api(kube.api)
-
-
 def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them_with_the_same_status(
     demo_world, kube, namespace, kubelet, start_operator, custom, tmp_path
 ):

@@ -6,6 +6,7 @@ single calls fail by wrapping the operator's own API functions (`lensllm_operato
 """
 
 import asyncio
+import itertools
 import json
 import logging
 from datetime import datetime, timezone
@@ -255,7 +256,7 @@ def test_an_error_that_keeps_coming_back_ends_the_selection_instead_of_retrying_
     assert (status.phase, status.reason) == ("Failed", "ReconcileFailed") and "a bug" in status.conditions[-1].message
 
 
-def test_the_job_watch_is_filtered_by_the_api_server(kube, ctx):
+def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_ends_the_operator(kube, ctx):
     from cluster import free_port
     from kopf._cogs.structs.references import Resource
 
@@ -264,3 +265,6 @@ def test_the_job_watch_is_filtered_by_the_api_server(kube, ctx):
     handlers.operator_startup(settings=settings, memo=kopf.Memo(ctx=ctx), logger=logging.getLogger(__name__))
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
+    # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.
+    backoffs = settings.networking.error_backoffs
+    assert list(itertools.islice(backoffs, 50))[-1] == 30 and list(itertools.islice(backoffs, 3)) == [1, 1, 2]

@@ -113,3 +113,37 @@ def run_locally(doc: dict, tmp_path: Path) -> dict:
     local.write_text(yaml.safe_dump(doc))
     assert main(["select", str(local), "--local", "--out", str(tmp_path / "out")]) == 0
     return json.loads((tmp_path / "out" / "status.json").read_text())
+
+
+STAND_IN = Path(__file__).with_name("stand_in_trial.py")
+
+
+@pytest.fixture
+def stand_in(kube, tmp_path):
+    """A kubelet whose `lensllm` is the stand-in trial (tests/support/stand_in_trial.py): the real runner around a
+    synthetic curve, 0.3 s per size, every measured size written to `stand_in.ledger`."""
+    from kubelet import Kubelet
+    from stand_in_trial import LEDGER, SIZE_SECONDS
+
+    ledger = tmp_path / "ledger.jsonl"
+    kubelet = Kubelet(kube.server, tmp_path / "pods", env={LEDGER: str(ledger), SIZE_SECONDS: "0.3"},
+                      commands={"lensllm": [sys.executable, str(STAND_IN)]})
+    kubelet.ledger = ledger
+    yield kubelet
+    kubelet.stop()
+    if kubelet.errors:
+        pytest.fail(f"the emulated kubelet failed: {kubelet.errors!r}")
+
+
+def stand_in_selection(name: str, *models: str, **spec) -> dict:
+    """An LLMSelection over stand-in candidates (model paths only name their synthetic curves)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMSelection", "metadata": {"name": name},
+        "spec": {
+            "candidates": [{"name": model, "model": f"/models/{model}"} for model in models or ("model-a",)],
+            "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target", "maxTestExamples": 32},
+            "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
+            "ntk": {"probeSize": 8},
+            **spec,
+        },
+    }

@@ -11,10 +11,19 @@ since the last), `lensllm_trial_gpu_seconds_total` books a whole trial when it e
 outcome and reason.
 """
 
+from typing import get_args
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lensllm.trial.result import Reason
 
 PHASES = ("Pending", "Running", "Complete", "Failed")
 TRIAL_STATES = ("queued", "running")
+# Why trials fail: the runner's own reasons and those the operator reads from Kubernetes. Their series exist
+# from the first selection of a namespace on, at 0: Prometheus' increase() cannot count a series' first value.
+FAILURE_REASONS = (*get_args(Reason), "OOMKilled", "DeadlineExceeded", "BackoffLimitExceeded", "ResultMissing",
+                   "ResultInvalid", "JobRejected", "JobNameTaken", "JobLost", "PendingTimeout", "ImagePullBackOff",
+                   "CreateContainerConfigError", "Unschedulable", "KueueInadmissible")
 
 
 class OperatorMetrics:
@@ -83,6 +92,7 @@ class OperatorMetrics:
         self._phases: dict[tuple[str, str], str] = {}
         self._candidates: dict[tuple[str, str], set[str]] = {}
         self._accounted: dict[tuple[str, str], dict[str, float]] = {}
+        self._namespaces: set[str] = set()
         for phase in PHASES:
             self.selections.labels(phase=phase).set(0)
         for kind in ("transient", "unexpected"):
@@ -94,6 +104,18 @@ class OperatorMetrics:
     def set_phase(self, namespace: str, name: str, phase: str) -> None:
         self._phases[namespace, name] = phase
         self._refresh_phases()
+        if namespace not in self._namespaces:
+            self._namespaces.add(namespace)
+            self._start_counters(namespace)
+
+    def _start_counters(self, namespace: str) -> None:
+        """Every outcome and known reason of a namespace at 0, so that the first trial to end is an increase."""
+        for outcome, reason in (("succeeded", "Succeeded"), *(("failed", r) for r in FAILURE_REASONS)):
+            self.trials.labels(namespace=namespace, outcome=outcome, reason=reason)
+            self.trial_gpu_seconds.labels(namespace=namespace, outcome=outcome, reason=reason)
+        for outcome in ("succeeded", "failed"):
+            self.trial_duration.labels(outcome=outcome)
+        self.gpu_seconds.labels(namespace=namespace)
 
     def record_trial(self, namespace: str, outcome: str, reason: str, seconds: float, gpu_seconds: float) -> None:
         self.trials.labels(namespace=namespace, outcome=outcome, reason=reason).inc()

@@ -52,3 +52,13 @@ def test_gpu_time_accrues_while_trials_run_and_a_restart_counts_nothing_twice():
     restarted.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=True)
     restarted.accrue_gpu_time("ns", "a", "job-1", 100.0, seen_before_start=True)
     assert 'lensllm_gpu_seconds_total{namespace="ns"} 10.0' in exposition(restarted)
+
+
+def test_a_namespaces_trial_counters_exist_at_zero_before_its_first_trial_ends():
+    metrics = OperatorMetrics(CollectorRegistry())
+    metrics.set_phase("ns", "a", "Running")
+    text = exposition(metrics)
+    assert 'lensllm_trials_total{namespace="ns",outcome="succeeded",reason="Succeeded"} 0.0' in text
+    for reason in ("OOMKilled", "OutOfMemory", "PendingTimeout", "JobRejected"):
+        assert f'lensllm_trials_total{{namespace="ns",outcome="failed",reason="{reason}"}} 0.0' in text
+    assert 'lensllm_gpu_seconds_total{namespace="ns"} 0.0' in text

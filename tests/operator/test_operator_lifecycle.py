@@ -184,3 +184,24 @@ def drop_cel_rules(kube) -> None:
     crd = crds.get_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", name)
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].pop("x-kubernetes-validations", None)
     crds.replace_cluster_custom_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", name, crd)
+
+
+def test_scheduling_and_pod_settings_reach_the_runner_pod(namespace, core, stand_in, start_operator, custom):
+    start_operator()
+    settings = {
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["A100"]}]}]}}},
+        "nodeSelector": {"pool": "gpu"},
+        "priorityClassName": "research-low",
+        "env": [{"name": "HF_ENDPOINT", "value": "https://hf-mirror.internal"}],
+    }
+    create(custom, namespace, stand_in_selection("placed", **settings))
+    status = wait_for_phase(custom, namespace, "placed", "Complete", "Failed", timeout=TIMEOUT)
+    assert status.phase == "Complete", status.conditions
+    (pod,) = core.list_namespaced_pod(namespace).items
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    term = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms[0]
+    assert term.match_expressions[0].values == ["A100"]
+    assert pod.spec.node_selector == {"pool": "gpu"} and pod.spec.priority_class_name == "research-low"
+    assert {e.name: e.value for e in pod.spec.containers[0].env}["HF_ENDPOINT"] == "https://hf-mirror.internal"

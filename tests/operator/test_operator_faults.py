@@ -94,6 +94,8 @@ def test_with_every_job_watch_event_lost_the_resync_still_finishes_the_selection
     create(custom, namespace, stand_in_selection("deaf", "model-a", "model-b"))
     status = wait_for_phase(custom, namespace, "deaf", "Complete", "Failed", timeout=TIMEOUT)
     assert status.phase == "Complete" and len(status.ranking) == 2
+    # The resync is the operator's own loop, not a kopf timer: no finalizer holds a deletion for the operator.
+    assert not custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "deaf")["metadata"].get("finalizers")
 
 
 def test_failing_api_calls_are_retried_and_count_every_trial_once(kube, namespace, stand_in, start_operator, custom):

@@ -205,3 +205,21 @@ def test_scheduling_and_pod_settings_reach_the_runner_pod(namespace, core, stand
     assert term.match_expressions[0].values == ["A100"]
     assert pod.spec.node_selector == {"pool": "gpu"} and pod.spec.priority_class_name == "research-low"
     assert {e.name: e.value for e in pod.spec.containers[0].env}["HF_ENDPOINT"] == "https://hf-mirror.internal"
+
+
+def test_a_selection_recreated_under_its_name_never_adopts_the_old_ones_job(
+    kube, namespace, stand_in, start_operator, custom, batch
+):
+    kube.faults.gc_delay = 5.0  # the old selection's Job outlives it for a while, as on a busy cluster
+    start_operator()
+    create(custom, namespace, stand_in_selection("again"))
+    old = wait_for(lambda: jobs_of(batch, namespace), "the first selection's Job")[0]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+    names = lambda: [s["metadata"]["name"] for s in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]]  # noqa: E731
+    wait_for(lambda: "again" not in names(), "the old selection to be gone (finalizers run)")
+    assert [j.metadata.name for j in jobs_of(batch, namespace)] == [old.metadata.name]  # not collected yet
+    create(custom, namespace, stand_in_selection("again"))
+    status = wait_for_phase(custom, namespace, "again", "Complete", "Failed", timeout=TIMEOUT)
+    assert status.phase == "Complete", status.conditions
+    (trial,) = status.candidates["model-a"].trials
+    assert trial.job_name != old.metadata.name and trial.state == "Succeeded"

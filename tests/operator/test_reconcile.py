@@ -128,6 +128,22 @@ def test_a_refused_spec_is_written_under_the_selection_lock(kube, namespace, ctx
     assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
 
 
+def test_a_selection_asking_for_an_image_the_operator_does_not_allow_fails_without_a_job(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "miner", runner={"image": "docker.io/someone/miner:latest"})
+
+    async def scenario():
+        events = posting_events()
+        await reconcile(ctx, namespace, "miner")
+        return [events.get_nowait() for _ in range(events.qsize())]
+
+    events = asyncio.run(scenario())
+    status = status_of(custom, namespace, "miner")
+    assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
+    assert "spec.runner.image 'docker.io/someone/miner:latest' is not an allowed runner image" in status.conditions[-1].message
+    assert [e.reason for e in events] == ["InvalidSpec"]
+    assert kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items == []
+
+
 def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespace, ctx, custom, monkeypatch):
     create_selection(custom, namespace, "counted")
     real = operator_kube.patch_selection_status
@@ -261,8 +277,16 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
     from kopf._cogs.structs.references import Resource
 
     settings = kopf.OperatorSettings()
-    ctx = Context(config=OperatorConfig(metrics_port=free_port()), metrics=ctx.metrics)
-    handlers.operator_startup(settings=settings, memo=kopf.Memo(ctx=ctx), logger=logging.getLogger(__name__))
+    memo = kopf.Memo(ctx=Context(config=OperatorConfig(metrics_port=free_port()), metrics=ctx.metrics))
+
+    async def start_and_stop():
+        await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
+        await handlers.selection_event(type=None, namespace="ns", name="s", status={}, memo=memo,
+                                       logger=logging.getLogger(__name__))
+        await handlers.operator_cleanup(memo=memo)
+
+    asyncio.run(start_and_stop())
+    assert memo.resync.cancelled() and memo.selections.due(now=0.0) == [("ns", "s")]
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.

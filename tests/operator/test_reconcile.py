@@ -100,6 +100,17 @@ def finish_job(kube, namespace: str, job: str, message: str) -> None:
         "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}})
 
 
+def reconcile_once(ctx: Context, namespace: str, name: str) -> list:
+    """One reconciliation; the Events it posted."""
+
+    async def scenario():
+        events = posting_events()
+        await reconcile(ctx, namespace, name)
+        return [events.get_nowait() for _ in range(events.qsize())]
+
+    return asyncio.run(scenario())
+
+
 def only_job(kube, namespace: str) -> str:
     (job,) = kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
     return job.metadata.name
@@ -131,12 +142,7 @@ def test_a_refused_spec_is_written_under_the_selection_lock(kube, namespace, ctx
 def test_a_selection_asking_for_an_image_the_operator_does_not_allow_fails_without_a_job(kube, namespace, ctx, custom):
     create_selection(custom, namespace, "miner", runner={"image": "docker.io/someone/miner:latest"})
 
-    async def scenario():
-        events = posting_events()
-        await reconcile(ctx, namespace, "miner")
-        return [events.get_nowait() for _ in range(events.qsize())]
-
-    events = asyncio.run(scenario())
+    events = reconcile_once(ctx, namespace, "miner")
     status = status_of(custom, namespace, "miner")
     assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
     assert "spec.runner.image 'docker.io/someone/miner:latest' is not an allowed runner image" in status.conditions[-1].message
@@ -216,12 +222,7 @@ def test_a_job_the_api_server_or_the_client_refuses_fails_its_candidate_with_the
     monkeypatch.setattr(operator_kube, "create_job", refuse)
     create_selection(custom, namespace, "refused")
 
-    async def scenario():
-        events = posting_events()
-        await reconcile(ctx, namespace, "refused")
-        return [events.get_nowait() for _ in range(events.qsize())]
-
-    events = asyncio.run(scenario())
+    events = reconcile_once(ctx, namespace, "refused")
     status = status_of(custom, namespace, "refused")
     entry = status.candidates["a"]
     assert (status.phase, entry.state, entry.reason) == ("Failed", "Failed", "JobRejected")

@@ -141,7 +141,10 @@ def test_every_dashboard_query_returns_series_for_a_finished_selection(
         kubelet.stop()
     assert status["phase"] == "Complete", status.get("conditions")
     # A few scrapes of the final state: increase() and rate() need two samples of every series.
-    wait_for(lambda: len(prometheus.query("count_over_time(lensllm_trials_total[1h]) >= 3")["data"]["result"]) == 2,
+    # (One series per outcome and reason, and the gauges the selection's end set: every one of them.)
+    ended = ('min(count_over_time(lensllm_trials_total[1h])) >= 3 and '
+             'min(count_over_time(lensllm_candidate_predicted_loss[1h])) >= 3')
+    wait_for(lambda: len(prometheus.query(ended)["data"]["result"]) == 1,
              "Prometheus to scrape the finished selection", timeout=30, interval=0.5)
 
     exprs, variables = dashboard_queries()

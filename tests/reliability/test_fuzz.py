@@ -68,6 +68,15 @@ def one_line(text: str) -> bool:
     return len([line for line in text.splitlines() if line.strip()]) == 1
 
 
+def create_namespace(kube: Cluster, name: str) -> str:
+    """A namespace of its own for each case (raw HTTP: the kubernetes client's checks cost a tenth of a second)."""
+    request = urllib.request.Request(f"{kube.url}/api/v1/namespaces", method="POST",
+                                     data=json.dumps({"metadata": {"name": name}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10):
+        return name
+
+
 def api_verdict(kube: Cluster, namespace: str, document: dict[str, Any]) -> tuple[str, str]:
     """admitted, or refused with the server's message (raw HTTP: the kubernetes client checks types itself)."""
     url = f"{kube.url}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
@@ -161,7 +170,7 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
         tally.cases += 1
         work = tmp_path / f"case-{index}"
         work.mkdir()
-        namespace = kube.create_namespace(f"fuzz-{index}")
+        namespace = create_namespace(kube, f"fuzz-{index}")
         isolated = case.isolated
         (work / "selection.yaml").write_text(case.text)
         if not isolated and accepted_locally(work / "selection.yaml") and local_runs[0] >= full_local_runs:

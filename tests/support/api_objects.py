@@ -123,6 +123,8 @@ def to_json_schema(schema: Body) -> Body:
         out["type"] = ["integer", "string"]
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]  # null is valid where nullable, whatever the enum says
     return out
 
 
@@ -157,6 +159,29 @@ def schema_error(error: jsonschema.ValidationError) -> str:
         missing = next(name for name in error.validator_value if name not in error.instance)
         return f"{field_path([*error.absolute_path, missing])}: Required value"
     return f"{field or '<root>'}: Invalid value: {json.dumps(error.instance)}: {error.message}"
+
+
+def metadata_decode_error(body: Body) -> str | None:
+    """Why the object's metadata cannot be decoded into an ObjectMeta (a 400 before any validation), if it can't."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        return f"json: cannot unmarshal {json_type(meta)} into Go struct field .metadata of type v1.ObjectMeta"
+    for field in ("name", "generateName", "namespace"):
+        if field in meta and not isinstance(meta[field], str):
+            return (f"json: cannot unmarshal {json_type(meta[field])} into Go struct field ObjectMeta.metadata."
+                    f"{field} of type string")
+    for field in ("labels", "annotations"):
+        values = meta.get(field)
+        if values is not None and (not isinstance(values, dict)
+                                   or not all(isinstance(v, str) for v in values.values())):
+            return f"json: cannot unmarshal into Go struct field ObjectMeta.metadata.{field} of type map[string]string"
+    return None
+
+
+def json_type(value: Any) -> str:
+    """How Go's JSON decoder names a JSON value's type in its errors."""
+    return {bool: "bool", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), "null")
 
 
 def metadata_errors(body: Body) -> list[str]:

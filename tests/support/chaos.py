@@ -85,7 +85,7 @@ class Schedule:
 
 
 def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any]:
-    """Three stand-in candidates, four sizes, a persistent volume (the model cache) a trial can resume from."""
+    """Three stand-in candidates, four sizes, a persistent work volume a trial resumes from."""
     return {
         "apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name},
         "spec": {
@@ -94,7 +94,7 @@ def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any
                         "maxTestExamples": 32},
             "budget": {"subsetSizes": SIZES, "targetSize": 4096},
             "ntk": {"probeSize": 8}, "parallelism": parallelism,
-            "modelCache": {"claimName": claim},
+            "workVolume": {"claimName": claim},
         },
     }
 

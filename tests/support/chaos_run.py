@@ -34,6 +34,8 @@ STAND_IN = Path(__file__).with_name("stand_in_trial.py")
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
 NAMESPACE, NAME, CLAIM = "chaos", "trio", "work"
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmselection.yaml"
+# The operator's periodic resync (default 20 s): 5 s here keeps a run's healing, and the suite, short.
+RESYNC = "LENSLLM_RESYNC_SECONDS"
 
 
 class ChaosCluster:
@@ -81,7 +83,8 @@ class ChaosCluster:
         metrics, liveness = free_port(), free_port()
         command = [sys.executable, "-m", "lensllm.cli.main", "operator", "--namespace", NAMESPACE,
                    "--metrics-port", str(metrics), "--liveness-port", str(liveness)]
-        env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "KUBECONFIG": str(self.kubeconfig),
+               RESYNC: os.environ.get(RESYNC, "5")}
         process = OperatorProcess(command, env, self.workdir / "operator.log",
                                   f"http://127.0.0.1:{liveness}/healthz", timeout=60)
         process.start()

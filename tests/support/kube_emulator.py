@@ -59,6 +59,7 @@ from api_objects import (
     json_patch,
     label_matcher,
     merge_patch,
+    metadata_decode_error,
     metadata_errors,
     prune_and_default,
     quoted,
@@ -182,6 +183,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         factory=dict, init=False)
     _deletion_policies: dict[str, str] = attrs.field(factory=dict, init=False)
     _index: dict[kmock.resource, dict[Key, None]] = attrs.field(factory=dict, init=False)
+    _names: random.Random = attrs.field(factory=random.Random, init=False)  # generateName suffixes
     _compacted_rv: int = attrs.field(default=0, init=False)  # watches from before this get 410 Expired
     _compactions_applied: int = attrs.field(default=0, init=False)
 
@@ -456,7 +458,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if not meta.get("name") and not meta.get("generateName"):
             raise self._invalid(resource, body, ["metadata.name: Required value: name or generateName is required"])
         if not meta.get("name"):
-            meta["name"] = meta["generateName"][:58] + "".join(random.choices(NAME_SUFFIX, k=5))
+            meta["name"] = meta["generateName"][:58] + "".join(self._names.choices(NAME_SUFFIX, k=5))
         key = (resource, namespace, meta["name"])
         if self._get(key) is not None:
             raise api_error(409, "AlreadyExists", f'{qualified(resource)} "{meta["name"]}" already exists',
@@ -537,6 +539,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             body = without_nulls(body)
         if resource == SECRETS:
             encode_string_data(body)
+        if undecodable := metadata_decode_error(body):
+            kind = self._info(resource).kind
+            raise api_error(400, "BadRequest", f'{kind} in version "{resource.version}" cannot be handled as a '
+                            f"{kind}: {undecodable}")
         errors = metadata_errors(body) + (job_errors(body) if resource == JOBS else [])
         if resource in (JOBS, PODS):
             errors += self._pod_spec_errors(resource, body, decode)

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+from api_objects import json_type
 from referencing import Registry, Resource
 
 Body = dict[str, Any]
@@ -35,7 +36,6 @@ TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # The built-in kinds' OpenAPI schemas, as JSON Schema, shipped by kubernetes-validate (a dev dependency).
 SCHEMAS = resources.files("kubernetes_validate") / "kubernetes-json-schema" / "v1.33.0-local"
-JSON_TYPES = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
 GO_TYPES = {"integer": "int64", "number": "float64", "string": "string", "boolean": "bool", "object": "struct",
             "array": "slice"}
 
@@ -75,7 +75,7 @@ def decode(body: Body) -> None:
             continue  # required fields, enums and formats are the validation's business, not the decoder's
         path = ".".join(str(part) for part in error.absolute_path if not isinstance(part, int))
         wanted = error.validator_value[0] if isinstance(error.validator_value, list) else error.validator_value
-        found = JSON_TYPES.get(type(error.instance), "value")
+        found = json_type(error.instance)
         raise Undecodable(f"json: cannot unmarshal {found} into Go struct field {path} of type "
                           f"{GO_TYPES.get(wanted, wanted)}")
 

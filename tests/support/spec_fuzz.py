@@ -97,6 +97,9 @@ def from_schema(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any
     return DNS_LABEL if depth else st.text(max_size=8)
 
 
+SPECS = from_schema(SCHEMA)  # built once: building it is a good part of drawing from it
+
+
 def candidates() -> st.SearchStrategy[list[dict[str, Any]]]:
     """One to three candidates with unique DNS-label names (the common case; hostile names come from HOSTILE)."""
     model = st.sampled_from(["/models/tiny-a", "/models/tiny-b", "org/model-c"])
@@ -107,7 +110,7 @@ def candidates() -> st.SearchStrategy[list[dict[str, Any]]]:
 @st.composite
 def plausible(draw: st.DrawFn) -> dict[str, Any]:
     """A manifest whose spec comes from the schema, with the parts that matter most kept mostly sensible."""
-    spec = draw(from_schema(SCHEMA))
+    spec = draw(SPECS)
     spec["candidates"] = draw(candidates())
     spec["dataset"] = {"source": "/data/task", "inputField": "input", "targetField": "target",
                        **draw(st.sampled_from([{}, {"maxTestExamples": 8}, {"promptTemplate": "Q: {input}\n"}]))}

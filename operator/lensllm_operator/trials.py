@@ -8,6 +8,7 @@ cannot start is named by Kubernetes' reason and fails after the pending timeout,
 API server refuses fails its candidate with the server's message.
 """
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -201,41 +202,62 @@ def find_lost(cluster: Cluster, status: st.LLMSelectionStatus) -> st.LLMSelectio
 
 
 async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
-    """Create the next trials' Jobs, keeping at most spec.parallelism unfinished at once."""
+    """Create the next trials' Jobs, at once, keeping at most spec.parallelism unfinished."""
     spec = cluster.spec
     if spec.suspend:
         return status
     busy = sum(1 for e in status.candidates.values() for t in e.trials if t.state in ("Queued", "Running"))
-    for trial in next_trials(spec, status)[: max(spec.parallelism - busy, 0)]:
-        status = await _create(ctx, cluster, status, trial, effects)
+    trials = next_trials(spec, status)[: max(spec.parallelism - busy, 0)]
+    answers = await asyncio.gather(*(_submit(ctx, cluster, trial) for trial in trials), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer  # transient: nothing is written; the Jobs that were created are adopted next time
+    for trial, answer in zip(trials, answers):
+        status = _record_submission(ctx, cluster, status, trial, answer, effects)
     return status
 
 
-async def _create(
-    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, trial: Trial, effects: Effects
-) -> st.LLMSelectionStatus:
-    name = job_name(cluster.name, cluster.uid, trial)
-    record = st.TrialRecord(job_name=name, round=trial.round, attempt=trial.attempt, sizes=list(trial.sizes), state="Queued")
+@dataclass(frozen=True)
+class Refused:
+    """The API server (or the client) refused a Job: the error, answered, not raised."""
+
+    error: Exception
+
+
+async def _submit(ctx: Context, cluster: Cluster, trial: Trial) -> str | Refused:
+    """Create a trial's Job: "created", "ours" (it existed and is ours), "gone", "taken", or the refusal."""
     job = build_job(cluster.name, cluster.uid, cluster.spec, trial, ctx.config)
     kopf.adopt(job, owner=cluster.body)
     try:
-        created = await kube.create_job(cluster.namespace, job)
+        if await kube.create_job(cluster.namespace, job):
+            return "created"
     except (ApiException, ValueError, TypeError) as err:
         if kube.transient(err):
             raise
-        return _refused(ctx, cluster, status, trial.candidate, record, err, effects)
-    if not created:
-        existing = await kube.get_job(cluster.namespace, name)
-        if existing is None:
-            return status  # deleted between our create and read: the next reconciliation creates it
-        if not owned_by(existing, cluster.uid):
-            why = f"Job {name} already exists and does not belong to this selection; delete it or rename the selection"
-            status = st.mark_trial(status, trial.candidate, record)
-            status = st.record_failure(status, trial.candidate, name, "JobNameTaken", why)
-            effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobNameTaken", 0.0, 0.0)
-            effects.later(kopf.warn, cluster.body, reason="JobNameTaken", message=why)
-            return status
-    return st.mark_trial(status, trial.candidate, record)
+        return Refused(err)
+    existing = await kube.get_job(cluster.namespace, job["metadata"]["name"])
+    if existing is None:
+        return "gone"  # deleted between our create and read: the next reconciliation creates it
+    return "ours" if owned_by(existing, cluster.uid) else "taken"
+
+
+def _record_submission(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, trial: Trial, answer: str | Refused,
+    effects: Effects,
+) -> st.LLMSelectionStatus:
+    name = job_name(cluster.name, cluster.uid, trial)
+    record = st.TrialRecord(job_name=name, round=trial.round, attempt=trial.attempt, sizes=list(trial.sizes), state="Queued")
+    if isinstance(answer, Refused):
+        return _refused(ctx, cluster, status, trial.candidate, record, answer.error, effects)
+    if answer == "gone":
+        return status
+    status = st.mark_trial(status, trial.candidate, record)
+    if answer == "taken":
+        why = f"Job {name} already exists and does not belong to this selection; delete it or rename the selection"
+        status = st.record_failure(status, trial.candidate, name, "JobNameTaken", why)
+        effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobNameTaken", 0.0, 0.0)
+        effects.later(kopf.warn, cluster.body, reason="JobNameTaken", message=why)
+    return status
 
 
 def _refused(

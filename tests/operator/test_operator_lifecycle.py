@@ -210,7 +210,7 @@ def test_scheduling_and_pod_settings_reach_the_runner_pod(namespace, core, stand
 def test_a_selection_recreated_under_its_name_never_adopts_the_old_ones_job(
     kube, namespace, stand_in, start_operator, custom, batch
 ):
-    kube.faults.gc_delay = 5.0  # the old selection's Job outlives it for a while, as on a busy cluster
+    kube.faults.gc_delay = 60.0  # the old selection's Job outlives it for a while, as on a busy cluster
     start_operator()
     create(custom, namespace, stand_in_selection("again"))
     old = wait_for(lambda: jobs_of(batch, namespace), "the first selection's Job")[0]

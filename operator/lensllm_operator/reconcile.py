@@ -106,7 +106,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     cluster = await _observe(body, spec, status)
     try:
         status = await collect(ctx, cluster, status, effects)
-        status = find_lost(cluster, status)
+        status = find_lost(ctx, cluster, status, effects)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
@@ -141,8 +141,9 @@ async def _observe(body: Body, spec: LLMSelectionSpec, status: st.LLMSelectionSt
         if owned_by(job, uid) and not job["metadata"].get("deletionTimestamp")
     }
     read = {t.job_name for e in status.candidates.values() for t in e.trials if t.state in (*st.TERMINAL, "Lost")}
+    recorded = {t.job_name for e in status.candidates.values() for t in e.trials}
     pods: dict[str, list[Body]] = {}
-    if any(name not in read for name in jobs):  # an idle selection whose Jobs are all read lists no pods
+    if any(name not in read for name in set(jobs) | recorded):  # an idle selection, all read, lists no pods
         for pod in await kube.list_pods(namespace, selector):
             pods.setdefault(pod["metadata"].get("labels", {}).get("job-name", ""), []).append(pod)
     workloads: dict[str, list[Body]] = {}

@@ -25,7 +25,9 @@ from lensllm_operator import kube
 from lensllm_operator.context import Context, Effects
 from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, gpus_of
 from lensllm_operator.names import job_name
-from lensllm_operator.pods import diagnose, oom_killed, parse_time, run_seconds, started, termination_message, workload_holdup
+from lensllm_operator.pods import (
+    diagnose, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
+)
 
 Body = dict[str, Any]
 
@@ -191,14 +193,37 @@ def _pending_since(job: Body, suspended: bool, holdup: tuple[str, str] | None) -
     return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
 
 
-def find_lost(cluster: Cluster, status: st.LLMSelectionStatus) -> st.LLMSelectionStatus:
-    """Unfinished trials whose Job is gone (deleted by hand or by a TTL, while the operator was down)."""
+def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
+    """Unfinished trials whose Job is gone (deleted by hand or by a TTL, while the operator was down).
+
+    While the runner of the gone Job still runs in a pod (graceful deletion, delayed garbage
+    collection, an orphaning delete), its trial waits: a new attempt now could measure the same sizes
+    as the dying pod. Once none runs, a pod that finished with a result is read (salvaged);
+    otherwise the trial is lost and the plan runs it again, resuming from what its attempts saved.
+    """
     for candidate, entry in status.candidates.items():
         for trial in entry.trials:
-            if trial.state in ("Queued", "Running") and trial.job_name not in cluster.jobs:
+            if trial.state not in ("Queued", "Running") or trial.job_name in cluster.jobs:
+                continue
+            pods = cluster.pods.get(trial.job_name, [])
+            if running(pods):
+                continue
+            result = _parsed(termination_message(pods))
+            if result is not None and result.status == "Succeeded":
+                status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods, effects)
+            else:
                 why = f"Job {trial.job_name} was deleted before its result was read"
                 status = st.record_lost(status, candidate, trial.job_name, why)
     return status
+
+
+def _salvaged(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: str, result: TrialResult,
+    pods: list[Body], effects: Effects,
+) -> st.LLMSelectionStatus:
+    gpus, seconds = gpus_of(cluster.spec, candidate), run_seconds(pods, cluster.now)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "succeeded", "Succeeded", seconds, seconds * gpus)
+    return st.record_result(status, cluster.spec, candidate, job, result, gpus, seconds=seconds or None)
 
 
 async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:

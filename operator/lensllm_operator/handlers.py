@@ -25,6 +25,7 @@ from lensllm_operator.resync import Unfinished, resync_forever
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """When the operator starts, log in and serve metrics."""
     kube.login()
+    kube.use_worker_threads()
     # Events carry the outcome of every selection; keep info-level ones, not just warnings.
     settings.posting.level = logging.INFO
     # No cluster-wide namespace scanning: the namespaces to watch are given explicitly or all.

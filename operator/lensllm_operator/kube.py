@@ -7,6 +7,7 @@ the refusals that retrying cannot change.
 """
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 from typing import Any
@@ -24,12 +25,27 @@ KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
 USER_AGENT = f"lensllm-operator/{__version__}"
 
 
+# Calls in flight at once. The client is synchronous: each call holds a worker thread and a pooled
+# connection, and the defaults (cpus + 4 threads, 4 connections) queue a busy operator's calls.
+CONCURRENT_CALLS = 16
+
+
 def login() -> None:
     """In a pod use the service account; elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    settings = client.Configuration.get_default_copy()
+    settings.connection_pool_maxsize = CONCURRENT_CALLS
+    client.Configuration.set_default(settings)
+
+
+def use_worker_threads() -> None:
+    """Give the running event loop's default executor (asyncio.to_thread) one thread per concurrent call."""
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=CONCURRENT_CALLS, thread_name_prefix="kube")
+    )
 
 
 @functools.cache

@@ -11,9 +11,8 @@ import stand_in_trial
 from chaos import SIZES, Schedule, duplicate_jobs, points_lost, points_measured_twice
 from hypothesis import HealthCheck, given, settings
 from kube_emulator import JournalEntry
-from spec_fuzz import HOSTILE, YAML_ONLY, Case, manifests, put
-
 from lensllm.trial.spec import TrialSpec
+from spec_fuzz import HOSTILE, YAML_ONLY, Case, manifests, put
 
 LABELS = {"lensllm.io/candidate": "a", "lensllm.io/round": "0"}
 

@@ -18,7 +18,8 @@ class Context:
     config: OperatorConfig
     metrics: OperatorMetrics
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    waiting: set[tuple[str, str]] = field(default_factory=set)  # selections with a reconciliation waiting for the lock
+    failures: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (namespace, name, kind) -> streak
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:

@@ -1,10 +1,12 @@
 """kopf handlers: each wakes `reconcile` for one selection; none of them decides anything itself.
 
 Registered on import; `lensllm operator` imports this module and starts kopf. Events are
-hints: the timer reconciles every unfinished selection every `resync_seconds` whatever
-happened, so a lost event or a failed call is healed within one interval.
+hints: the resync loop (`resync.py`, started here) reconciles every unfinished selection every
+`resync_seconds` whatever happened, so a lost event or a failed call is healed within one
+interval. No handler needs a finalizer: deleting a selection never waits for the operator.
 """
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Iterator
@@ -13,17 +15,14 @@ from typing import Any
 import kopf
 
 from lensllm.selection.spec import GROUP, KIND, PLURAL, VERSION
-from lensllm.selection.status import TERMINAL_PHASES
 from lensllm_operator import kube
-from lensllm_operator.config import OperatorConfig
 from lensllm_operator.jobs import SELECTION_LABEL
 from lensllm_operator.reconcile import reconcile
-
-RESYNC_SECONDS = OperatorConfig.from_env().resync_seconds
+from lensllm_operator.resync import Unfinished, resync_forever
 
 
 @kopf.on.startup()
-def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """When the operator starts, log in and serve metrics."""
     kube.login()
     # Events carry the outcome of every selection; keep info-level ones, not just warnings.
@@ -42,7 +41,16 @@ def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: l
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lensllm.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lensllm.io")
     memo.ctx.metrics.serve(memo.ctx.config.metrics_port)
-    logger.info("metrics on :%d/metrics, resync every %gs", memo.ctx.config.metrics_port, RESYNC_SECONDS)
+    memo.selections, memo.resync = Unfinished(), None
+    logger.info("metrics on :%d/metrics, resync every %gs", memo.ctx.config.metrics_port, memo.ctx.config.resync_seconds)
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """When the operator stops, stop the resync loop."""
+    if memo.resync is not None:
+        memo.resync.cancel()
+        await asyncio.gather(memo.resync, return_exceptions=True)
 
 
 class ErrorBackoffs:
@@ -63,16 +71,6 @@ async def selection_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any
     await reconcile(memo.ctx, namespace, name)
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL_PHASES
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_unfinished)
-async def selection_resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Every resync interval, re-derive an unfinished selection from what exists."""
-    await reconcile(memo.ctx, namespace, name)
-
-
 @kopf.on.event("batch", "v1", "jobs", labels={SELECTION_LABEL: kopf.PRESENT})
 async def job_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """When one of our Jobs changes (or is listed at start-up), reconcile the selection that owns it."""
@@ -86,10 +84,16 @@ async def job_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: lo
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def selection_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """When a selection is gone, drop its metric series (Kubernetes collects its Jobs).
+async def selection_event(
+    type: str | None, namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """When a selection appears, changes or is gone, tell the resync loop; when gone, drop its metric series.
 
     A watch event rather than a delete handler: that would need a finalizer on every selection.
     """
+    if memo.resync is None:
+        # Started from a handler, not at start-up: its task inherits kopf's context for posting Events.
+        memo.resync = asyncio.create_task(resync_forever(memo.ctx, memo.selections, memo.ctx.config.resync_seconds, logger))
+    memo.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if type == "DELETED":
         memo.ctx.metrics.forget(namespace, name)

@@ -47,6 +47,11 @@ def started(pods: list[Body]) -> bool:
     return False
 
 
+def running(pods: list[Body]) -> bool:
+    """Whether the runner is running in any of the pods (a pod that never started measures nothing)."""
+    return any("running" in (_runner(pod).get("state") or {}) for pod in pods)
+
+
 def run_seconds(pods: list[Body], now: datetime) -> float:
     """Seconds the runner container ran, over all the trial's pods (retries and evicted ones too)."""
     total = 0.0

@@ -53,25 +53,34 @@ def parse_spec(raw: Any) -> LLMSelectionSpec:
 
 
 async def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    """Bring the selection's status up to date with what exists; the only writer of that status."""
+    """Bring the selection's status up to date with what exists; the only writer of that status.
+
+    Calls coalesce: while one call waits for the selection's lock, others return at once, since
+    the waiting one reads everything afresh once it runs (ten Jobs finishing at once cost one pass).
+    """
     key = (namespace, name)
+    if key in ctx.waiting:
+        return
+    ctx.waiting.add(key)
     async with ctx.lock(namespace, name):
+        ctx.waiting.discard(key)
         try:
             for _ in range(CONFLICT_RETRIES):
                 body = await kube.get_selection(namespace, name)
                 if body is None or await _reconcile(ctx, body):
                     break
         except Exception as err:
-            streak = ctx.failures[key] = ctx.failures.get(key, 0) + 1
-            if kube.transient(err):
-                ctx.metrics.reconcile_errors.labels(kind="transient").inc()
+            kind = "transient" if kube.transient(err) else "unexpected"
+            streak = ctx.failures[(*key, kind)] = ctx.failures.get((*key, kind), 0) + 1
+            ctx.metrics.reconcile_errors.labels(kind=kind).inc()
+            if kind == "transient":
                 delay = min(2.0**streak, MAX_BACKOFF_SECONDS)
                 raise kopf.TemporaryError(f"{kube.error_message(err)}; retrying in {delay:g}s", delay=delay) from err
-            ctx.metrics.reconcile_errors.labels(kind="unexpected").inc()
             if streak >= MAX_UNEXPECTED_ERRORS:
                 await _give_up(ctx, namespace, name, err)
             raise
-        ctx.failures.pop(key, None)
+        for kind in ("transient", "unexpected"):
+            ctx.failures.pop((*key, kind), None)
 
 
 async def _reconcile(ctx: Context, body: Body) -> bool:
@@ -97,7 +106,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     cluster = await _observe(body, spec, status)
     try:
         status = await collect(ctx, cluster, status, effects)
-        status = find_lost(cluster, status)
+        status = find_lost(ctx, cluster, status, effects)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
@@ -131,14 +140,14 @@ async def _observe(body: Body, spec: LLMSelectionSpec, status: st.LLMSelectionSt
         for job in await kube.list_jobs(namespace, selector)
         if owned_by(job, uid) and not job["metadata"].get("deletionTimestamp")
     }
-    unfinished = [j for j in jobs.values() if job_state(j) not in st.TERMINAL]
-    unread = {t.job_name for e in status.candidates.values() for t in e.trials if t.state not in (*st.TERMINAL, "Lost")}
+    read = {t.job_name for e in status.candidates.values() for t in e.trials if t.state in (*st.TERMINAL, "Lost")}
+    recorded = {t.job_name for e in status.candidates.values() for t in e.trials}
     pods: dict[str, list[Body]] = {}
-    if unfinished or unread or len(jobs) > sum(len(e.trials) for e in status.candidates.values()):
+    if any(name not in read for name in set(jobs) | recorded):  # an idle selection, all read, lists no pods
         for pod in await kube.list_pods(namespace, selector):
             pods.setdefault(pod["metadata"].get("labels", {}).get("job-name", ""), []).append(pod)
     workloads: dict[str, list[Body]] = {}
-    queued = [j["metadata"]["uid"] for j in unfinished if (j.get("spec") or {}).get("suspend")]
+    queued = [j["metadata"]["uid"] for j in jobs.values() if (j.get("spec") or {}).get("suspend") and job_state(j) not in st.TERMINAL]
     if spec.queue and queued:
         found = await kube.list_workloads(namespace, f"kueue.x-k8s.io/job-uid in ({','.join(queued)})")
         for workload in found or []:
@@ -194,7 +203,7 @@ async def _give_up(ctx: Context, namespace: str, name: str, err: Exception) -> N
     if body is not None:
         message = f"reconciliation failed {MAX_UNEXPECTED_ERRORS} times in a row: {type(err).__name__}: {err}"
         await _end(ctx, body, body.get("status") or {}, "ReconcileFailed", message[:1000], Effects())
-        ctx.failures.pop((namespace, name), None)
+        ctx.failures.pop((namespace, name, "unexpected"), None)
 
 
 def _stop_abandoned(cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> None:

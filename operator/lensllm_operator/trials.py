@@ -8,6 +8,7 @@ cannot start is named by Kubernetes' reason and fails after the pending timeout,
 API server refuses fails its candidate with the server's message.
 """
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,9 @@ from lensllm_operator import kube
 from lensllm_operator.context import Context, Effects
 from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, gpus_of
 from lensllm_operator.names import job_name
-from lensllm_operator.pods import diagnose, oom_killed, parse_time, run_seconds, started, termination_message, workload_holdup
+from lensllm_operator.pods import (
+    diagnose, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
+)
 
 Body = dict[str, Any]
 
@@ -190,52 +193,96 @@ def _pending_since(job: Body, suspended: bool, holdup: tuple[str, str] | None) -
     return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
 
 
-def find_lost(cluster: Cluster, status: st.LLMSelectionStatus) -> st.LLMSelectionStatus:
-    """Unfinished trials whose Job is gone (deleted by hand or by a TTL, while the operator was down)."""
+def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
+    """Unfinished trials whose Job is gone (deleted by hand or by a TTL, while the operator was down).
+
+    While the runner of the gone Job still runs in a pod (graceful deletion, delayed garbage
+    collection, an orphaning delete), its trial waits: a new attempt now could measure the same sizes
+    as the dying pod. Once none runs, a pod that finished with a result is read (salvaged);
+    otherwise the trial is lost and the plan runs it again, resuming from what its attempts saved.
+    """
     for candidate, entry in status.candidates.items():
         for trial in entry.trials:
-            if trial.state in ("Queued", "Running") and trial.job_name not in cluster.jobs:
+            if trial.state not in ("Queued", "Running") or trial.job_name in cluster.jobs:
+                continue
+            pods = cluster.pods.get(trial.job_name, [])
+            if running(pods):
+                continue
+            result = _parsed(termination_message(pods))
+            if result is not None and result.status == "Succeeded":
+                status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods, effects)
+            else:
                 why = f"Job {trial.job_name} was deleted before its result was read"
                 status = st.record_lost(status, candidate, trial.job_name, why)
     return status
 
 
+def _salvaged(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: str, result: TrialResult,
+    pods: list[Body], effects: Effects,
+) -> st.LLMSelectionStatus:
+    gpus, seconds = gpus_of(cluster.spec, candidate), run_seconds(pods, cluster.now)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "succeeded", "Succeeded", seconds, seconds * gpus)
+    return st.record_result(status, cluster.spec, candidate, job, result, gpus, seconds=seconds or None)
+
+
 async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
-    """Create the next trials' Jobs, keeping at most spec.parallelism unfinished at once."""
+    """Create the next trials' Jobs, at once, keeping at most spec.parallelism unfinished."""
     spec = cluster.spec
     if spec.suspend:
         return status
     busy = sum(1 for e in status.candidates.values() for t in e.trials if t.state in ("Queued", "Running"))
-    for trial in next_trials(spec, status)[: max(spec.parallelism - busy, 0)]:
-        status = await _create(ctx, cluster, status, trial, effects)
+    trials = next_trials(spec, status)[: max(spec.parallelism - busy, 0)]
+    answers = await asyncio.gather(*(_submit(ctx, cluster, trial) for trial in trials), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer  # transient: nothing is written; the Jobs that were created are adopted next time
+    for trial, answer in zip(trials, answers):
+        status = _record_submission(ctx, cluster, status, trial, answer, effects)
     return status
 
 
-async def _create(
-    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, trial: Trial, effects: Effects
-) -> st.LLMSelectionStatus:
-    name = job_name(cluster.name, cluster.uid, trial)
-    record = st.TrialRecord(job_name=name, round=trial.round, attempt=trial.attempt, sizes=list(trial.sizes), state="Queued")
+@dataclass(frozen=True)
+class Refused:
+    """The API server (or the client) refused a Job: the error, answered, not raised."""
+
+    error: Exception
+
+
+async def _submit(ctx: Context, cluster: Cluster, trial: Trial) -> str | Refused:
+    """Create a trial's Job: "created", "ours" (it existed and is ours), "gone", "taken", or the refusal."""
     job = build_job(cluster.name, cluster.uid, cluster.spec, trial, ctx.config)
     kopf.adopt(job, owner=cluster.body)
     try:
-        created = await kube.create_job(cluster.namespace, job)
+        if await kube.create_job(cluster.namespace, job):
+            return "created"
     except (ApiException, ValueError, TypeError) as err:
         if kube.transient(err):
             raise
-        return _refused(ctx, cluster, status, trial.candidate, record, err, effects)
-    if not created:
-        existing = await kube.get_job(cluster.namespace, name)
-        if existing is None:
-            return status  # deleted between our create and read: the next reconciliation creates it
-        if not owned_by(existing, cluster.uid):
-            why = f"Job {name} already exists and does not belong to this selection; delete it or rename the selection"
-            status = st.mark_trial(status, trial.candidate, record)
-            status = st.record_failure(status, trial.candidate, name, "JobNameTaken", why)
-            effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobNameTaken", 0.0, 0.0)
-            effects.later(kopf.warn, cluster.body, reason="JobNameTaken", message=why)
-            return status
-    return st.mark_trial(status, trial.candidate, record)
+        return Refused(err)
+    existing = await kube.get_job(cluster.namespace, job["metadata"]["name"])
+    if existing is None:
+        return "gone"  # deleted between our create and read: the next reconciliation creates it
+    return "ours" if owned_by(existing, cluster.uid) else "taken"
+
+
+def _record_submission(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, trial: Trial, answer: str | Refused,
+    effects: Effects,
+) -> st.LLMSelectionStatus:
+    name = job_name(cluster.name, cluster.uid, trial)
+    record = st.TrialRecord(job_name=name, round=trial.round, attempt=trial.attempt, sizes=list(trial.sizes), state="Queued")
+    if isinstance(answer, Refused):
+        return _refused(ctx, cluster, status, trial.candidate, record, answer.error, effects)
+    if answer == "gone":
+        return status
+    status = st.mark_trial(status, trial.candidate, record)
+    if answer == "taken":
+        why = f"Job {name} already exists and does not belong to this selection; delete it or rename the selection"
+        status = st.record_failure(status, trial.candidate, name, "JobNameTaken", why)
+        effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobNameTaken", 0.0, 0.0)
+        effects.later(kopf.warn, cluster.body, reason="JobNameTaken", message=why)
+    return status
 
 
 def _refused(

@@ -186,3 +186,24 @@ def test_a_job_gets_no_ttl_until_its_result_is_read():
 def test_the_runner_image_defaults_to_the_operator_setting(image, expected):
     spec = selection(runner={"image": image} if image else {})
     assert container(job(spec))["image"] == expected
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        ("Toleration", "V1Toleration"), ("Affinity", "V1Affinity"), ("NodeAffinity", "V1NodeAffinity"),
+        ("NodeSelector", "V1NodeSelector"), ("NodeSelectorTerm", "V1NodeSelectorTerm"),
+        ("NodeSelectorRequirement", "V1NodeSelectorRequirement"), ("PreferredSchedulingTerm", "V1PreferredSchedulingTerm"),
+        ("PodAffinity", "V1PodAffinity"), ("PodAffinity", "V1PodAntiAffinity"), ("PodAffinityTerm", "V1PodAffinityTerm"),
+        ("WeightedPodAffinityTerm", "V1WeightedPodAffinityTerm"), ("LabelSelector", "V1LabelSelector"),
+        ("LabelSelectorRequirement", "V1LabelSelectorRequirement"),
+    ],
+)
+def test_the_scheduling_models_have_the_fields_of_the_kubernetes_clients_models(ours, theirs):
+    import kubernetes.client
+
+    from lensllm.selection import scheduling
+
+    model = getattr(scheduling, ours)
+    fields = {info.alias or name for name, info in model.model_fields.items()}
+    assert fields == set(getattr(kubernetes.client, theirs).attribute_map.values())

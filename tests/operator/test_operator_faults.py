@@ -94,6 +94,8 @@ def test_with_every_job_watch_event_lost_the_resync_still_finishes_the_selection
     create(custom, namespace, stand_in_selection("deaf", "model-a", "model-b"))
     status = wait_for_phase(custom, namespace, "deaf", "Complete", "Failed", timeout=TIMEOUT)
     assert status.phase == "Complete" and len(status.ranking) == 2
+    # The resync is the operator's own loop, not a kopf timer: no finalizer holds a deletion for the operator.
+    assert not custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "deaf")["metadata"].get("finalizers")
 
 
 def test_failing_api_calls_are_retried_and_count_every_trial_once(kube, namespace, stand_in, start_operator, custom):
@@ -118,3 +120,13 @@ def test_an_edit_of_an_immutable_field_is_refused_and_parallelism_stays_editable
                                               {"spec": {"budget": {"subsetSizes": [16, 32, 64], "targetSize": 4096}}})
     assert refused.value.status == 422 and "spec.budget is immutable" in refused.value.body
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "fixed", {"spec": {"parallelism": 1}})
+
+
+def test_a_work_volume_that_never_binds_is_shown_and_fails_the_candidate(namespace, core, stand_in, start_operator, custom):
+    start_operator()
+    stand_in.faults.add("unbound-claim", claim="work")  # no storage class can provision it
+    create(custom, namespace, stand_in_selection("unbound", workVolume=work_claim(core, namespace), pendingTimeoutSeconds=4))
+    entry = reason_shown(custom, namespace, "unbound", "model-a", "Unschedulable")
+    assert "unbound immediate PersistentVolumeClaims" in entry.message
+    status = wait_for_phase(custom, namespace, "unbound", "Failed", timeout=TIMEOUT)
+    assert status.candidates["model-a"].reason == "Unschedulable" and stand_in.runs == {}

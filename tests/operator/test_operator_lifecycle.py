@@ -205,3 +205,60 @@ def test_scheduling_and_pod_settings_reach_the_runner_pod(namespace, core, stand
     assert term.match_expressions[0].values == ["A100"]
     assert pod.spec.node_selector == {"pool": "gpu"} and pod.spec.priority_class_name == "research-low"
     assert {e.name: e.value for e in pod.spec.containers[0].env}["HF_ENDPOINT"] == "https://hf-mirror.internal"
+
+
+def test_a_selection_recreated_under_its_name_never_adopts_the_old_ones_job(
+    kube, namespace, stand_in, start_operator, custom, batch
+):
+    kube.faults.gc_delay = 60.0  # the old selection's Job outlives it for a while, as on a busy cluster
+    start_operator()
+    create(custom, namespace, stand_in_selection("again"))
+    old = wait_for(lambda: jobs_of(batch, namespace), "the first selection's Job")[0]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+    names = lambda: [s["metadata"]["name"] for s in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]]  # noqa: E731
+    wait_for(lambda: "again" not in names(), "the old selection to be gone (finalizers run)")
+    assert [j.metadata.name for j in jobs_of(batch, namespace)] == [old.metadata.name]  # not collected yet
+    create(custom, namespace, stand_in_selection("again"))
+    status = wait_for_phase(custom, namespace, "again", "Complete", "Failed", timeout=TIMEOUT)
+    assert status.phase == "Complete", status.conditions
+    (trial,) = status.candidates["model-a"].trials
+    assert trial.job_name != old.metadata.name and trial.state == "Succeeded"
+
+
+def test_a_finished_trial_whose_job_was_deleted_while_the_operator_was_down_is_read_from_its_pod(
+    namespace, stand_in, start_operator, custom, batch
+):
+    operator = start_operator()
+    create(custom, namespace, stand_in_selection("salvage"))
+    job = wait_for(lambda: jobs_of(batch, namespace), "the trial Job")[0].metadata.name
+    operator.process.kill()
+    wait_for(lambda: any(c.type == "Complete" for c in batch.read_namespaced_job(job, namespace).status.conditions or []),
+             "the trial to finish while the operator is down", timeout=TIMEOUT)
+    batch.delete_namespaced_job(job, namespace, propagation_policy="Orphan")  # its pod (and result) stays
+    operator.process.start()
+    status = wait_for_phase(custom, namespace, "salvage", "Complete", "Failed", timeout=TIMEOUT)
+    assert status.phase == "Complete", status.conditions
+    assert [(t.job_name, t.state) for t in status.candidates["model-a"].trials] == [(job, "Succeeded")]
+    assert stand_in.jobs_seen == [job]  # read, not run again
+
+
+def test_a_new_attempt_waits_for_the_deleted_jobs_pod_to_stop_so_no_size_is_measured_twice(
+    kube, namespace, core, stand_in, start_operator, custom, batch
+):
+    from collections import Counter
+
+    from stand_in_trial import read_ledger
+
+    kube.faults.gc_delay = 10.0  # the deleted Job's pod keeps measuring for a while
+    start_operator()
+    claim = {"claimName": "work"}
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "work"}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    slow = [{"name": "LENSLLM_STANDIN_SIZE_SECONDS", "value": "1.5"}]  # sizes long enough to overlap
+    create(custom, namespace, stand_in_selection("overlap", workVolume=claim, env=slow))
+    wait_for(lambda: read_ledger(stand_in.ledger), "a first size measured", timeout=TIMEOUT)
+    batch.delete_namespaced_job(jobs_of(batch, namespace)[0].metadata.name, namespace, propagation_policy="Background")
+    status = wait_for_phase(custom, namespace, "overlap", "Complete", "Failed", timeout=TIMEOUT)
+    assert status.phase == "Complete", status.conditions
+    measured = Counter(entry["size"] for entry in read_ledger(stand_in.ledger))
+    assert set(measured) == set(SIZES) and max(measured.values()) == 1, measured

@@ -100,6 +100,17 @@ def finish_job(kube, namespace: str, job: str, message: str) -> None:
         "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}})
 
 
+def reconcile_once(ctx: Context, namespace: str, name: str) -> list:
+    """One reconciliation; the Events it posted."""
+
+    async def scenario():
+        events = posting_events()
+        await reconcile(ctx, namespace, name)
+        return [events.get_nowait() for _ in range(events.qsize())]
+
+    return asyncio.run(scenario())
+
+
 def only_job(kube, namespace: str) -> str:
     (job,) = kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
     return job.metadata.name
@@ -126,6 +137,17 @@ def test_a_refused_spec_is_written_under_the_selection_lock(kube, namespace, ctx
     asyncio.run(scenario())
     status = status_of(custom, namespace, "twins")
     assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
+
+
+def test_a_selection_asking_for_an_image_the_operator_does_not_allow_fails_without_a_job(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "miner", runner={"image": "docker.io/someone/miner:latest"})
+
+    events = reconcile_once(ctx, namespace, "miner")
+    status = status_of(custom, namespace, "miner")
+    assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
+    assert "spec.runner.image 'docker.io/someone/miner:latest' is not an allowed runner image" in status.conditions[-1].message
+    assert [e.reason for e in events] == ["InvalidSpec"]
+    assert kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items == []
 
 
 def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespace, ctx, custom, monkeypatch):
@@ -200,12 +222,7 @@ def test_a_job_the_api_server_or_the_client_refuses_fails_its_candidate_with_the
     monkeypatch.setattr(operator_kube, "create_job", refuse)
     create_selection(custom, namespace, "refused")
 
-    async def scenario():
-        events = posting_events()
-        await reconcile(ctx, namespace, "refused")
-        return [events.get_nowait() for _ in range(events.qsize())]
-
-    events = asyncio.run(scenario())
+    events = reconcile_once(ctx, namespace, "refused")
     status = status_of(custom, namespace, "refused")
     entry = status.candidates["a"]
     assert (status.phase, entry.state, entry.reason) == ("Failed", "Failed", "JobRejected")
@@ -261,8 +278,16 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
     from kopf._cogs.structs.references import Resource
 
     settings = kopf.OperatorSettings()
-    ctx = Context(config=OperatorConfig(metrics_port=free_port()), metrics=ctx.metrics)
-    handlers.operator_startup(settings=settings, memo=kopf.Memo(ctx=ctx), logger=logging.getLogger(__name__))
+    memo = kopf.Memo(ctx=Context(config=OperatorConfig(metrics_port=free_port()), metrics=ctx.metrics))
+
+    async def start_and_stop():
+        await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
+        await handlers.selection_event(type=None, namespace="ns", name="s", status={}, memo=memo,
+                                       logger=logging.getLogger(__name__))
+        await handlers.operator_cleanup(memo=memo)
+
+    asyncio.run(start_and_stop())
+    assert memo.resync.cancelled() and memo.selections.due(now=0.0) == [("ns", "s")]
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.

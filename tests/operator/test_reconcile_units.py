@@ -1,5 +1,6 @@
 """Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -139,3 +140,18 @@ def test_what_the_operator_allows_by_default_and_by_setting():
 def test_a_bad_operator_setting_is_a_clear_error():
     with pytest.raises(ConfigError, match="LENSLLM_RESYNC_SECONDS='soon': expected a float"):
         OperatorConfig.from_env({"LENSLLM_RESYNC_SECONDS": "soon"})
+
+
+def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay():
+    from lensllm_operator.resync import Unfinished
+
+    selections = Unfinished()
+    selections.track("ns", "running", "Running", deleted=False)
+    selections.track("ns", "new", None, deleted=False)
+    selections.track("ns", "done", "Complete", deleted=False)
+    selections.track("ns", "gone", "Running", deleted=False)
+    selections.track("ns", "gone", None, deleted=True)
+    assert sorted(selections.due(now=0.0)) == [("ns", "new"), ("ns", "running")]
+    selections.defer(("ns", "running"), 30.0)
+    assert selections.due(now=time.monotonic()) == [("ns", "new")]
+    assert ("ns", "running") in selections.due(now=time.monotonic() + 31)

@@ -3,7 +3,8 @@ from pydantic import ValidationError
 
 from lensllm.selection.plan import Trial, next_trials
 from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError
-from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost
+from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost, record_result
+from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm.trial.spec import TrialSpec, validation_message
 
 
@@ -148,3 +149,16 @@ def test_a_lost_trial_runs_again_as_its_next_attempt_until_attempts_run_out():
         status = record_lost(status, "a", f"j{attempt}", "deleted")
     assert next_trials(selection, status) == []
     assert (status.candidates["a"].state, status.candidates["a"].reason) == ("Failed", "JobLost")
+
+
+def test_a_lost_attempt_never_undoes_a_later_attempt_that_already_succeeded():
+    """Chaos seed 43: attempt 1's Job existed (and finished) before attempt 0's loss was ever written."""
+    selection = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}]))
+    status = mark_trial(initial_status(selection, 1, "now"), "a", TrialRecord(job_name="j0", sizes=[100], state="Running"))
+    status = mark_trial(status, "a", TrialRecord(job_name="j1", attempt=1, sizes=[100], state="Running"))
+    evaluation = Evaluation(loss=1.0, loss_per_example=9.0, bits_per_byte=0.5, examples=8, tokens=80, seconds=1.0, flops=1.0)
+    result = TrialResult(status="Succeeded", points=[SizePoint(size=100, test=evaluation)])
+    status = record_lost(record_result(status, selection, "a", "j1", result, gpus=0), "a", "j0", "deleted")
+    entry = status.candidates["a"]
+    assert (entry.state, entry.reason, [t.state for t in entry.trials]) == ("Succeeded", None, ["Lost", "Succeeded"])
+    assert next_trials(selection, status) == []

@@ -176,6 +176,9 @@ def record_lost(status: LLMSelectionStatus, candidate: str, job_name: str, why: 
     for trial in entry.trials:
         if trial.job_name == job_name:
             trial.state = "Lost"
+    if entry.state in TERMINAL:
+        # A later attempt already ended it (its Job was created before this one's loss was written).
+        return new
     if sum(t.state == "Lost" for t in entry.trials) >= MAX_ATTEMPTS:
         entry.state, entry.reason = "Failed", "JobLost"
         entry.message = f"{MAX_ATTEMPTS} Jobs of this trial vanished before their result was read; the last: {why}"

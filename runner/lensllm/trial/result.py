@@ -82,7 +82,8 @@ class NTKSummary(WireModel):
     scope: str = Field(description="Parameters differentiated: all, lora or lastBlocks:k.")
     parameters: int = Field(description="Number of parameters in that scope.")
     eigenvalues: list[float] = Field(
-        description="Eigenvalues lambda_k of the Gram matrix, largest first (top ones only in compact results)."
+        description="Eigenvalues lambda_k of the Gram matrix, largest first; compact results keep the top modes and "
+        "lump the rest into one decaying and one null mode, which keeps F(0) and F(inf) exact."
     )
     projections_sq: list[float] = Field(
         description="Squared projections c_k^2 of the initial residual on each eigenvector, same order."

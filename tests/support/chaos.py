@@ -147,6 +147,7 @@ class ChaosDriver:
                     return
                 if self._apply(disruption):
                     self.done[disruption.kind] += 1
+            self._stop.wait()  # an operator this thread restarted dies with it (cluster.die_with_parent)
         except BaseException as err:  # noqa: BLE001 - reported by the test, never lost in a thread
             self.errors.append(err)
 

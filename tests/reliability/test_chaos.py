@@ -39,6 +39,7 @@ def test_every_fault_schedule_keeps_every_invariant(tmp_path: Path, figures) -> 
     for outcome in outcomes:
         figures("chaos", outcome.figures())
     failed = [o for o in outcomes if o.violations]
-    report = "\n".join(f"seed {o.seed} ({dict(o.faults)}): " + "; ".join(o.violations) for o in failed)
+    report = "\n".join(f"seed {o.seed} ({dict(o.faults)}): " + "; ".join(o.violations)
+                       + "\n  operator log:\n    " + "\n    ".join(o.log_tail) for o in failed)
     assert not failed, (f"{len(failed)} of {len(outcomes)} runs broke an invariant (reproduce one with "
                         f"LENSLLM_CHAOS_SEEDS=<seed>):\n{report}")

@@ -110,11 +110,12 @@ class Outcome:
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     operator_tracebacks: int = 0  # exceptions the operator logged (kopf retries handlers that raised)
+    log_tail: list[str] = field(default_factory=list)  # the operator's last words, kept for a run that broke
 
     def figures(self) -> dict[str, Any]:
         return {"seed": self.seed, "phase": self.phase, "seconds": round(self.seconds, 2),
                 "faults": dict(self.faults), "violations": self.violations,
-                "operator_tracebacks": self.operator_tracebacks}
+                "operator_tracebacks": self.operator_tracebacks, "log_tail": self.log_tail}
 
 
 class ChaosDriver:
@@ -146,6 +147,7 @@ class ChaosDriver:
                     return
                 if self._apply(disruption):
                     self.done[disruption.kind] += 1
+            self._stop.wait()  # an operator this thread restarted dies with it (cluster.die_with_parent)
         except BaseException as err:  # noqa: BLE001 - reported by the test, never lost in a thread
             self.errors.append(err)
 

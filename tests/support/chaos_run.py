@@ -128,7 +128,10 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
                           [entry["candidate"] for entry in status.get("ranking") or []])
         outcome.faults = Counter(faults.counts()) + (driver.done if driver else Counter())
         outcome.violations = violations(cluster, status, bound, outcome.ranking, baseline)
-        outcome.operator_tracebacks = cluster.operator.log.count("Traceback (most recent call last)")
+        log = cluster.operator.log
+        outcome.operator_tracebacks = log.count("Traceback (most recent call last)")
+        if outcome.violations:  # the run's folder goes with pytest's temporary ones: keep what explains it
+            outcome.log_tail = [line for line in log.splitlines() if "[DEBUG" not in line][-40:]
         if driver is not None and driver.errors:
             outcome.violations.append(f"the chaos driver failed: {driver.errors!r}")
         if cluster.kubelet.errors:

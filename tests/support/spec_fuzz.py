@@ -7,6 +7,7 @@ can express the hostility (an alias bomb, 10,000 levels of nesting, unquoted `ye
 """
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,10 @@ def from_schema(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any
     return DNS_LABEL if depth else st.text(max_size=8)
 
 
-SPECS = from_schema(SCHEMA)  # built once: building it is a good part of drawing from it
+# Built once (building it is a good part of drawing from it), without the settings whose drawn values are valid but
+# slow to run (training, NTK, resources): plausible() sets those small, HOSTILE breaks them.
+SPECS = from_schema({**SCHEMA, "properties": {name: sub for name, sub in SCHEMA["properties"].items()
+                                              if name not in ("training", "ntk", "resources")}})
 
 
 def candidates() -> st.SearchStrategy[list[dict[str, Any]]]:
@@ -116,8 +120,6 @@ def plausible(draw: st.DrawFn) -> dict[str, Any]:
                        **draw(st.sampled_from([{}, {"maxTestExamples": 8}, {"promptTemplate": "Q: {input}\n"}]))}
     sizes = draw(st.lists(st.integers(1, 64), min_size=3, max_size=4, unique=True).map(sorted))
     spec["budget"] = {"subsetSizes": sizes, "targetSize": draw(st.integers(sizes[-1], 4096))}
-    for key in ("training", "ntk", "resources"):  # drawn values of these are valid but slow to run: keep them small
-        spec.pop(key, None)
     spec["ntk"] = {"probeSize": 4}
     name = draw(DNS_LABEL)
     return {"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name}, "spec": spec}
@@ -128,7 +130,9 @@ def put(document: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
     node: Any = document
     for part, following in zip(path, path[1:]):
         if isinstance(node, list):
-            node = node[part] if part < len(node) else node[-1]
+            if not node:
+                node.append({})
+            node = node[min(part, len(node) - 1)]
             continue
         if not isinstance(node.get(part), (dict, list)):
             node[part] = [] if isinstance(following, int) else {}
@@ -143,14 +147,17 @@ def put(document: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 def manifests(draw: st.DrawFn) -> Case:
     """A plausible manifest, left alone, made hostile at one or two places, or hostile in a way only YAML can be."""
     document = draw(plausible())
-    choice = draw(st.integers(0, 9))
+    # Uniform picks seeded by the drawn manifest: hypothesis leans towards the first entries of sampled_from and
+    # small numbers, which would leave most of HOSTILE untried in a few hundred examples.
+    pick = random.Random(f"{draw(st.integers(0, 2**32))}:{json.dumps(document, sort_keys=True)}")
+    choice = pick.randrange(10)
     if choice < 2:
         return Case(document, yaml.safe_dump(document), "none")
     if choice == 2:
-        return yaml_only(document, draw(st.sampled_from(YAML_ONLY)))
+        return yaml_only(document, pick.choice(YAML_ONLY))
     hostility = []
-    for _ in range(draw(st.integers(1, 2))):
-        path, value = draw(st.sampled_from(HOSTILE))
+    for _ in range(pick.randint(1, 2)):
+        path, value = pick.choice(HOSTILE)
         put(document, path, json.loads(json.dumps(value)))
         hostility.append(".".join(str(part) for part in path))
     return Case(document, yaml.safe_dump(document), "+".join(hostility))

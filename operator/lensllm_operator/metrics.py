@@ -1,12 +1,29 @@
 """Prometheus metrics of the operator, served on `/metrics` by prometheus-client.
 
 Names follow Prometheus conventions (base units, `_total` for counters). Per-selection
-series are removed when the selection is deleted so dashboards never show ghosts.
+series are removed when the selection is deleted so dashboards never show ghosts. The
+reconciler calls these only after the status that justifies them was written, so a failed
+status write never counts a trial twice.
+
+GPU time is counted as Kubernetes saw the pods run, whether or not a result came back:
+`lensllm_gpu_seconds_total` accrues while trials run (every reconciliation adds what passed
+since the last), `lensllm_trial_gpu_seconds_total` books a whole trial when it ends, with its
+outcome and reason.
 """
+
+from typing import get_args
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from lensllm.trial.result import Reason
+
 PHASES = ("Pending", "Running", "Complete", "Failed")
+TRIAL_STATES = ("queued", "running")
+# Why trials fail: the runner's own reasons and those the operator reads from Kubernetes. Their series exist
+# from the first selection of a namespace on, at 0: Prometheus' increase() cannot count a series' first value.
+FAILURE_REASONS = (*get_args(Reason), "OOMKilled", "DeadlineExceeded", "BackoffLimitExceeded", "ResultMissing",
+                   "ResultInvalid", "JobRejected", "JobNameTaken", "JobLost", "PendingTimeout", "ImagePullBackOff",
+                   "CreateContainerConfigError", "Unschedulable", "KueueInadmissible")
 
 
 class OperatorMetrics:
@@ -18,23 +35,39 @@ class OperatorMetrics:
             "lensllm_selections_current", "LLMSelections currently known, by phase.", ["phase"], registry=registry
         )
         self.trials = Counter(
-            "lensllm_trials_total", "Finished trials (runner Jobs), by outcome.", ["outcome"], registry=registry
+            "lensllm_trials_total",
+            "Finished trials (runner Jobs), by outcome and reason (Succeeded, or why it failed).",
+            ["namespace", "outcome", "reason"],
+            registry=registry,
         )
         self.trial_duration = Histogram(
             "lensllm_trial_duration_seconds",
-            "Wall time of finished trials.",
+            "Time the pods of finished trials ran, retries included.",
+            ["outcome"],
             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
             registry=registry,
         )
-        self.trials_running = Gauge(
-            "lensllm_trials_running", "Runner Jobs currently running or queued.", ["namespace", "selection"], registry=registry
+        self.trial_gpu_seconds = Counter(
+            "lensllm_trial_gpu_seconds_total",
+            "GPU seconds of finished trials (pod run time x GPUs), by outcome and reason.",
+            ["namespace", "outcome", "reason"],
+            registry=registry,
+        )
+        self.trials_current = Gauge(
+            "lensllm_trials_current",
+            "Unfinished trial Jobs, queued (not started) or running.",
+            ["namespace", "selection", "state"],
+            registry=registry,
         )
         self.gpu_seconds = Counter(
-            "lensllm_gpu_seconds_total", "GPU seconds spent by finished trials (wall time x GPUs).", registry=registry
+            "lensllm_gpu_seconds_total",
+            "GPU seconds held by trial pods, accrued while they run, by namespace.",
+            ["namespace"],
+            registry=registry,
         )
         self.selection_gpu_seconds = Gauge(
             "lensllm_selection_gpu_seconds",
-            "GPU seconds a selection has spent so far.",
+            "GPU seconds a selection has spent so far, running trials included.",
             ["namespace", "selection"],
             registry=registry,
         )
@@ -51,12 +84,19 @@ class OperatorMetrics:
             registry=registry,
         )
         self.reconcile_errors = Counter(
-            "lensllm_reconcile_errors_total", "Reconciliations that raised an unexpected error.", registry=registry
+            "lensllm_reconcile_errors_total",
+            "Reconciliations that raised, by kind: transient (retried with backoff) or unexpected.",
+            ["kind"],
+            registry=registry,
         )
         self._phases: dict[tuple[str, str], str] = {}
         self._candidates: dict[tuple[str, str], set[str]] = {}
+        self._accounted: dict[tuple[str, str], dict[str, float]] = {}
+        self._namespaces: set[str] = set()
         for phase in PHASES:
             self.selections.labels(phase=phase).set(0)
+        for kind in ("transient", "unexpected"):
+            self.reconcile_errors.labels(kind=kind)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
@@ -64,19 +104,47 @@ class OperatorMetrics:
     def set_phase(self, namespace: str, name: str, phase: str) -> None:
         self._phases[namespace, name] = phase
         self._refresh_phases()
+        if namespace not in self._namespaces:
+            self._namespaces.add(namespace)
+            self._start_counters(namespace)
 
-    def record_trial(self, outcome: str, seconds: float, gpu_seconds: float) -> None:
-        self.trials.labels(outcome=outcome).inc()
-        self.trial_duration.observe(seconds)
-        self.gpu_seconds.inc(gpu_seconds)
+    def _start_counters(self, namespace: str) -> None:
+        """Every outcome and known reason of a namespace at 0, so that the first trial to end is an increase."""
+        for outcome, reason in (("succeeded", "Succeeded"), *(("failed", r) for r in FAILURE_REASONS)):
+            self.trials.labels(namespace=namespace, outcome=outcome, reason=reason)
+            self.trial_gpu_seconds.labels(namespace=namespace, outcome=outcome, reason=reason)
+        for outcome in ("succeeded", "failed"):
+            self.trial_duration.labels(outcome=outcome)
+        self.gpu_seconds.labels(namespace=namespace)
+
+    def record_trial(self, namespace: str, outcome: str, reason: str, seconds: float, gpu_seconds: float) -> None:
+        self.trials.labels(namespace=namespace, outcome=outcome, reason=reason).inc()
+        self.trial_duration.labels(outcome=outcome).observe(seconds)
+        self.trial_gpu_seconds.labels(namespace=namespace, outcome=outcome, reason=reason).inc(gpu_seconds)
+
+    def accrue_gpu_time(self, namespace: str, selection: str, job: str, gpu_seconds: float, *, seen_before_start: bool) -> None:
+        """Add what a trial's GPU time grew by since it was last seen.
+
+        A trial first seen by this process but created before it started has been counted by
+        the previous operator process: its time so far becomes the baseline, not an increase.
+        """
+        accounted = self._accounted.setdefault((namespace, selection), {})
+        if job not in accounted and seen_before_start:
+            accounted[job] = gpu_seconds
+            return
+        grown = gpu_seconds - accounted.get(job, 0.0)
+        if grown > 0:
+            self.gpu_seconds.labels(namespace=namespace).inc(grown)
+            accounted[job] = gpu_seconds
 
     def set_costs(self, namespace: str, name: str, spent_gpu_seconds: float, full_gpu_seconds: float | None) -> None:
         self.selection_gpu_seconds.labels(namespace=namespace, selection=name).set(spent_gpu_seconds)
         if full_gpu_seconds is not None:
             self.full_finetune_gpu_seconds.labels(namespace=namespace, selection=name).set(full_gpu_seconds)
 
-    def set_running(self, namespace: str, name: str, running: int) -> None:
-        self.trials_running.labels(namespace=namespace, selection=name).set(running)
+    def set_trials(self, namespace: str, name: str, queued: int, running: int) -> None:
+        self.trials_current.labels(namespace=namespace, selection=name, state="queued").set(queued)
+        self.trials_current.labels(namespace=namespace, selection=name, state="running").set(running)
 
     def set_predictions(self, namespace: str, name: str, predicted: dict[str, float]) -> None:
         for candidate in self._candidates.get((namespace, name), set()) - set(predicted):
@@ -90,7 +158,13 @@ class OperatorMetrics:
         self.set_predictions(namespace, name, {})
         self._candidates.pop((namespace, name), None)
         self._phases.pop((namespace, name), None)
-        for gauge in (self.trials_running, self.selection_gpu_seconds, self.full_finetune_gpu_seconds):
+        self._accounted.pop((namespace, name), None)
+        for state in TRIAL_STATES:
+            try:
+                self.trials_current.remove(namespace, name, state)
+            except KeyError:
+                pass
+        for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds):
             try:
                 gauge.remove(namespace, name)
             except KeyError:

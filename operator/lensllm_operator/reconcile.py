@@ -1,168 +1,243 @@
 """Drive one LLMSelection forward: collect finished trials, launch the next, rank at the end.
 
-`reconcile` is idempotent and is called for every change of the selection or of one of
-its Jobs; one lock per selection makes it the only writer of that selection's status.
-Results are written to the status as soon as they are read, so an operator restart loses
-nothing (and could re-read them from the pods anyway).
+`reconcile` is level-triggered and idempotent: every event of the selection or of its Jobs,
+and a periodic resync, call it; it re-derives the status from the selection, its Jobs and
+their pods, so a lost event, a failed write or a vanished Job heals on the next call. One
+lock per selection makes it the only writer of that status, refusals included.
+
+Failures are classified: a transient API error (throttling, 5xx, a broken connection) raises
+`kopf.TemporaryError` with a growing delay; a spec the operator cannot run ends the selection
+as Failed with the reason; an unexpected error that repeats ends it as Failed too, instead
+of retrying forever.
 """
 
-import asyncio
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
+from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
-from lensllm.selection.plan import next_trials
-from lensllm.selection.spec import LLMSelectionSpec
-from lensllm.trial.result import TrialResult
+from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec
 from lensllm.trial.spec import validation_message
-from lensllm_operator import kube
-from lensllm_operator.config import OperatorConfig
-from lensllm_operator.jobs import CANDIDATE_LABEL, CONTAINER, SELECTION_LABEL, build_job, gpus_of, job_name
-from lensllm_operator.metrics import OperatorMetrics
+from lensllm_operator import kube, policy
+from lensllm_operator.context import Context, Effects
+from lensllm_operator.jobs import CANDIDATE_LABEL, SELECTION_LABEL, gpus_of
+from lensllm_operator.names import label_value
+from lensllm_operator.pods import run_seconds
+from lensllm_operator.trials import Cluster, collect, find_lost, job_state, launch, owned_by
 
+# A status write refused with 409 is re-read and retried at once, this many times.
+CONFLICT_RETRIES = 3
+# Unexpected errors in a row before a selection is failed rather than retried again.
+MAX_UNEXPECTED_ERRORS = 5
+MAX_BACKOFF_SECONDS = 300.0
 
-@dataclass
-class Context:
-    """What every reconciliation shares: settings, metrics and one lock per selection."""
-
-    config: OperatorConfig
-    metrics: OperatorMetrics
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self.locks.setdefault((namespace, name), asyncio.Lock())
+Body = dict[str, Any]
 
 
 class InvalidSpec(Exception):
-    """The selection's spec fails validation; the message names the field."""
+    """The selection's spec fails validation or the operator's policy; the message names the field."""
 
 
-def parse_spec(raw: dict[str, Any]) -> LLMSelectionSpec:
+def parse_spec(raw: Any) -> LLMSelectionSpec:
+    """The spec, validated strictly: what the CRD's types accept, nothing coerced (local mode does the same)."""
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"spec: expected an object, got {type(raw).__name__}")
     try:
-        return LLMSelectionSpec.model_validate(raw)
+        return LLMSelectionSpec.model_validate(raw, strict=True)
     except ValidationError as err:
         raise InvalidSpec(f"spec.{validation_message(err)}") from None
 
 
 async def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    async with ctx.lock(namespace, name):
-        body = await kube.get_selection(namespace, name)
-        if body is None:
-            return
-        await _reconcile(ctx, body)
+    """Bring the selection's status up to date with what exists; the only writer of that status.
 
-
-async def _reconcile(ctx: Context, body: dict[str, Any]) -> None:
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    generation = body["metadata"].get("generation")
-    spec = parse_spec(body.get("spec") or {})
-    status = _current_status(body, spec, generation)
-    if status.phase in ("Complete", "Failed"):
-        _export(ctx, namespace, name, status)  # after a restart, finished selections keep their series
+    Calls coalesce: while one call waits for the selection's lock, others return at once, since
+    the waiting one reads everything afresh once it runs (ten Jobs finishing at once cost one pass).
+    """
+    key = (namespace, name)
+    if key in ctx.waiting:
         return
-    jobs = await kube.list_jobs(namespace, f"{SELECTION_LABEL}={name}")
-    status = await _collect(ctx, namespace, spec, status, jobs)
-    status = await _launch(ctx, body, spec, status)
+    ctx.waiting.add(key)
+    async with ctx.lock(namespace, name):
+        ctx.waiting.discard(key)
+        try:
+            for _ in range(CONFLICT_RETRIES):
+                body = await kube.get_selection(namespace, name)
+                if body is None or await _reconcile(ctx, body):
+                    break
+        except Exception as err:
+            kind = "transient" if kube.transient(err) else "unexpected"
+            streak = ctx.failures[(*key, kind)] = ctx.failures.get((*key, kind), 0) + 1
+            ctx.metrics.reconcile_errors.labels(kind=kind).inc()
+            if kind == "transient":
+                delay = min(2.0**streak, MAX_BACKOFF_SECONDS)
+                raise kopf.TemporaryError(f"{kube.error_message(err)}; retrying in {delay:g}s", delay=delay) from err
+            if streak >= MAX_UNEXPECTED_ERRORS:
+                await _give_up(ctx, namespace, name, err)
+            raise
+        for kind in ("transient", "unexpected"):
+            ctx.failures.pop((*key, kind), None)
+
+
+async def _reconcile(ctx: Context, body: Body) -> bool:
+    """One pass; False when the status write met a conflict (409) and the pass should be redone."""
+    raw = body.get("status") or {}
+    if raw.get("phase") in st.TERMINAL_PHASES:
+        _export(ctx, body, st.LLMSelectionStatus.model_validate(raw), 0.0)  # after a restart, keep their series
+        return True
+    generation = body["metadata"].get("generation")
+    effects = Effects()
+    try:
+        spec = parse_spec(body.get("spec"))
+        violation = policy.violation(spec, ctx.config)
+        if violation:
+            raise InvalidSpec(violation)
+    except InvalidSpec as err:
+        return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
+    status = _current_status(raw, spec, generation)
+    if status.spec_digest != spec.digest():
+        message = (f"an immutable field ({', '.join(IMMUTABLE_FIELDS)}) changed after the selection started; "
+                   "results would not be comparable: create a new LLMSelection instead")
+        return await _end(ctx, body, raw, "SpecChanged", message, effects)
+    cluster = await _observe(body, spec, status)
+    try:
+        status = await collect(ctx, cluster, status, effects)
+        status = find_lost(ctx, cluster, status, effects)
+        status = await launch(ctx, cluster, status, effects)
+    except LensLLMError as err:  # a status and spec that no longer fit together
+        return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
     if st.all_finished(status):
         status = st.finalize(status, spec, generation, st.now_iso())
-        _announce(ctx, body, status)
-    if await kube.patch_selection_status(namespace, name, status.dump()):
-        _export(ctx, namespace, name, status)
+        effects.later(_announce, body, status)
+    status.observed_generation = generation
+    if not await _write(body, raw, status):
+        return False
+    _stop_abandoned(cluster, status, effects)
+    _expire_read_jobs(ctx, cluster, status, effects)
+    await effects.run()
+    _export(ctx, body, status, _running_gpu_seconds(cluster))
+    return True
 
 
-def _current_status(body: dict[str, Any], spec: LLMSelectionSpec, generation: int | None) -> st.LLMSelectionStatus:
-    raw = body.get("status") or {}
+def _current_status(raw: Body, spec: LLMSelectionSpec, generation: int | None) -> st.LLMSelectionStatus:
     if raw.get("candidates"):
-        return st.LLMSelectionStatus.model_validate(raw)
+        status = st.LLMSelectionStatus.model_validate(raw)
+        # Written by an operator that kept no digest: the spec it worked from is the one here now.
+        return status if status.spec_digest else status.model_copy(update={"spec_digest": spec.digest()})
     return st.initial_status(spec, generation, st.now_iso())
 
 
-async def _collect(
-    ctx: Context, namespace: str, spec: LLMSelectionSpec, status: st.LLMSelectionStatus, jobs: list[dict[str, Any]]
-) -> st.LLMSelectionStatus:
-    """Fold every Job's state into the status; read the result of each newly finished one."""
-    for job in jobs:
-        candidate = job["metadata"]["labels"].get(CANDIDATE_LABEL)
-        if candidate not in status.candidates:
-            continue
-        name = job["metadata"]["name"]
-        known = next((t for t in status.candidates[candidate].trials if t.job_name == name), None)
-        if known is not None and known.state in st.TERMINAL:
-            continue
-        state = job_state(job)
-        sizes = [int(s) for s in job["metadata"].get("annotations", {}).get("lensllm.io/sizes", "").split(",") if s]
-        record = st.TrialRecord(job_name=name, sizes=sizes, state=state if state not in st.TERMINAL else "Running")
-        status = st.mark_trial(status, candidate, record)
-        if state in st.TERMINAL:
-            status = await _read_result(ctx, namespace, spec, status, candidate, name)
-    return status
+async def _observe(body: Body, spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> Cluster:
+    """List the selection's Jobs (those it owns, not being deleted), their pods, and Kueue's Workloads."""
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    selector = f"{SELECTION_LABEL}={label_value(body['metadata']['name'])}"
+    jobs = {
+        job["metadata"]["name"]: job
+        for job in await kube.list_jobs(namespace, selector)
+        if owned_by(job, uid) and not job["metadata"].get("deletionTimestamp")
+    }
+    read = {t.job_name for e in status.candidates.values() for t in e.trials if t.state in (*st.TERMINAL, "Lost")}
+    recorded = {t.job_name for e in status.candidates.values() for t in e.trials}
+    pods: dict[str, list[Body]] = {}
+    if any(name not in read for name in set(jobs) | recorded):  # an idle selection, all read, lists no pods
+        for pod in await kube.list_pods(namespace, selector):
+            pods.setdefault(pod["metadata"].get("labels", {}).get("job-name", ""), []).append(pod)
+    workloads: dict[str, list[Body]] = {}
+    queued = [j["metadata"]["uid"] for j in jobs.values() if (j.get("spec") or {}).get("suspend") and job_state(j) not in st.TERMINAL]
+    if spec.queue and queued:
+        found = await kube.list_workloads(namespace, f"kueue.x-k8s.io/job-uid in ({','.join(queued)})")
+        for workload in found or []:
+            workloads.setdefault(workload["metadata"].get("labels", {}).get("kueue.x-k8s.io/job-uid", ""), []).append(workload)
+    return Cluster(body=body, spec=spec, jobs=jobs, pods=pods, workloads=workloads, now=datetime.now(timezone.utc))
 
 
-def job_state(job: dict[str, Any]) -> str:
-    """Queued (suspended or not yet started), Running, Succeeded or Failed."""
-    job_status = job.get("status") or {}
-    for condition in job_status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
-            return "Succeeded" if condition["type"] == "Complete" else "Failed"
-    if (job.get("spec") or {}).get("suspend") or not job_status.get("active"):
-        return "Queued"
-    return "Running"
-
-
-async def _read_result(
-    ctx: Context, namespace: str, spec: LLMSelectionSpec, status: st.LLMSelectionStatus, candidate: str, job: str
-) -> st.LLMSelectionStatus:
-    pods = await kube.list_pods(namespace, f"job-name={job}")
-    message = termination_message(pods)
-    if message is None:
-        ctx.metrics.record_trial("failed", 0.0, 0.0)
-        return st.record_failure(status, candidate, job, "ResultMissing", f"Job {job} ended without a termination message")
+async def _write(body: Body, raw: Body, status: st.LLMSelectionStatus) -> bool:
+    """Write the status (a merge patch that also removes what the new status no longer has)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    patch = merge_patch(raw, status.dump())
+    if not patch:
+        return True  # nothing changed: an idle selection costs no write
     try:
-        result = TrialResult.model_validate_json(message)
-    except ValidationError:
-        ctx.metrics.record_trial("failed", 0.0, 0.0)
-        return st.record_failure(status, candidate, job, "ResultInvalid", f"Job {job}: {_last_line(message)}")
-    gpus = gpus_of(spec, candidate)
-    outcome = "succeeded" if result.status == "Succeeded" else "failed"
-    ctx.metrics.record_trial(outcome, result.seconds, result.seconds * gpus)
-    return st.record_result(status, spec, candidate, job, result, gpus)
+        await kube.patch_selection_status(namespace, name, patch)
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
 
 
-def termination_message(pods: list[dict[str, Any]]) -> str | None:
-    """The runner container's termination message of the most recently finished pod."""
-    finished = []
-    for pod in pods:
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated")
-            if container.get("name") == CONTAINER and terminated and terminated.get("message"):
-                finished.append((terminated.get("finishedAt") or "", terminated["message"]))
-    return max(finished)[1] if finished else None
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: keys `new` lacks become null."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old or old[key] != value:
+            patch[key] = merge_patch(old.get(key), value)
+    return patch
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else text)[:300]
+async def _end(ctx: Context, body: Body, raw: Body, reason: str, message: str, effects: Effects) -> bool:
+    """Fail the whole selection: the status says why, an Event too, and its unfinished Jobs stop."""
+    current = st.LLMSelectionStatus.model_validate(raw) if raw.get("phase") else st.LLMSelectionStatus()
+    status = st.fail(current, reason, message, body["metadata"].get("generation"), st.now_iso())
+    if not await _write(body, raw, status):
+        return False
+    kopf.warn(body, reason=reason, message=message)
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    for job in await kube.list_jobs(namespace, f"{SELECTION_LABEL}={label_value(body['metadata']['name'])}"):
+        if owned_by(job, uid) and job_state(job) not in st.TERMINAL:
+            await kube.delete_job(namespace, job["metadata"]["name"])
+    await effects.run()
+    _export(ctx, body, status, 0.0)
+    return True
 
 
-async def _launch(ctx: Context, body: dict[str, Any], spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSelectionStatus:
-    """Create the next trials' Jobs, keeping at most spec.parallelism unfinished at once."""
-    if spec.suspend:
-        return status
-    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    busy = sum(1 for e in status.candidates.values() for t in e.trials if t.state not in st.TERMINAL)
-    for trial in next_trials(spec, status)[: max(spec.parallelism - busy, 0)]:
-        job = build_job(name, spec, trial, ctx.config)
-        kopf.adopt(job, owner=body)
-        await kube.create_job(namespace, job)
-        record = st.TrialRecord(job_name=job_name(name, trial), round=trial.round, sizes=list(trial.sizes), state="Queued")
-        status = st.mark_trial(status, trial.candidate, record)
-    return status
+async def _give_up(ctx: Context, namespace: str, name: str, err: Exception) -> None:
+    """After repeated unexpected errors, end the selection with the error rather than retry forever."""
+    body = await kube.get_selection(namespace, name)
+    if body is not None:
+        message = f"reconciliation failed {MAX_UNEXPECTED_ERRORS} times in a row: {type(err).__name__}: {err}"
+        await _end(ctx, body, body.get("status") or {}, "ReconcileFailed", message[:1000], Effects())
+        ctx.failures.pop((namespace, name, "unexpected"), None)
 
 
-def _announce(ctx: Context, body: dict[str, Any], status: st.LLMSelectionStatus) -> None:
+def _stop_abandoned(cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> None:
+    """Delete unfinished Jobs whose candidate has already failed (it never started in time, or the selection ended)."""
+    for name, job in cluster.jobs.items():
+        if job_state(job) in st.TERMINAL:
+            continue
+        candidate = (job["metadata"].get("labels") or {}).get(CANDIDATE_LABEL)
+        entry = status.candidates.get(candidate)
+        if status.phase == "Failed" or (entry is not None and entry.state == "Failed"):
+            effects.later(kube.delete_job, cluster.namespace, name)
+
+
+def _expire_read_jobs(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> None:
+    """Hand finished Jobs whose result is recorded to the TTL controller (never before: see jobs.py)."""
+    ttl = ctx.config.job_ttl_seconds
+    if ttl is None:
+        return
+    recorded = {t.job_name for e in status.candidates.values() for t in e.trials if t.state in st.TERMINAL}
+    for name, job in cluster.jobs.items():
+        if name in recorded and job_state(job) in st.TERMINAL and job["spec"].get("ttlSecondsAfterFinished") != ttl:
+            effects.later(kube.set_job_ttl, cluster.namespace, name, ttl)
+
+
+def _running_gpu_seconds(cluster: Cluster) -> float:
+    total = 0.0
+    for name, job in cluster.jobs.items():
+        candidate = job["metadata"]["labels"].get(CANDIDATE_LABEL)
+        if job_state(job) not in st.TERMINAL and candidate in {c.name for c in cluster.spec.candidates}:
+            total += run_seconds(cluster.pods.get(name, []), cluster.now) * gpus_of(cluster.spec, candidate)
+    return total
+
+
+def _announce(body: Body, status: st.LLMSelectionStatus) -> None:
     condition = status.conditions[-1]
     if status.phase == "Complete":
         kopf.info(body, reason="Complete", message=condition.message)
@@ -170,20 +245,14 @@ def _announce(ctx: Context, body: dict[str, Any], status: st.LLMSelectionStatus)
         kopf.warn(body, reason=condition.reason, message=condition.message)
 
 
-def _export(ctx: Context, namespace: str, name: str, status: st.LLMSelectionStatus) -> None:
+def _export(ctx: Context, body: Body, status: st.LLMSelectionStatus, running_gpu_seconds: float) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     ctx.metrics.set_phase(namespace, name, status.phase)
-    running = sum(1 for e in status.candidates.values() for t in e.trials if t.state not in st.TERMINAL)
-    ctx.metrics.set_running(namespace, name, running)
-    ctx.metrics.set_costs(namespace, name, status.compute.gpu_seconds, status.compute.full_finetune_gpu_seconds)
+    trials = [t for e in status.candidates.values() for t in e.trials]
+    ctx.metrics.set_trials(namespace, name, sum(t.state == "Queued" for t in trials), sum(t.state == "Running" for t in trials))
+    spent = status.compute.gpu_seconds + running_gpu_seconds
+    ctx.metrics.set_costs(namespace, name, spent, status.compute.full_finetune_gpu_seconds)
     ctx.metrics.set_predictions(
         namespace, name, {c: e.predicted_loss for c, e in status.candidates.items() if e.predicted_loss is not None}
     )
 
-
-async def reject(ctx: Context, body: dict[str, Any], message: str) -> None:
-    """Mark a selection Failed/InvalidSpec and say why in an Event."""
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    status = st.invalid_status(message, body["metadata"].get("generation"), st.now_iso())
-    await kube.patch_selection_status(namespace, name, status.dump())
-    kopf.warn(body, reason="InvalidSpec", message=message)
-    ctx.metrics.set_phase(namespace, name, "Failed")

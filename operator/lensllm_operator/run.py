@@ -8,7 +8,7 @@ import kopf
 from lensllm_operator import handlers  # noqa: F401  (registers the handlers)
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.metrics import OperatorMetrics
-from lensllm_operator.reconcile import Context
+from lensllm_operator.context import Context
 
 
 def run_operator(config: OperatorConfig) -> None:

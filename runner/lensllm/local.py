@@ -1,8 +1,10 @@
 """Run an LLMSelection on this machine: each trial is a local `lensllm run-trial` process.
 
 The same plan and status updates as the operator (`lensllm.selection`) decide what runs
-and what the status says, so the document written here is the one the operator would
-write into the resource. Called by `lensllm select --local`.
+and what the status says, and they read the same document: the trial's compact result (its
+termination message on a cluster), not the full result file. So the status written here is
+the one the operator would write into the resource, ranking included. Called by
+`lensllm select --local`.
 """
 
 import json
@@ -47,7 +49,7 @@ def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
         for trial, (result, failure) in zip(trials, outcomes):
             trial_id = _trial_id(run, trial)
             if result is not None:
-                status = st.record_result(status, spec, trial.candidate, trial_id, result, gpus=spec.resources_for(trial.candidate).gpu)
+                status = st.record_result(status, spec, trial.candidate, trial_id, result, gpus=spec.resources_for(trial.candidate).gpus)
             else:
                 status = st.record_failure(status, trial.candidate, trial_id, *failure)
     status = st.finalize(status, spec, 1, st.now_iso())
@@ -75,9 +77,10 @@ def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.
     trial_id = _trial_id(run, trial)
     base = run.out / "trials" / trial_id
     spec_path, result_path, log_path = base.with_suffix(".spec.json"), base.with_suffix(".json"), base.with_suffix(".log")
+    compact_path = base.with_suffix(".termination")
     spec_path.write_text(json.dumps(_local_spec(run, trial), indent=2))
     command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
-               "--termination-log", str(base.with_suffix(".termination"))]
+               "--termination-log", str(compact_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // run.workers))}
     with lock:
         progress(trial.candidate, {"event": "started"})
@@ -89,14 +92,16 @@ def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.
                 continue
             with lock:
                 progress(trial.candidate, event)
-    return _outcome(result_path, log_path, proc.returncode)
+    return _outcome(compact_path, log_path, proc.returncode)
 
 
-def _outcome(result_path: Path, log_path: Path, code: int) -> tuple[TrialResult | None, tuple[str, str]]:
-    if not result_path.exists():
+def _outcome(compact_path: Path, log_path: Path, code: int) -> tuple[TrialResult | None, tuple[str, str]]:
+    """The trial's compact result, the one the operator reads from a pod's termination message."""
+    text = compact_path.read_text() if compact_path.exists() else ""
+    if not text:
         tail = [line for line in log_path.read_text().splitlines() if line.strip()][-1:] or ["no output"]
         return None, ("ResultMissing", f"runner exited {code} without a result: {tail[0][:300]}")
     try:
-        return TrialResult.model_validate_json(result_path.read_text()), ("", "")
+        return TrialResult.model_validate_json(text), ("", "")
     except ValidationError as err:
-        return None, ("ResultInvalid", f"{result_path}: {str(err).splitlines()[0]}")
+        return None, ("ResultInvalid", f"{compact_path}: {str(err).splitlines()[0]}")

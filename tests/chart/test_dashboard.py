@@ -69,11 +69,9 @@ def test_trial_duration_quantiles_come_from_the_histogram_buckets(dashboard: dic
 def test_selection_panels_follow_the_namespace_and_selection_variables(dashboard: dict) -> None:
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "selection"} <= variables
+    row = next(p for p in dashboard["panels"] if p["type"] == "row" and "$selection" in p["title"])
     per_selection = [
-        t["expr"]
-        for p in dashboard["panels"]
-        for t in p.get("targets", [])
-        if "lensllm_candidate_predicted_loss" in t["expr"] or "lensllm_selection_" in t["expr"]
+        t["expr"] for p in dashboard["panels"] if p["gridPos"]["y"] > row["gridPos"]["y"] for t in p.get("targets", [])
     ]
     assert per_selection
     for expr in per_selection:

@@ -56,6 +56,10 @@ def test_custom_runner_settings_and_ports_reach_the_operator(render, options: di
     assert config.runner_image == "registry.example.com/ml/lensllm-runner:2024.06"
     assert config.runner_pull_policy == "Always"
     assert config.job_ttl_seconds == 3600
+    assert config.allowed_runner_images == ("registry.example.com/ml/",) and config.allow_writable_model_cache
+    assert config.allowed_toleration_keys == ("nvidia.com/gpu", "example.com/spot")
+    assert config.allowed_token_secrets == ("hub-token",)
+    assert (config.pending_timeout_seconds, config.resync_seconds) == (600, 5.0)
     assert (config.metrics_port, config.liveness_port) == (9100, 9101)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == config.metrics_port
@@ -71,7 +75,7 @@ def test_every_variable_the_chart_sets_is_read_by_the_operator(render, options: 
     """With every value away from its default, dropping any one variable changes the config."""
     values = {**options["custom-runner"], **options["namespaced"]}
     env = plain_env(render(values).operator_container())
-    assert len(env) == 6
+    assert len(env) == 12
     full = OperatorConfig.from_env(env)
     for name in env:
         assert OperatorConfig.from_env({k: v for k, v in env.items() if k != name}) != full, f"{name} is not read"

@@ -51,7 +51,7 @@ def example_job(repo: Path) -> dict:
     example = yaml.safe_load((repo / "examples" / "cluster-selection.yaml").read_text())
     spec = LLMSelectionSpec.model_validate(example["spec"])
     trial = next_trials(spec, initial_status(spec, 1, now_iso()))[0]
-    return build_job(example["metadata"]["name"], spec, trial, OperatorConfig())
+    return build_job(example["metadata"]["name"], "example-uid", spec, trial, OperatorConfig())
 
 
 def test_images_run_as_the_users_the_chart_and_the_jobs_expect(repo: Path, chart, example_job: dict) -> None:

@@ -25,9 +25,25 @@ EXPECTED_GRANTS = {
     ("batch", "jobs", "create"),
     ("batch", "jobs", "list"),
     ("batch", "jobs", "watch"),
+    ("batch", "jobs", "get"),  # documented exception
+    ("batch", "jobs", "patch"),  # documented exception
+    ("batch", "jobs", "delete"),  # documented exception
     ("", "pods", "list"),
+    ("kueue.x-k8s.io", "workloads", "list"),  # documented exception
     ("", "events", "create"),
 }
+
+
+AGGREGATION = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def aggregated(role: dict) -> bool:
+    """A ClusterRole for people (picked up by admin/edit/view), not the operator's own."""
+    return any(label.startswith(AGGREGATION) for label in role["metadata"].get("labels", {}))
+
+
+def operator_cluster_roles(rendered) -> list[dict]:
+    return [r for r in rendered.of_kind("ClusterRole") if not aggregated(r)]
 
 
 def grants(rules: list[dict]) -> set[tuple[str, str, str]]:
@@ -42,7 +58,7 @@ def grants(rules: list[dict]) -> set[tuple[str, str, str]]:
 
 def test_cluster_wide_by_default(render) -> None:
     rendered = render()
-    role = rendered.one("ClusterRole")
+    (role,) = operator_cluster_roles(rendered)
     binding = rendered.one("ClusterRoleBinding")
     account = rendered.one("ServiceAccount")
     assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
@@ -61,7 +77,7 @@ def test_cluster_wide_by_default(render) -> None:
 def test_watch_namespaces_get_a_role_each_and_nothing_cluster_wide(render, options: dict) -> None:
     rendered = render(options["namespaced"])
     account = rendered.one("ServiceAccount")
-    assert rendered.of_kind("ClusterRole") == [] and rendered.of_kind("ClusterRoleBinding") == []
+    assert operator_cluster_roles(rendered) == [] and rendered.of_kind("ClusterRoleBinding") == []
     roles = {r["metadata"]["namespace"]: r for r in rendered.of_kind("Role")}
     bindings = {b["metadata"]["namespace"]: b for b in rendered.of_kind("RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
@@ -92,7 +108,23 @@ def test_rendered_rules_are_the_documented_list(render, chart_dir: Path) -> None
     documented = yaml.safe_load((chart_dir / "rbac" / "rules.yaml").read_text())["rules"]
     assert all(rule["reason"].strip() for rule in documented)
     without_docs = [{k: rule[k] for k in ("apiGroups", "resources", "verbs")} for rule in documented]
-    assert render().one("ClusterRole")["rules"] == without_docs
+    (role,) = operator_cluster_roles(render())
+    assert role["rules"] == without_docs
+
+
+def test_namespace_editors_and_viewers_get_selections_through_the_built_in_roles(render, options: dict) -> None:
+    for values in ({}, options["namespaced"]):
+        roles = {r["metadata"]["name"].rsplit("-", 1)[-1]: r for r in render(values).of_kind("ClusterRole") if aggregated(r)}
+        assert set(roles) == {"edit", "view"}
+        edit, view = roles["edit"], roles["view"]
+        assert {AGGREGATION + "admin", AGGREGATION + "edit"} <= set(edit["metadata"]["labels"])
+        assert AGGREGATION + "view" in view["metadata"]["labels"]
+        assert ("lensllm.io", "llmselections", "create") in grants(edit["rules"])
+        assert grants(view["rules"]) == {("lensllm.io", r, v) for r in ("llmselections", "llmselections/status")
+                                         for v in ("get", "list", "watch")}
+        assert {resource for _, resource, _ in grants(edit["rules"]) | grants(view["rules"])} <= {
+            "llmselections", "llmselections/status"}
+    assert not [r for r in render({"rbac": {"aggregateToDefaultRoles": False}}).of_kind("ClusterRole") if aggregated(r)]
 
 
 def test_rbac_can_be_left_to_the_cluster_admin(render) -> None:

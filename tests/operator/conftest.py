@@ -4,5 +4,8 @@ They live in tests/support/cluster.py (on the pythonpath); importing them here i
 """
 
 from cluster import kube, kubectl, kubelet, namespace, operator_process
+from harness_tools import batch, core
+from selections import custom, stand_in, start_operator
 
-__all__ = ["kube", "kubectl", "kubelet", "namespace", "operator_process"]
+__all__ = ["batch", "core", "custom", "kube", "kubectl", "kubelet", "namespace", "operator_process", "stand_in",
+           "start_operator"]

@@ -23,11 +23,13 @@ def render(values: dict) -> list[dict]:
 
 
 def granted(objects: list[dict], kind: str) -> set[tuple[str, str, str]]:
-    """(verb, apiGroup, resource[/subresource]) of every rule in the rendered Roles or ClusterRoles."""
+    """(verb, apiGroup, resource[/subresource]) of every rule in the operator's rendered Roles or ClusterRoles
+    (not the ones aggregated into admin/edit/view, which are for people)."""
     return {
         (verb, group, resource)
         for role in objects
         if role["kind"] == kind
+        and not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"].get("labels", {}))
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]

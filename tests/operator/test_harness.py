@@ -10,67 +10,32 @@ import json
 import signal
 import socket
 import sys
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 from cluster import Cluster, OperatorProcess, free_port, wait_for
+from harness_tools import crd_file, error_of, finished, job_body, kopf_operator, pods_of
 from kube_emulator import ApiCall
 from kubelet import Kubelet
 from kubernetes import client, watch
-from kubernetes.client import ApiException
 
 GROUP, VERSION, PLURAL = "harness.example.com", "v1", "widgets"
-WIDGET_CRD = f"""
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: {PLURAL}.{GROUP}}}
-spec:
-  group: {GROUP}
-  scope: Namespaced
-  names: {{kind: Widget, plural: {PLURAL}, singular: widget, shortNames: [wdg]}}
-  versions:
-  - name: {VERSION}
-    served: true
-    storage: true
-    subresources: {{status: {{}}}}
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            required: [size]
-            properties:
-              size: {{type: integer, minimum: 1}}
-              mode: {{type: string, enum: [fast, slow], default: fast}}
-          status:
-            type: object
-            x-kubernetes-preserve-unknown-fields: true
-"""
+WIDGET_SPEC = {"type": "object", "required": ["size"], "properties": {
+    "size": {"type": "integer", "minimum": 1},
+    "mode": {"type": "string", "enum": ["fast", "slow"], "default": "fast"},
+}}
 SLEEP = ["python", "-c", "import time; time.sleep(60)"]
 
-
-@pytest.fixture
-def core(kube: Cluster) -> client.CoreV1Api:
-    return client.CoreV1Api(kube.api)
-
-
-@pytest.fixture
-def batch(kube: Cluster) -> client.BatchV1Api:
-    return client.BatchV1Api(kube.api)
 
 
 @pytest.fixture
 def widgets(kube: Cluster, tmp_path: Path) -> client.CustomObjectsApi:
     """The throw-away CRD, loaded from a file as the project's CRDs are."""
-    path = tmp_path / "widget-crd.yaml"
-    path.write_text(WIDGET_CRD)
-    kube.load_crds(path)
+    kube.load_crds(crd_file(tmp_path, GROUP, "Widget", WIDGET_SPEC, shortNames=["wdg"]))
     return client.CustomObjectsApi(kube.api)
 
 
@@ -85,28 +50,8 @@ def patch_widget(api: client.CustomObjectsApi, namespace: str, patch: dict[str, 
     return method(GROUP, VERSION, namespace, PLURAL, "w", patch)
 
 
-def job_body(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
-    container = {"name": "main", "image": "lensllm:test", "command": command}
-    pod_spec = {"restartPolicy": "Never", "containers": [container]}
-    return {"metadata": {"name": name}, "spec": {**spec, "template": {"spec": pod_spec}}}
 
 
-def error_of(call: Callable[[], Any]) -> tuple[int, str, str]:
-    """The HTTP status, Status reason and message of a call that must fail."""
-    with pytest.raises(ApiException) as caught:
-        call()
-    body = json.loads(caught.value.body)
-    return caught.value.status, body["reason"], body["message"]
-
-
-def finished(batch: client.BatchV1Api, namespace: str, name: str) -> client.V1Job | None:
-    job = batch.read_namespaced_job(name, namespace)
-    conditions = {c.type for c in (job.status.conditions or [])} if job.status else set()
-    return job if conditions & {"Complete", "Failed"} else None
-
-
-def pods_of(core: client.CoreV1Api, namespace: str, job: str) -> list[client.V1Pod]:
-    return core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
 
 
 def test_create_answers_201_with_server_set_metadata(core: client.CoreV1Api, batch: client.BatchV1Api,
@@ -213,26 +158,6 @@ def test_label_and_field_selectors_filter_lists_and_watches(core: client.CoreV1A
             stream.stop()
     assert seen == [("DELETED", "b"), ("ADDED", "c"), ("ADDED", "last")]  # replayed after `since`, nothing before
 
-
-@contextlib.contextmanager
-def kopf_operator(registry: kopf.OperatorRegistry, namespace: str) -> Iterator[None]:
-    """Run a kopf operator in its own thread and loop (docs/TESTING.md), logging in through KUBECONFIG."""
-    stop, ready = threading.Event(), threading.Event()
-    kopf.on.login(registry=registry)(kopf.login_via_client)  # a fresh registry has no login handlers
-
-    @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.scanning.disabled = True
-
-    thread = threading.Thread(target=kopf.run, kwargs={
-        "registry": registry, "namespaces": [namespace], "standalone": True, "stop_flag": stop, "ready_flag": ready})
-    thread.start()
-    try:
-        assert ready.wait(10), "the kopf operator did not start"
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_deleting_an_owner_collects_its_jobs_and_their_pods(core: client.CoreV1Api, batch: client.BatchV1Api,

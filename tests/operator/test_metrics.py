@@ -22,7 +22,7 @@ def test_a_deleted_selection_leaves_no_series_behind():
     metrics.set_phase("ns", "a", "Complete")
     metrics.set_predictions("ns", "a", {"gpt2": 1.5, "opt": 1.2})
     metrics.set_costs("ns", "a", 100.0, 5000.0)
-    metrics.set_running("ns", "a", 0)
+    metrics.set_trials("ns", "a", queued=1, running=2)
     assert 'candidate="gpt2"' in exposition(metrics)
     metrics.forget("ns", "a")
     text = exposition(metrics)
@@ -30,11 +30,35 @@ def test_a_deleted_selection_leaves_no_series_behind():
     assert 'lensllm_selections_current{phase="Complete"} 0.0' in text
 
 
-def test_trials_feed_the_counters_and_the_duration_histogram():
+def test_failed_trials_count_their_real_duration_and_gpu_time_by_reason():
     metrics = OperatorMetrics(CollectorRegistry())
-    metrics.record_trial("succeeded", 42.0, 84.0)
-    metrics.record_trial("failed", 5.0, 5.0)
+    metrics.record_trial("ns", "succeeded", "Succeeded", 42.0, 84.0)
+    metrics.record_trial("ns", "failed", "OOMKilled", 5.0, 10.0)
     text = exposition(metrics)
-    assert 'lensllm_trials_total{outcome="succeeded"} 1.0' in text
-    assert "lensllm_gpu_seconds_total 89.0" in text
-    assert "lensllm_trial_duration_seconds_count 2.0" in text
+    assert 'lensllm_trials_total{namespace="ns",outcome="failed",reason="OOMKilled"} 1.0' in text
+    assert 'lensllm_trial_gpu_seconds_total{namespace="ns",outcome="failed",reason="OOMKilled"} 10.0' in text
+    assert 'lensllm_trial_duration_seconds_sum{outcome="failed"} 5.0' in text
+    assert 'lensllm_trial_duration_seconds_count{outcome="succeeded"} 1.0' in text
+
+
+def test_gpu_time_accrues_while_trials_run_and_a_restart_counts_nothing_twice():
+    metrics = OperatorMetrics(CollectorRegistry())
+    metrics.accrue_gpu_time("ns", "a", "job-1", 30.0, seen_before_start=False)
+    metrics.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=False)
+    metrics.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=False)
+    assert 'lensllm_gpu_seconds_total{namespace="ns"} 90.0' in exposition(metrics)
+
+    restarted = OperatorMetrics(CollectorRegistry())  # the previous process counted job-1's first 90 s
+    restarted.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=True)
+    restarted.accrue_gpu_time("ns", "a", "job-1", 100.0, seen_before_start=True)
+    assert 'lensllm_gpu_seconds_total{namespace="ns"} 10.0' in exposition(restarted)
+
+
+def test_a_namespaces_trial_counters_exist_at_zero_before_its_first_trial_ends():
+    metrics = OperatorMetrics(CollectorRegistry())
+    metrics.set_phase("ns", "a", "Running")
+    text = exposition(metrics)
+    assert 'lensllm_trials_total{namespace="ns",outcome="succeeded",reason="Succeeded"} 0.0' in text
+    for reason in ("OOMKilled", "OutOfMemory", "PendingTimeout", "JobRejected"):
+        assert f'lensllm_trials_total{{namespace="ns",outcome="failed",reason="{reason}"}} 0.0' in text
+    assert 'lensllm_gpu_seconds_total{namespace="ns"} 0.0' in text

@@ -1,56 +1,157 @@
-"""Helpers of the reconciliation: a Job's state, a pod's termination message, a result that cannot be read."""
+"""Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
-import asyncio
+import time
+from datetime import datetime, timezone
 
-from prometheus_client import CollectorRegistry
+import pytest
 
-from lensllm.selection import status as st
 from lensllm.selection.spec import LLMSelectionSpec
-from lensllm_operator import kube
-from lensllm_operator.config import OperatorConfig
-from lensllm_operator.metrics import OperatorMetrics
-from lensllm_operator.reconcile import Context, _read_result, job_state, termination_message
+from lensllm_operator.config import ConfigError, OperatorConfig
+from lensllm_operator.pods import diagnose, oom_killed, run_seconds, started, termination_message, workload_holdup
+from lensllm_operator.policy import violation
+from lensllm_operator.reconcile import InvalidSpec, merge_patch, parse_spec
+from lensllm_operator.trials import job_state
 
 
 def job(suspend=False, active=0, conditions=()):
     return {"spec": {"suspend": suspend}, "status": {"active": active, "conditions": list(conditions)}}
 
 
-def test_job_states_follow_the_job_controllers_conditions():
+def pod(name="p", created="2026-01-01T00:00:00Z", state=None, last=None, conditions=(), container="runner"):
+    runner = {"name": container, "state": state or {}, **({"lastState": last} if last else {})}
+    return {"metadata": {"name": name, "creationTimestamp": created},
+            "status": {"containerStatuses": [runner], "conditions": list(conditions)}}
+
+
+def terminated(message=None, started="2026-01-01T00:00:00Z", finished="2026-01-01T00:01:40Z", **extra):
+    return {"terminated": {"startedAt": started, "finishedAt": finished, **({"message": message} if message else {}), **extra}}
+
+
+def test_job_states_follow_the_job_controllers_conditions_and_the_pods():
     assert job_state(job(suspend=True)) == "Queued"
     assert job_state(job()) == "Queued"  # created, no pod yet
     assert job_state(job(active=1)) == "Running"
+    assert job_state(job(active=1), [pod(state={"waiting": {"reason": "ContainerCreating"}})]) == "Queued"
+    assert job_state(job(active=1), [pod(state={"running": {"startedAt": "2026-01-01T00:00:00Z"}})]) == "Running"
     assert job_state(job(conditions=[{"type": "Complete", "status": "True"}])) == "Succeeded"
     assert job_state(job(conditions=[{"type": "Failed", "status": "True"}])) == "Failed"
     assert job_state(job(active=1, conditions=[{"type": "FailureTarget", "status": "True"}])) == "Running"
 
 
-def pod(message: str | None, finished: str, container: str = "runner"):
-    terminated = {"finishedAt": finished, **({"message": message} if message else {})}
-    return {"status": {"containerStatuses": [{"name": container, "state": {"terminated": terminated}}]}}
-
-
 def test_the_latest_runner_termination_message_wins():
-    pods = [pod('{"try": 1}', "2026-01-01T00:00:01Z"), pod('{"try": 2}', "2026-01-01T00:00:09Z"),
-            pod("sidecar", "2026-01-01T00:00:10Z", container="other")]
+    pods = [pod(state=terminated('{"try": 1}', finished="2026-01-01T00:00:01Z")),
+            pod(state=terminated('{"try": 2}', finished="2026-01-01T00:00:09Z")),
+            pod(state=terminated("sidecar", finished="2026-01-01T00:00:10Z"), container="other")]
     assert termination_message(pods) == '{"try": 2}'
-    assert termination_message([pod(None, "2026-01-01T00:00:01Z")]) is None
+    assert termination_message([pod(state=terminated())]) is None
 
 
-def test_a_missing_or_malformed_result_fails_the_candidate_with_a_reason(monkeypatch):
-    spec = LLMSelectionSpec.model_validate({
-        "candidates": [{"name": "a", "model": "m"}],
-        "dataset": {"source": "d.jsonl", "textField": "text"},
-        "budget": {"subsetSizes": [10, 20, 40], "targetSize": 100},
-    })
-    ctx = Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
-    start = st.mark_trial(st.initial_status(spec, 1, "now"), "a", st.TrialRecord(job_name="j", sizes=[10], state="Running"))
-    for pods, reason in (([], "ResultMissing"), ([pod("Traceback (most recent call last):\nboom", "t")], "ResultInvalid")):
-        async def listed(namespace, selector, pods=pods):
-            return pods
+def test_pods_run_time_counts_every_attempt_and_the_running_one_up_to_now():
+    now = datetime(2026, 1, 1, 0, 10, tzinfo=timezone.utc)
+    pods = [pod(state=terminated(exitCode=137, reason="OOMKilled")),
+            pod(state={"running": {"startedAt": "2026-01-01T00:05:00Z"}})]
+    assert run_seconds(pods, now) == 100 + 300
+    assert started(pods) and not started([pod(state={"waiting": {"reason": "ErrImagePull"}})])
+    assert "memory limit" in oom_killed(pods)
 
-        monkeypatch.setattr(kube, "list_pods", listed)
-        status = asyncio.run(_read_result(ctx, "ns", spec, start, "a", "j"))
-        entry = status.candidates["a"]
-        assert (entry.state, entry.reason, entry.trials[-1].state) == ("Failed", reason, "Failed")
-    assert "boom" in entry.message
+
+@pytest.mark.parametrize(
+    "the_pod, reason, says",
+    [
+        (pod(state={"waiting": {"reason": "CreateContainerConfigError",
+                                "message": 'couldn\'t find key token in Secret ml/hf-token'}}),
+         "CreateContainerConfigError", "couldn't find key token"),
+        (pod(state={"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "runner:typo"'}}),
+         "ImagePullBackOff", "runner:typo"),
+        (pod(state={"waiting": {"reason": "ErrImagePull", "message": 'failed to pull "runner:typo": not found'}}),
+         "ImagePullBackOff", "not found"),
+        (pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]),
+         "Unschedulable", "Insufficient nvidia.com/gpu"),
+        (pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": 'pod has unbound immediate PersistentVolumeClaims'}]),
+         "Unschedulable", "unbound immediate PersistentVolumeClaims"),
+    ],
+)
+def test_what_holds_a_pod_back_is_named_in_kubernetes_words(the_pod, reason, says):
+    found = diagnose([the_pod])
+    assert found[0] == reason and says in found[1]
+
+
+def test_the_newest_pod_decides_and_a_running_one_holds_nothing_back():
+    stuck = pod("old", "2026-01-01T00:00:00Z", state={"waiting": {"reason": "ErrImagePull", "message": "x"}})
+    fine = pod("new", "2026-01-01T00:01:00Z", state={"running": {"startedAt": "2026-01-01T00:01:05Z"}})
+    assert diagnose([stuck, fine]) is None and diagnose([]) is None
+
+
+def test_kueue_says_why_a_workload_waits():
+    workload = {"status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Inadmissible",
+                                           "message": "LocalQueue gpu-queu doesn't exist"}]}}
+    assert workload_holdup([workload]) == ("KueueInadmissible", "LocalQueue gpu-queu doesn't exist")
+    admitted = {"status": {"conditions": [{"type": "Admitted", "status": "True"}]}}
+    assert workload_holdup([admitted]) is None
+
+
+def test_the_status_patch_removes_what_the_new_status_no_longer_has():
+    old = {"phase": "Running", "candidates": {"a": {"state": "Queued", "reason": "Unschedulable", "message": "no GPU"}}}
+    new = {"phase": "Running", "candidates": {"a": {"state": "Running"}}}
+    assert merge_patch(old, new) == {"candidates": {"a": {"state": "Running", "reason": None, "message": None}}}
+
+
+SPEC = {
+    "candidates": [{"name": "a", "model": "m"}],
+    "dataset": {"source": "d.jsonl", "textField": "text"},
+    "budget": {"subsetSizes": [10, 20, 40], "targetSize": 100},
+}
+
+
+@pytest.mark.parametrize("raw, says", [(None, "spec: expected an object"), ({**SPEC, "seed": "1"}, "spec.seed")])
+def test_a_spec_the_operator_cannot_read_is_invalid_not_an_exception(raw, says):
+    with pytest.raises(InvalidSpec, match=says):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"runner": {"image": "docker.io/attacker/miner:latest"}}, "spec.runner.image 'docker.io/attacker/miner:latest'"),
+        ({"modelCache": {"claimName": "shared", "readOnly": False}}, "runner.allowWritableModelCache"),
+        ({"hfTokenSecretRef": {"name": "database-password", "key": "password"}}, "'database-password' is not an allowed"),
+        ({"tolerations": [{"operator": "Exists"}]}, "tolerating 'every taint'"),
+        ({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}, "control-plane"),
+    ],
+)
+def test_a_selection_may_not_ask_for_more_than_the_operator_allows(changes, says):
+    spec = LLMSelectionSpec.model_validate({**SPEC, **changes})
+    assert says in violation(spec, OperatorConfig())
+
+
+def test_what_the_operator_allows_by_default_and_by_setting():
+    allowed = {"runner": {"image": "ghcr.io/lensllm/runner:0.2.0@sha256:" + "0" * 64},
+               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+               "hfTokenSecretRef": {"name": "hf-token"}, "modelCache": {"claimName": "cache"}}
+    assert violation(LLMSelectionSpec.model_validate({**SPEC, **allowed}), OperatorConfig()) is None
+    config = OperatorConfig.from_env({"LENSLLM_ALLOWED_RUNNER_IMAGES": "registry.internal/ml/",
+                                      "LENSLLM_ALLOW_WRITABLE_MODEL_CACHE": "true"})
+    ours = {"runner": {"image": "registry.internal/ml/runner:1"}, "modelCache": {"claimName": "c", "readOnly": False}}
+    assert violation(LLMSelectionSpec.model_validate({**SPEC, **ours}), config) is None
+
+
+def test_a_bad_operator_setting_is_a_clear_error():
+    with pytest.raises(ConfigError, match="LENSLLM_RESYNC_SECONDS='soon': expected a float"):
+        OperatorConfig.from_env({"LENSLLM_RESYNC_SECONDS": "soon"})
+
+
+def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay():
+    from lensllm_operator.resync import Unfinished
+
+    selections = Unfinished()
+    selections.track("ns", "running", "Running", deleted=False)
+    selections.track("ns", "new", None, deleted=False)
+    selections.track("ns", "done", "Complete", deleted=False)
+    selections.track("ns", "gone", "Running", deleted=False)
+    selections.track("ns", "gone", None, deleted=True)
+    assert sorted(selections.due(now=0.0)) == [("ns", "new"), ("ns", "running")]
+    selections.defer(("ns", "running"), 30.0)
+    assert selections.due(now=time.monotonic()) == [("ns", "new")]
+    assert ("ns", "running") in selections.due(now=time.monotonic() + 31)

@@ -51,7 +51,7 @@ def test_huge_learning_rate_is_diverged(tiny_models, task_dir, spec_template, tr
     spec = spec_template(tiny_models["gpt2"], task_dir)
     spec["training"]["learningRate"] = 1e8
     run = trial_run(spec)
-    assert_classified_failure(run, reason="Diverged", exit_code=1, says="training loss at size 32")
+    assert_classified_failure(run, reason="Diverged", exit_code=4, says="training loss at size 32")
     assert run.doc["zeroShot"]["loss"] > 0  # what was measured before the failure is kept
 
 
@@ -68,7 +68,7 @@ def test_memory_exhaustion_during_training_is_out_of_memory(
 
     monkeypatch.setattr(recipe_module, "backward_losses", exhausted_in_training)
     run = trial_run(spec_template(tiny_models["gpt2"], task_dir))
-    assert_classified_failure(run, reason="OutOfMemory", exit_code=1, says="out of memory")
+    assert_classified_failure(run, reason="OutOfMemory", exit_code=3, says="out of memory")
 
 
 def test_memory_exhaustion_in_the_ntk_names_the_ntk_settings(
@@ -81,7 +81,7 @@ def test_memory_exhaustion_in_the_ntk_names_the_ntk_settings(
 
     monkeypatch.setattr(recipe_module, "measure_kernel", exhausted)
     run = trial_run(spec_template(tiny_models["gpt2"], task_dir))
-    assert_classified_failure(run, reason="OutOfMemory", exit_code=1, says="use ntk.method sketch, ntk.scope lora")
+    assert_classified_failure(run, reason="OutOfMemory", exit_code=3, says="use ntk.method sketch, ntk.scope lora")
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ def test_resume_skips_finished_sizes_and_reproduces_the_uninterrupted_result(
     monkeypatch.setattr(TrialRecipe, "train", train_until_64)
     interrupted = trial_run(spec)
     partial = interrupted.doc
-    assert (interrupted.code, partial["status"], partial["reason"]) == (1, "Failed", "OutOfMemory")
+    assert (interrupted.code, partial["status"], partial["reason"]) == (3, "Failed", "OutOfMemory")
     assert [p["size"] for p in partial["points"]] == [32]
 
     monkeypatch.setattr(TrialRecipe, "train", real_train)

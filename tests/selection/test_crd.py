@@ -31,9 +31,12 @@ def test_the_schema_is_structural():
         assert node.get("additionalProperties") is not False
 
 
-def test_printer_columns_show_phase_best_progress_and_age():
+def test_printer_columns_show_phase_best_progress_failure_reason_compute_and_age():
     columns = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [c["jsonPath"] for c in columns] == [".status.phase", ".status.best", ".status.progress", ".metadata.creationTimestamp"]
+    assert [c["jsonPath"] for c in columns] == [
+        ".status.phase", ".status.best", ".status.progress", ".status.reason", ".status.compute.gpuHours",
+        ".metadata.creationTimestamp",
+    ]
 
 
 @pytest.mark.parametrize("example", ["local-selection.yaml", "cluster-selection.yaml"])

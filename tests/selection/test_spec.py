@@ -1,8 +1,11 @@
 import pytest
 from pydantic import ValidationError
 
-from lensllm.selection.spec import LLMSelectionSpec
-from lensllm.trial.spec import TrialSpec
+from lensllm.selection.plan import Trial, next_trials
+from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError
+from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost, record_result
+from lensllm.trial.result import Evaluation, SizePoint, TrialResult
+from lensllm.trial.spec import TrialSpec, validation_message
 
 
 def spec(**changes) -> dict:
@@ -23,10 +26,10 @@ def test_budget_from_a_base_size_and_doublings():
     "changes, message",
     [
         ({"candidates": [{"name": "a", "model": "x"}, {"name": "a", "model": "y"}]}, "candidate name 'a' is used twice"),
-        ({"candidates": [{"name": "Not_DNS", "model": "x"}]}, "must be a DNS label"),
-        ({"budget": {"subsetSizes": [100, 50], "targetSize": 1000}}, "strictly increasing"),
-        ({"budget": {"subsetSizes": [100, 200], "targetSize": 150}}, "targetSize 150 is below the largest subset size 200"),
-        ({"budget": {"subsetSizes": [100], "baseSize": 10, "doublings": 2, "targetSize": 1000}}, "either subsetSizes"),
+        ({"candidates": [{"name": "Not_DNS", "model": "x"}]}, "should match pattern"),
+        ({"budget": {"subsetSizes": [100, 200, 50], "targetSize": 1000}}, "strictly increasing"),
+        ({"budget": {"subsetSizes": [100, 200, 300], "targetSize": 150}}, "targetSize 150 is below the largest subset size 300"),
+        ({"budget": {"subsetSizes": [1, 2, 3], "baseSize": 10, "doublings": 2, "targetSize": 1000}}, "either subsetSizes"),
         ({"method": "magic"}, "method"),
         ({"parallelism": 0}, "parallelism"),
         ({"ntk": {"scope": "lora"}}, "ntk.scope lora needs training.method lora"),
@@ -55,3 +58,107 @@ def test_the_methods_a_selection_accepts_are_exactly_the_selectors():
     from lensllm.selection.spec import MethodName
 
     assert list(get_args(MethodName)) == list(SELECTORS)
+
+
+def refusal(changes: dict, strict: bool = True) -> str:
+    with pytest.raises(ValidationError) as refused:
+        LLMSelectionSpec.model_validate(spec(**changes), strict=strict)
+    return validation_message(refused.value)
+
+
+@pytest.mark.parametrize(
+    "changes, where, says",
+    [
+        # Accepted before, then refused by the API server (or a crash) only when the Job was created.
+        ({"candidates": [{"name": "a\n", "model": "x"}]}, "candidates.0.name", "pattern"),
+        ({"budget": {"subsetSizes": [], "targetSize": 100}}, "budget.subsetSizes", "at least 3 items"),
+        ({"budget": {"subsetSizes": [100, 200], "targetSize": 1000}}, "budget.subsetSizes", "at least 3 items"),
+        ({"budget": {"baseSize": 100, "doublings": 1, "targetSize": 1000}}, "budget.doublings", "greater than or equal to 2"),
+        ({"budget": {"subsetSizes": list(range(1, 18)), "targetSize": 1000}}, "budget.subsetSizes", "at most 16 items"),
+        ({"candidates": [{"name": f"c{i}", "model": "m"} for i in range(51)]}, "candidates", "at most 50 items"),
+        ({"resources": {"cpu": "lots"}}, "resources.cpu", "pattern"),
+        ({"resources": {"memory": "-1Gi"}}, "resources.memory", "pattern"),
+        ({"resources": {"extended": {"gpu": 1}}}, "resources.extended", "pattern"),
+        ({"queue": "gpu queue!"}, "queue", "pattern"),
+        ({"nodeSelector": {"gpu": "a100 80gb"}}, "nodeSelector", "pattern"),
+        ({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedul"}]}, "tolerations.0.effect", "NoSchedule"),
+        ({"tolerations": [{"key": "nvidia.com/gpu", "tolerationSeconds": "soon"}]}, "tolerations.0.tolerationSeconds", "integer"),
+        ({"tolerations": [{"key": "nvidia.com/gpu", "operater": "Exists"}]}, "tolerations.0.operater", "Extra inputs"),
+        ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}}, "affinity", "nodeSelectorTerms"),
+        ({"affinity": {"nodeAfinity": {}}}, "affinity.nodeAfinity", "Extra inputs"),
+        ({"modelCache": {"claimName": "cache", "mountPath": "/etc"}}, "modelCache.mountPath", "Extra inputs"),
+        ({"env": [{"name": "HF_TOKEN", "value": "stolen"}]}, "env.0.name", "set by the operator"),
+        ({"hfTokenSecretRef": {"name": "Bad_Name"}}, "hfTokenSecretRef.name", "pattern"),
+    ],
+)
+def test_values_a_kubernetes_api_server_or_the_fit_would_refuse_are_refused_up_front(changes, where, says):
+    message = refusal(changes)
+    assert message.startswith(where) and says in message, message
+
+
+@pytest.mark.parametrize(
+    "changes, where",
+    [
+        ({"budget": {"baseSize": 100, "doublings": 3, "targetSize": "204045"}}, "budget.targetSize"),
+        ({"suspend": "yes"}, "suspend"),
+        ({"parallelism": 2.0}, "parallelism"),
+    ],
+)
+def test_the_spec_coerces_nothing_the_crd_would_refuse(changes, where):
+    assert refusal(changes).startswith(where)
+
+
+def test_a_candidate_s_resources_override_only_the_fields_it_sets():
+    selection = LLMSelectionSpec.model_validate(spec(
+        resources={"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 1, "shmSize": "8Gi", "extended": {"rdma/ib": 1}},
+        candidates=[{"name": "a", "model": "m", "resources": {"memory": "64Gi", "extended": {"amd.com/gpu": 2}}}],
+    ))
+    merged = selection.resources_for("a")
+    assert (merged.cpu, merged.memory, merged.gpu, merged.shm_size) == ("8", "64Gi", 1, "8Gi")
+    assert merged.extended == {"rdma/ib": 1, "amd.com/gpu": 2}
+    assert merged.gpus == 3  # nvidia.com/gpu and amd.com/gpu
+
+
+def test_an_unknown_candidate_is_a_spec_error_not_a_stop_iteration():
+    with pytest.raises(SpecError, match="'c' is not in spec.candidates"):
+        LLMSelectionSpec.model_validate(spec()).trial_spec("c", [100, 200, 400])
+
+
+def test_the_digest_changes_with_immutable_fields_only():
+    base = LLMSelectionSpec.model_validate(spec())
+    assert LLMSelectionSpec.model_validate(spec(parallelism=1, suspend=True)).digest() == base.digest()
+    for changes in ({"seed": 3}, {"method": "ats"}, {"candidates": [{"name": "a", "model": "gpt2"}]}):
+        assert LLMSelectionSpec.model_validate(spec(**changes)).digest() != base.digest(), changes
+    assert set(IMMUTABLE_FIELDS) >= {"candidates", "dataset", "budget", "training", "ntk", "method"}
+
+
+def test_a_candidate_added_after_the_start_gets_no_trial_and_no_key_error():
+    started = initial_status(LLMSelectionSpec.model_validate(spec()), 1, "now")
+    edited = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}, {"name": "new", "model": "x"}]))
+    assert [t.candidate for t in next_trials(edited, started)] == ["a"]
+
+
+def test_a_lost_trial_runs_again_as_its_next_attempt_until_attempts_run_out():
+    selection = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}]))
+    status = initial_status(selection, 1, "now")
+    for attempt in range(MAX_ATTEMPTS):
+        (trial,) = next_trials(selection, status)
+        assert trial == Trial("a", 0, (100, 200, 400, 800), attempt=attempt)
+        status = mark_trial(status, "a", TrialRecord(job_name=f"j{attempt}", attempt=attempt, sizes=[100], state="Running"))
+        assert next_trials(selection, status) == []
+        status = record_lost(status, "a", f"j{attempt}", "deleted")
+    assert next_trials(selection, status) == []
+    assert (status.candidates["a"].state, status.candidates["a"].reason) == ("Failed", "JobLost")
+
+
+def test_a_lost_attempt_never_undoes_a_later_attempt_that_already_succeeded():
+    """Chaos seed 43: attempt 1's Job existed (and finished) before attempt 0's loss was ever written."""
+    selection = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}]))
+    status = mark_trial(initial_status(selection, 1, "now"), "a", TrialRecord(job_name="j0", sizes=[100], state="Running"))
+    status = mark_trial(status, "a", TrialRecord(job_name="j1", attempt=1, sizes=[100], state="Running"))
+    evaluation = Evaluation(loss=1.0, loss_per_example=9.0, bits_per_byte=0.5, examples=8, tokens=80, seconds=1.0, flops=1.0)
+    result = TrialResult(status="Succeeded", points=[SizePoint(size=100, test=evaluation)])
+    status = record_lost(record_result(status, selection, "a", "j1", result, gpus=0), "a", "j0", "deleted")
+    entry = status.candidates["a"]
+    assert (entry.state, entry.reason, [t.state for t in entry.trials]) == ("Succeeded", None, ["Lost", "Succeeded"])
+    assert next_trials(selection, status) == []

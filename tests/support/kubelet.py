@@ -1,77 +1,83 @@
-"""Plays the Job controller and the kubelet for end-to-end tests against the emulated API server.
+"""Plays the kubelet (and, through tests/support/job_controller.py, the Job controller) for end-to-end tests
+against the emulated API server.
 
-Nothing behind tests/support/kube_emulator.py runs Jobs. `Kubelet` watches Jobs through the emulator's HTTP API
-and does for each what a cluster would: creates its Pod (template labels plus `job-name`, an ownerReference to
-the Job), runs the first container's `command` + `args` as a local process (env resolved from the emulator's
-Secrets and ConfigMaps; mounted paths, `terminationMessagePath` included, mapped to local stand-ins), keeps its
-output as the pod log, and reports Pod and Job status back through the /status subresources: the termination
-message (or the log tail under FallbackToLogsOnError), retries up to `backoffLimit`, `podFailurePolicy` exit-code
-rules, `suspend`, `activeDeadlineSeconds` and `ttlSecondsAfterFinished`. Deleting a Pod (directly, or through the
-garbage collector when its Job goes) stops its process.
+Nothing behind tests/support/kube_emulator.py runs pods. `Kubelet` runs, for each Job's pod, the first container's
+`command` + `args` as a local process (env resolved from the emulator's Secrets and ConfigMaps; mounted paths, the
+`terminationMessagePath` included, mapped to local stand-ins: a directory per emptyDir and pod, one per
+PersistentVolumeClaim shared by all pods), keeps its output as the pod log, and reports the pod's life through the
+/status subresource: the termination message (or the log tail under FallbackToLogsOnError), OOMKilled, and the
+waiting reasons of pods that cannot start. Deleting a pod stops its process (SIGTERM, then SIGKILL after the grace
+period); a pod deleted gracefully (`kube.faults.graceful_deletion`) reports how its container ended before the
+kubelet removes it. A small volume controller binds PersistentVolumeClaims.
 
-Used by the `kubelet` fixture of tests/support/cluster.py; tests read `max_concurrency`, `jobs_seen` and `runs`.
-Simplified: one pod per Job (parallelism and completions are taken as 1), no retry back-off delay by default,
-pod disruption conditions and the job-tracking finalizer are not simulated, `workingDir`, resources, scheduling
-constraints and security contexts are ignored.
+Faults (tests/support/pod_faults.py, `kubelet.faults`): Unschedulable, ErrImagePull/ImagePullBackOff, OOM kills,
+evictions through the Eviction API, claims left unbound; derived from the pod spec: CreateContainerConfigError for a
+missing Secret, ConfigMap or key, Unschedulable for a missing or unbound PersistentVolumeClaim.
+
+Used by the `kubelet` fixture of tests/support/cluster.py; tests read `max_concurrency`, `jobs_seen`, `runs` and
+`faults.injected`. Ignored: `workingDir`, resources, node selection, security contexts.
 """
 
 import asyncio
 import base64
 import collections
 import contextlib
-import json
 import os
 import re
 import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from api_client import ControllerClient, object_path
+from job_controller import JobController, PodOutcome
 from kube_emulator import BackgroundLoop, Body, EmulatorServer, now
+from pod_faults import UNBOUND_CLAIM, UNSCHEDULABLE, PodFaults
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 MESSAGE_LIMIT = 4096  # bytes of the termination file a kubelet reports
 LOG_TAIL_LINES, LOG_TAIL_BYTES = 80, 2048  # what FallbackToLogsOnError reports
 TERMINATION_LOG = "/dev/termination-log"  # the default terminationMessagePath
+NODE = "emulated-node"
+POLL = 0.2  # seconds between two looks at a pod that waits (for a Secret, a node, an image)
+KUBELET_CONDITIONS = {"PodScheduled", "Ready", "Initialized", "ContainersReady"}  # the others are the server's
 
 
 class ConfigError(Exception):
     """The env refers to a missing Secret, ConfigMap or key: the kubelet waits (CreateContainerConfigError)."""
 
 
-@dataclass
-class JobState:
-    """What the Job controller keeps per Job between watch events."""
-
-    job: Body
-    suspended: bool | None = None  # None until the first event is seen
-    unsuspended: asyncio.Event = field(default_factory=asyncio.Event)
-    conditions: list[Body] = field(default_factory=list)
-    active_pod: str | None = None
-    task: asyncio.Task[None] | None = None
-
-
 class Kubelet:
-    """The Job controller and kubelet of an emulated cluster, in its own thread and event loop."""
+    """The kubelet, volume controller and Job controller of an emulated cluster, in their own thread and loop."""
 
     def __init__(self, server: EmulatorServer, workdir: Path, *, entrypoint: Sequence[str] = (),
-                 retry_delay: float = 0.0, max_grace_period: float = 2.0) -> None:
-        self.jobs_seen: list[str] = []  # every Job name, in the order first seen
+                 retry_delay: float = 0.0, max_grace_period: float = 2.0, seed: int = 0,
+                 commands: dict[str, Sequence[str]] | None = None, env: dict[str, str] | None = None,
+                 max_running: int | None = None) -> None:
         self.runs: collections.Counter[str] = collections.Counter()  # processes started per Job name
         self.max_concurrency = 0  # most pod processes running at once
         self.errors: list[BaseException] = []  # failures of the kubelet itself; the fixture fails the test on any
+        self.faults = PodFaults(seed)
         self._server, self._workdir = server, workdir
         self._entrypoint, self._retry_delay, self._max_grace = list(entrypoint), retry_delay, max_grace_period
-        self._jobs: dict[tuple[str, str], JobState] = {}
+        self._commands = {name: list(argv) for name, argv in (commands or {}).items()}  # stand-ins for executables
+        self._node_env = dict(env or {})  # what every pod's process inherits, under the pod's own env
+        self._max_running = max_running  # the node's room: further pods wait in ContainerCreating
         self._running: dict[tuple[str, str], asyncio.subprocess.Process] = {}
-        self._deleted_pods: set[tuple[str, str]] = set()
+        self._conditions: dict[tuple[str, str], list[Body]] = {}  # what the server says of each pod
+        self._gone: set[tuple[str, str]] = set()  # pods deleted, or marked for deletion
+        self._removed: set[tuple[str, str]] = set()  # pods deleted for good
+        self._oom_killed: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = BackgroundLoop("kubelet")
         self._loop.run(self._start())
+
+    @property
+    def jobs_seen(self) -> list[str]:
+        """Every Job name the Job controller saw, in the order first seen."""
+        return self.controller.jobs_seen
 
     @property
     def running(self) -> int:
@@ -84,11 +90,12 @@ class Kubelet:
         self._loop.close()
 
     async def _start(self) -> None:
-        # No overall timeout (watches stay open); lines up to 4 MiB (a watch event is one line).
-        self._session = aiohttp.ClientSession(self._server.url, timeout=aiohttp.ClientTimeout(total=None),
-                                              read_bufsize=2**22)
-        self._spawn(self._watch("/apis/batch/v1/jobs", self._on_job))
-        self._spawn(self._watch("/api/v1/pods", self._on_pod))
+        self._slots = asyncio.Semaphore(self._max_running or 2**30)
+        self._client = ControllerClient(self._server.url)
+        self.controller = JobController(self._client, self, self._retry_delay)
+        self.spawn(self._client.watch("/apis/batch/v1/jobs", self.controller.on_job))
+        self.spawn(self._client.watch("/api/v1/pods", self._on_pod))
+        self.spawn(self._client.watch("/api/v1/persistentvolumeclaims", self._on_claim))
 
     async def _stop(self) -> None:
         for process in self._running.values():
@@ -97,9 +104,9 @@ class Kubelet:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._session.close()
+        await self._client.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
@@ -110,185 +117,149 @@ class Kubelet:
         if not task.cancelled() and task.exception() is not None:
             self.errors.append(task.exception())  # type: ignore[arg-type]
 
-    # The API, as a controller uses it.
-
-    async def _watch(self, path: str, handle: Callable[[str, Body], Awaitable[None]]) -> None:
-        """Follow a watch for good, resuming from the last resourceVersion seen when the stream ends."""
-        since: str | None = None
-        while True:
-            params = {"watch": "true", **({"resourceVersion": since} if since else {})}
-            async with self._session.get(path, params=params) as response:
-                response.raise_for_status()
-                async for line in response.content:
-                    event = json.loads(line)
-                    since = event["object"]["metadata"]["resourceVersion"]
-                    await handle(event["type"], event["object"])
-
-    async def _request(self, method: str, path: str, body: Any = None, **params: str) -> Body | None:
-        """One API call; None when the object is gone (a controller shrugs at that), an error for anything else."""
-        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
-        data = None if body is None else json.dumps(body)
-        async with self._session.request(method, path, data=data, params=params,
-                                         headers={"Content-Type": content_type}) as response:
-            if response.status == 404:
-                return None
-            if response.status >= 400:
-                raise RuntimeError(f"{method} {path} answered {response.status}: {await response.text()}")
-            return await response.json()
-
-    async def _patch_status(self, obj: Body, status: Body) -> None:
-        meta = obj["metadata"]
-        prefix = "/apis/batch/v1" if obj["kind"] == "Job" else "/api/v1"
-        plural = "jobs" if obj["kind"] == "Job" else "pods"
-        await self._request("PATCH", f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}/status",
-                            {"status": status})
-
-    # The Job controller.
-
-    async def _on_job(self, event: str, job: Body) -> None:
-        key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        if key[1] not in self.jobs_seen:
-            self.jobs_seen.append(key[1])
-        state = self._jobs.get(key)
-        if event == "DELETED":
-            if state is not None and state.task is not None:
-                state.task.cancel()  # no more pods or status for it; its pod, orphaned or collected, is the kubelet's
-            self._jobs.pop(key, None)
-            return
-        if state is None:
-            if any(c["type"] in ("Complete", "Failed") for c in job.get("status", {}).get("conditions", [])):
-                return
-            state = self._jobs[key] = JobState(job)
-            state.task = self._spawn(self._control(state))
-        state.job = job
-        await self._follow_suspend(state)
-
-    async def _follow_suspend(self, state: JobState) -> None:
-        """Suspending stops the Job's pod and resuming starts a new one; both show in a Suspended condition."""
-        suspended = bool(state.job["spec"].get("suspend"))
-        if suspended == state.suspended:
-            return
-        first, state.suspended = state.suspended is None, suspended
-        if suspended:
-            state.unsuspended.clear()
-            await self._delete_active_pod(state)
-        else:
-            state.unsuspended.set()
-        if suspended or not first:
-            reason, message = ("JobSuspended", "Job suspended") if suspended else ("JobResumed", "Job resumed")
-            await self._set_condition(state, "Suspended", reason, message, status="True" if suspended else "False")
-
-    async def _set_condition(self, state: JobState, kind: str, reason: str, message: str, status: str = "True",
-                             **extra: Any) -> None:
-        stamp = now()
-        condition = {"type": kind, "status": status, "reason": reason, "message": message,
-                     "lastProbeTime": stamp, "lastTransitionTime": stamp}
-        state.conditions = [c for c in state.conditions if c["type"] != kind] + [condition]
-        await self._patch_status(state.job, {"conditions": state.conditions, **extra})
-
-    async def _control(self, state: JobState) -> None:
-        """Run the Job to its end within activeDeadlineSeconds, report it, then honour ttlSecondsAfterFinished."""
-        await state.unsuspended.wait()
-        await self._patch_status(state.job, {"startTime": now()})
-        try:
-            async with asyncio.timeout(state.job["spec"].get("activeDeadlineSeconds")):
-                outcome = await self._attempts(state)
-        except TimeoutError:
-            await self._delete_active_pod(state)
-            outcome = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
-        await self._finish(state, *outcome)
-        ttl = state.job["spec"].get("ttlSecondsAfterFinished")
-        if ttl is not None:
-            await asyncio.sleep(ttl)
-            meta = state.job["metadata"]
-            await self._request("DELETE", f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}",
-                                propagationPolicy="Background")
-
-    async def _attempts(self, state: JobState) -> tuple[str, str, str]:
-        """Start pods until one succeeds, a FailJob rule matches, or failures exceed backoffLimit."""
-        failures = 0
-        while True:
-            await state.unsuspended.wait()
-            code, pod = await self._attempt(state)
-            if not state.unsuspended.is_set():
-                continue  # stopped by a suspend: not a failure
-            if code == 0:
-                return "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
-            action, index = self._failure_rule(state.job, code)
-            if action != "Ignore":
-                failures += 1
-                await self._patch_status(state.job, {"failed": failures})
-            if action == "FailJob":
-                container, namespace = first_container(state.job)["name"], state.job["metadata"]["namespace"]
-                return ("Failed", "PodFailurePolicy", f"Container {container} for pod {namespace}/{pod} failed "
-                        f"with exit code {code} matching FailJob rule at index {index}")
-            if failures > state.job["spec"].get("backoffLimit", 6):
-                return "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-            await asyncio.sleep(self._retry_delay)
-
-    async def _attempt(self, state: JobState) -> tuple[int | None, str]:
-        """One pod, created through the API and run by the kubelet: its exit code (None if it never ran), its name."""
-        meta = state.job["metadata"]
-        pod = await self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", self._pod_for(state.job))
-        if pod is None:
-            return None, ""
-        name = state.active_pod = pod["metadata"]["name"]
-        await self._patch_status(state.job, {"active": 1})
-        run = self._spawn(self._run_pod(pod))
-        try:
-            return await asyncio.shield(run), name  # a deleted Job stops its controller, not its pod
-        finally:
-            state.active_pod = None
-            await self._patch_status(state.job, {"active": None})
-
-    @staticmethod
-    def _pod_for(job: Body) -> Body:
-        meta, template = job["metadata"], job["spec"]["template"]
-        labels = {**template.get("metadata", {}).get("labels", {}), "job-name": meta["name"],
-                  "batch.kubernetes.io/job-name": meta["name"], "controller-uid": meta["uid"],
-                  "batch.kubernetes.io/controller-uid": meta["uid"]}
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                 "controller": True, "blockOwnerDeletion": True}
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"generateName": f"{meta['name']}-", "labels": labels, "ownerReferences": [owner],
-                             "annotations": template.get("metadata", {}).get("annotations", {})},
-                "spec": {**template["spec"], "nodeName": "emulated-node"}}
-
-    @staticmethod
-    def _failure_rule(job: Body, code: int | None) -> tuple[str, int]:
-        """The action of the first podFailurePolicy rule whose onExitCodes match; disruption rules never match."""
-        container = first_container(job)["name"]
-        rules = (job["spec"].get("podFailurePolicy") or {}).get("rules", [])
-        for index, rule in enumerate(rules):
-            codes = rule.get("onExitCodes")
-            if codes and code is not None and codes.get("containerName") in (None, container) \
-                    and (code in codes["values"]) == (codes["operator"] == "In"):
-                return rule["action"], index
-        return "Count", -1
-
-    async def _finish(self, state: JobState, kind: str, reason: str, message: str) -> None:
-        """The interim condition (SuccessCriteriaMet or FailureTarget), then the final one, as Kubernetes 1.31+."""
-        if kind == "Complete":
-            await self._set_condition(state, "SuccessCriteriaMet", reason, message, succeeded=1)
-            await self._set_condition(state, kind, reason, message, completionTime=now())
-        else:
-            await self._set_condition(state, "FailureTarget", reason, message)
-            await self._set_condition(state, kind, reason, message)
-
-    async def _delete_active_pod(self, state: JobState) -> None:
-        if state.active_pod:
-            namespace = state.job["metadata"]["namespace"]
-            await self._request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{state.active_pod}")
-
-    # The kubelet.
+    # Watch events.
 
     async def _on_pod(self, event: str, pod: Body) -> None:
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        self._conditions[key] = (pod.get("status") or {}).get("conditions") or []
+        if event == "DELETED" or pod["metadata"].get("deletionTimestamp"):
+            if key not in self._gone and key in self._running:
+                grace = min(pod["metadata"].get("deletionGracePeriodSeconds",
+                                                pod["spec"].get("terminationGracePeriodSeconds", 30)), self._max_grace)
+                self.spawn(self._stop_process(self._running[key], grace))
+            self._gone.add(key)
         if event == "DELETED":
-            self._deleted_pods.add(key)
-            if key in self._running:
-                grace = min(pod["spec"].get("terminationGracePeriodSeconds", 30), self._max_grace)
-                self._spawn(self._stop_process(self._running[key], grace))
+            self._removed.add(key)
+
+    async def _on_claim(self, event: str, claim: Body) -> None:
+        if event != "DELETED":
+            await self._bind(claim)
+
+    async def _bind(self, claim: Body) -> bool:
+        """The volume controller: a claim is bound at once unless an unbound-claim fault holds it."""
+        if (claim.get("status") or {}).get("phase") == "Bound":
+            return True
+        if self.faults.holds_claim(claim["metadata"]["name"]):
+            return False
+        requested = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+        await self._client.patch_status(claim, {"phase": "Bound", "accessModes": claim["spec"].get("accessModes", []),
+                                                "capacity": requested})
+        return True
+
+    # A pod's life.
+
+    async def run_pod(self, pod: Body) -> PodOutcome:
+        """Schedule the pod, pull its image, resolve its env, run its container, report how it ended."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        container = pod["spec"]["containers"][0]
+        code = None
+        if await self._wait_while(pod, lambda: self._unschedulable(pod)):
+            await self._bind_pod(pod)
+            if await self._wait_while(pod, lambda: self._image_missing(pod, container)):
+                async with self._slots:
+                    code = await self._run_container(pod, container)
+        if key in self._gone and key not in self._removed:
+            await self._client.request("DELETE", object_path(pod), gracePeriodSeconds="0")  # the pod has stopped
+        return PodOutcome(code, key[1], self._conditions.get(key, []))
+
+    async def _wait_while(self, pod: Body, waiting: Callable[[], Awaitable[Body | None]]) -> bool:
+        """Report the pod's waiting status for as long as `waiting` gives one; False if the pod went meanwhile."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        reported = None
+        while key not in self._gone:
+            status = await waiting()
+            if status is None:
+                return True
+            if status != reported:
+                await self._client.patch_status(pod, status)
+                reported = status
+            await asyncio.sleep(POLL)
+        return False
+
+    async def _unschedulable(self, pod: Body) -> Body | None:
+        """The scheduler's verdict: None when the pod fits, else its Pending status with the scheduler's message."""
+        message = None
+        for volume in pod["spec"].get("volumes") or []:
+            name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if name and message is None:
+                claim = await self._client.request(
+                    "GET", f"/api/v1/namespaces/{pod['metadata']['namespace']}/persistentvolumeclaims/{name}")
+                message = f'persistentvolumeclaim "{name}" not found' if claim is None else (
+                    None if await self._bind(claim) else UNBOUND_CLAIM)
+        if message is None and (rule := self.faults.hit("unschedulable", pod)) is not None:
+            message = rule.message or UNSCHEDULABLE
+        if message is None:
+            return None
+        scheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                     "lastProbeTime": None, "lastTransitionTime": now()}
+        return {"phase": "Pending", "conditions": [scheduled, *self._server_conditions(pod)]}
+
+    async def _bind_pod(self, pod: Body) -> None:
+        await self._client.request("PATCH", object_path(pod), {"spec": {"nodeName": NODE}})
+        pod["spec"]["nodeName"] = NODE
+
+    async def _image_missing(self, pod: Body, container: Body) -> Body | None:
+        """ErrImagePull, then ImagePullBackOff, for as long as an image-pull fault holds the pod."""
+        if self.faults.hit("image-pull", pod) is None:
+            return None
+        image = container.get("image", "")
+        backing_off = int(asyncio.get_running_loop().time() / 1.0) % 2 == 1
+        reason, message = ("ImagePullBackOff", f'Back-off pulling image "{image}"') if backing_off else (
+            "ErrImagePull", f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and '
+                            f'unpack image "{image}": failed to resolve reference "{image}": {image}: not found')
+        return self._pod_status(pod, "Pending", container, {"waiting": {"reason": reason, "message": message}})
+
+    async def _run_container(self, pod: Body, container: Body) -> int | None:
+        """Run the container as a local process and report its life in the pod's status; its exit code."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        creating = {"waiting": {"reason": "ContainerCreating"}}
+        await self._client.patch_status(pod, self._pod_status(pod, "Pending", container, creating))
+        env = await self._wait_for_env(pod, container)
+        if env is None:
+            return None
+        workdir = self._workdir / f"{key[0]}-{key[1]}"
+        mounts = self._mounts(pod, container, workdir)
+        termination, log = mounts[container.get("terminationMessagePath", TERMINATION_LOG)], workdir / "log"
+        self._server.emulator.pod_logs[key] = log  # read by the emulator for pods/log (a dict write is atomic)
+        declared = {var["name"] for var in container.get("env") or []}  # the node's own variables stay as they are
+        env = {name: remap(value, mounts) if name in declared else value for name, value in env.items()}
+        started = now()
+        process = await self._start_process(self._argv(container, env, mounts), env, workdir, log)
+        code = 128 if process is None else await self._follow_process(pod, container, process, started)
+        if key not in self._removed:  # a pod shutting down gracefully still reports how its container ended
+            message = self._message(container, termination, log, code)
+            await self._report_exit(pod, container, code, started, message, oom=key in self._oom_killed)
+        return code
+
+    async def _follow_process(self, pod: Body, container: Body, process: asyncio.subprocess.Process,
+                              started: str) -> int:
+        """Count the running process, report it Running, arm its faults, and wait for its exit code."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        self._running[key] = process
+        self.runs[pod["metadata"]["labels"].get("job-name", key[1])] += 1
+        self.max_concurrency = max(self.max_concurrency, len(self._running))
+        running = self._pod_status(pod, "Running", container, {"running": {"startedAt": started}})
+        await self._client.patch_status(pod, {**running, "startTime": started})
+        self._arm_faults(pod, process)
+        returncode = await process.wait()
+        del self._running[key]
+        return 128 - returncode if returncode < 0 else returncode  # killed by a signal: 128 + its number
+
+    def _arm_faults(self, pod: Body, process: asyncio.subprocess.Process) -> None:
+        """Schedule the OOM kill or eviction a fault has in store for this running pod."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        loop = asyncio.get_running_loop()
+        if (oom := self.faults.hit("oom-kill", pod)) is not None:
+            def kill() -> None:
+                if process.returncode is None:
+                    self._oom_killed.add(key)
+                    self._signal(process, signal.SIGKILL)
+            loop.call_later(oom.after, kill)
+        if (evict := self.faults.hit("evict", pod)) is not None:
+            eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                        "metadata": {"name": key[1], "namespace": key[0]}}
+            loop.call_later(evict.after, lambda: process.returncode is None and self.spawn(
+                self._client.request("POST", f"{object_path(pod)}/eviction", eviction)))
 
     async def _stop_process(self, process: asyncio.subprocess.Process, grace: float) -> None:
         self._signal(process, signal.SIGTERM)
@@ -302,40 +273,6 @@ class Kubelet:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)  # the whole group: the command may have started children
 
-    async def _run_pod(self, pod: Body) -> int | None:
-        """Run the pod's first container as a local process and report its life in the pod's status."""
-        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        container = pod["spec"]["containers"][0]
-        creating = {"waiting": {"reason": "ContainerCreating"}}
-        await self._patch_status(pod, self._pod_status("Pending", container, creating))
-        env = await self._wait_for_env(pod, container)
-        if env is None:
-            return None
-        workdir = self._workdir / f"{key[0]}-{key[1]}"
-        mounts = self._mounts(pod, container, workdir)
-        termination, log = mounts[container.get("terminationMessagePath", TERMINATION_LOG)], workdir / "log"
-        self._server.emulator.pod_logs[key] = log  # read by the emulator for pods/log (a dict write is atomic)
-        env = {name: remap(value, mounts) for name, value in env.items()}
-        started = now()
-        process = await self._start_process(self._argv(container, env, mounts), env, workdir, log)
-        code = 128 if process is None else await self._follow_process(pod, container, process, started)
-        if key not in self._deleted_pods:
-            await self._report_exit(pod, container, code, started, self._message(container, termination, log, code))
-        return code
-
-    async def _follow_process(self, pod: Body, container: Body, process: asyncio.subprocess.Process,
-                              started: str) -> int:
-        """Count the running process, report it Running, and wait for its exit code."""
-        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        self._running[key] = process
-        self.runs[pod["metadata"]["labels"].get("job-name", key[1])] += 1
-        self.max_concurrency = max(self.max_concurrency, len(self._running))
-        running = self._pod_status("Running", container, {"running": {"startedAt": started}})
-        await self._patch_status(pod, {**running, "startTime": started})
-        returncode = await process.wait()
-        del self._running[key]
-        return 128 - returncode if returncode < 0 else returncode  # killed by a signal: 128 + its number
-
     async def _start_process(self, argv: list[str], env: dict[str, str], workdir: Path,
                              log: Path) -> asyncio.subprocess.Process | None:
         executable = shutil.which(argv[0], path=env["PATH"]) if argv else None
@@ -348,17 +285,24 @@ class Kubelet:
                 stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
 
-    async def _report_exit(self, pod: Body, container: Body, code: int, started: str, message: str) -> None:
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-                      "startedAt": started, "finishedAt": now()}
-        await self._patch_status(pod, self._pod_status("Succeeded" if code == 0 else "Failed", container,
-                                                       {"terminated": terminated}))
+    async def _report_exit(self, pod: Body, container: Body, code: int, started: str, message: str,
+                           oom: bool = False) -> None:
+        reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+        terminated = {"exitCode": code, "reason": reason, "message": message, "startedAt": started,
+                      "finishedAt": now()}
+        phase = "Succeeded" if code == 0 else "Failed"
+        await self._client.patch_status(pod, self._pod_status(pod, phase, container, {"terminated": terminated}))
 
-    @staticmethod
-    def _pod_status(phase: str, container: Body, state: Body) -> Body:
+    def _server_conditions(self, pod: Body) -> list[Body]:
+        """Conditions the API server set on the pod (DisruptionTarget): a status patch must not drop them."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        return [c for c in self._conditions.get(key, []) if c["type"] not in KUBELET_CONDITIONS]
+
+    def _pod_status(self, pod: Body, phase: str, container: Body, state: Body) -> Body:
         running = phase == "Running"
-        return {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"},
-                                               {"type": "Ready", "status": str(running)}],
+        conditions = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": str(running)},
+                      *self._server_conditions(pod)]
+        return {"phase": phase, "conditions": conditions,
                 "containerStatuses": [{"name": container["name"], "image": container.get("image", ""),
                                        "imageID": "", "ready": running, "started": running, "restartCount": 0,
                                        "state": state}]}
@@ -372,9 +316,11 @@ class Kubelet:
         return message
 
     def _argv(self, container: Body, env: dict[str, str], mounts: dict[str, Path]) -> list[str]:
-        """command + args (or the image's entrypoint), $(VAR)s expanded, mounted paths pointed at their stand-ins."""
+        """command + args (or the image's entrypoint), $(VAR)s expanded, mounted paths pointed at their stand-ins,
+        and an executable named in `commands` replaced by its stand-in (e.g. a fast fake of `lensllm`)."""
         argv = [*(container.get("command") or self._entrypoint), *(container.get("args") or [])]
-        return [remap(expand(arg, env), mounts) for arg in argv]
+        argv = [remap(expand(arg, env), mounts) for arg in argv]
+        return [*self._commands[argv[0]], *argv[1:]] if argv and argv[0] in self._commands else argv
 
     def _mounts(self, pod: Body, container: Body, workdir: Path) -> dict[str, Path]:
         """Local stand-ins for the container's mounts: a directory per emptyDir (per pod) or claim (shared), and
@@ -394,19 +340,22 @@ class Kubelet:
 
     async def _wait_for_env(self, pod: Body, container: Body) -> dict[str, str] | None:
         """The container's environment; while a reference is missing the pod waits, like a real one, until deleted."""
-        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        while key not in self._deleted_pods:
+        env: dict[str, str] | None = None
+
+        async def missing() -> Body | None:
+            nonlocal env
             try:
-                return await self._env(pod, container)
+                env = await self._env(pod, container)
             except ConfigError as exc:
                 waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
-                await self._patch_status(pod, self._pod_status("Pending", container, waiting))
-                await asyncio.sleep(0.2)
-        return None
+                return self._pod_status(pod, "Pending", container, waiting)
+            return None
+
+        return env if await self._wait_while(pod, missing) else None
 
     async def _env(self, pod: Body, container: Body) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)  # the venv's: `python` and `lensllm` resolve there first
-        env = {**os.environ, **OFFLINE, "HOSTNAME": pod["metadata"]["name"],
+        env = {**os.environ, **OFFLINE, **self._node_env, "HOSTNAME": pod["metadata"]["name"],
                "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
         namespace = pod["metadata"]["namespace"]
         for source in container.get("envFrom") or []:
@@ -433,11 +382,12 @@ class Kubelet:
             return data[ref["key"]]
         if ref.get("optional"):
             return None
-        raise ConfigError(f"couldn't find key {ref['key']} in {kind[:-1]} {pod['metadata']['namespace']}/{ref['name']}")
+        kind_name = "Secret" if kind == "secrets" else "ConfigMap"
+        raise ConfigError(f"couldn't find key {ref['key']} in {kind_name} {pod['metadata']['namespace']}/{ref['name']}")
 
     async def _data(self, namespace: str, kind: str, ref: Body) -> dict[str, str] | None:
         """A Secret's (decoded) or ConfigMap's data; None if it is missing but optional."""
-        obj = await self._request("GET", f"/api/v1/namespaces/{namespace}/{kind}/{ref['name']}")
+        obj = await self._client.request("GET", f"/api/v1/namespaces/{namespace}/{kind}/{ref['name']}")
         if obj is None:
             if ref.get("optional"):
                 return None

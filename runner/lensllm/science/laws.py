@@ -29,6 +29,8 @@ from lensllm.science.checks import check_curve, check_positive, check_sizes
 from lensllm.science.fitting import FamilyFit, family_loss, fit_family, fit_family_many
 
 MIN_FIT_POINTS = 3
+# NTK eigenvalues at or below this fraction of the largest are numerically zero: their modes never decay.
+NULL_MODE_TOLERANCE = 1e-10
 
 
 class LawWarning(UserWarning):
@@ -58,8 +60,7 @@ class NTKSpectrum:
     eigenvalues: np.ndarray
     projections_sq: np.ndarray
     eta: float
-    # Eigenvalues below this fraction of the largest are numerically zero: their modes never decay.
-    zero_tol: float = field(default=1e-10)
+    zero_tol: float = field(default=NULL_MODE_TOLERANCE)
 
     def __post_init__(self) -> None:
         lam = np.asarray(self.eigenvalues, float)

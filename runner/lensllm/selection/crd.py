@@ -11,10 +11,11 @@ from typing import Any
 
 import yaml
 
-from lensllm.selection.spec import GROUP, KIND, PLURAL, SHORT_NAME, VERSION, LLMSelectionSpec
+from lensllm.selection.spec import GROUP, IMMUTABLE_FIELDS, KIND, PLURAL, SHORT_NAME, VERSION, LLMSelectionSpec
 from lensllm.selection.status import LLMSelectionStatus
 
-_DROPPED_KEYWORDS = ("title", "default", "additionalProperties", "$defs")
+# propertyNames (dict keys with a pattern) has no place in a structural schema: pydantic checks keys.
+_DROPPED_KEYWORDS = ("title", "default", "additionalProperties", "$defs", "propertyNames")
 
 
 def openapi_schema(model: type) -> dict[str, Any]:
@@ -57,6 +58,28 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def immutability_rules() -> list[dict[str, str]]:
+    """CEL transition rules that refuse a change of IMMUTABLE_FIELDS once the selection exists.
+
+    On the spec object rather than on each field: a rule on a field runs only when the old and
+    the new object both have it, so adding or removing an optional field would slip through.
+    """
+    required = set(LLMSelectionSpec.model_json_schema(by_alias=True).get("required", []))
+    rules = []
+    for name in IMMUTABLE_FIELDS:
+        field = LLMSelectionSpec.model_fields[name].alias or name
+        if field in required:
+            rule = f"self.{field} == oldSelf.{field}"
+        else:
+            rule = f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+        rules.append({"rule": rule, "message": f"spec.{field} is immutable: create a new LLMSelection instead"})
+    return rules
+
+
+def spec_schema() -> dict[str, Any]:
+    return {**openapi_schema(LLMSelectionSpec), "x-kubernetes-validations": immutability_rules()}
+
+
 def build_crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition object."""
     return {
@@ -84,6 +107,8 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Best", "type": "string", "jsonPath": ".status.best"},
                         {"name": "Done", "type": "string", "jsonPath": ".status.progress", "description": "candidates finished / total"},
+                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "why it failed or is degraded"},
+                        {"name": "GPU-h", "type": "number", "jsonPath": ".status.compute.gpuHours", "description": "GPU hours spent"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {
@@ -95,7 +120,7 @@ def build_crd() -> dict[str, Any]:
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": openapi_schema(LLMSelectionSpec),
+                                "spec": spec_schema(),
                                 "status": openapi_schema(LLMSelectionStatus),
                             },
                         }

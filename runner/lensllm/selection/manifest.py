@@ -1,5 +1,6 @@
 """Read an LLMSelection manifest (the YAML a user would `kubectl apply`) without a cluster."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from lensllm.errors import LensLLMError
+from lensllm.safe_load import UnsafeDocument, load_yaml
+from lensllm.selection.formats import DNS_SUBDOMAIN
 from lensllm.selection.spec import GROUP, KIND, VERSION, LLMSelectionSpec
 from lensllm.trial.spec import validation_message
 
@@ -32,13 +35,15 @@ def load_document(path: Path, stdin_text: str | None = None) -> Any:
     """The YAML (or JSON) document in `path`, or in `stdin_text` when path is '-'."""
     try:
         text = stdin_text if str(path) == "-" else path.read_text(encoding="utf-8")
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: cannot read ({type(err).__name__})") from None
     except yaml.YAMLError as err:
         raise ManifestError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnsafeDocument as err:
+        raise ManifestError(f"{path}: refused: {err}") from None
 
 
 def parse_manifest(doc: Any, path: Path) -> Manifest:
@@ -51,10 +56,15 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
             f"got {doc.get('apiVersion')!r} and {doc.get('kind')!r}"
         )
     metadata = doc.get("metadata") or {}
-    if not metadata.get("name"):
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
         raise ManifestError(f"{path}: metadata.name is required")
+    if len(metadata["name"]) > 253 or not re.fullmatch(DNS_SUBDOMAIN, metadata["name"]):
+        raise ManifestError(f"{path}: metadata.name {metadata['name']!r} is not a valid object name (a DNS subdomain)")
+    if not isinstance(doc.get("spec"), dict):
+        raise ManifestError(f"{path}: spec: expected an object, got {type(doc.get('spec')).__name__}")
     try:
-        spec = LLMSelectionSpec.model_validate(doc.get("spec") or {})
+        # Strict, as the CRD's types are: "204045" is not a number and "yes" is not a boolean.
+        spec = LLMSelectionSpec.model_validate(doc["spec"], strict=True)
     except ValidationError as err:
         raise ManifestError(f"{path}: spec.{validation_message(err)}") from None
     return Manifest(

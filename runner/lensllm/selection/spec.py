@@ -1,15 +1,34 @@
 """`LLMSelection.spec`: the models the operator validates with and the CRD is generated from.
 
 Dataset, training and NTK settings are the runner's own models (`lensllm.trial.spec`), so a
-selection and the trials it spawns can never disagree on a field.
+selection and the trials it spawns can never disagree on a field. Everything a Job carries is
+checked here in the API server's own terms (`formats.py`), and the sizes are bounded so that a
+selection's status stays far below the API server's object size limit (about 1.5 MB) and every
+trial's compact result keeps all its points.
 """
 
-import re
-from typing import Any, Literal
+import hashlib
+import json
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from lensllm.trial.spec import CandidateSpec, DatasetSpec, NTKSpec, TrainingSpec, TrialSpec, WireModel
+from lensllm.errors import LensLLMError
+from lensllm.science.laws import MIN_FIT_POINTS
+from lensllm.selection.formats import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ENV_NAME,
+    EXTENDED_RESOURCE,
+    LABEL_LIMIT,
+    LABEL_VALUE,
+    QUANTITY,
+    QUANTITY_LIMIT,
+    SECRET_KEY,
+    SUBDOMAIN_LIMIT,
+)
+from lensllm.selection.scheduling import Affinity, LabelKey, LabelValue, Toleration
+from lensllm.trial.spec import NAME_LIMIT, CandidateSpec, DatasetSpec, NTKSpec, TrainingSpec, TrialSpec, WireModel
 
 GROUP = "lensllm.io"
 VERSION = "v1alpha1"
@@ -18,40 +37,96 @@ PLURAL = "llmselections"
 SHORT_NAME = "llmsel"
 
 MethodName = Literal["zeroshot", "subtuning", "modelsize", "vanilla", "rectified", "ats", "lensllm", "default"]
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_CANDIDATE_NAME = 40  # leaves room in 63-character Job names for the selection name and a hash
+# A status holds every candidate's points: 50 x 16 keeps it under a tenth of the object size limit,
+# and 16 points always fit a trial's 4 KiB compact result (tests/selection/test_bounds.py).
+MAX_CANDIDATES = 50
+MAX_SUBSET_SIZES = 16
+# Fields that decide what is measured: changing one after trials ran would mix incomparable
+# results, so the CRD refuses the change (CEL) and the operator fails a selection whose spec
+# changed anyway (on API servers that skip CEL). parallelism, suspend and the pod settings stay mutable.
+IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "training", "ntk")
+# Variables the operator sets in every runner pod; spec.env may not override them.
+RESERVED_ENV = frozenset({
+    "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE", "PYTHONUNBUFFERED",
+})
+
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY, max_length=QUANTITY_LIMIT)]
+ObjectName = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=SUBDOMAIN_LIMIT)]
+ExtendedResourceName = Annotated[str, StringConstraints(pattern=EXTENDED_RESOURCE, max_length=NAME_LIMIT)]
+
+
+class SpecError(LensLLMError):
+    """A spec and the status or plan built from it do not fit together (e.g. an unknown candidate)."""
 
 
 class Resources(WireModel):
-    """Compute for one runner pod; GPUs and memory are requested and limited alike."""
+    """Compute for one runner pod; GPUs, extended resources and memory are requested and limited alike."""
 
-    cpu: str | None = Field(default=None, description="CPU request, e.g. '4' or '3500m'.")
-    memory: str | None = Field(default=None, description="Memory request and limit, e.g. '32Gi'.")
-    gpu: int = Field(default=0, ge=0, alias="nvidia.com/gpu", description="NVIDIA GPUs (request = limit).")
-    shm_size: str = Field(default="1Gi", description="Size of the in-memory /dev/shm for data loaders.")
+    cpu: Quantity | None = Field(default=None, description="CPU request, e.g. '4' or '3500m'.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. '32Gi'.")
+    gpu: int | None = Field(default=None, ge=0, le=64, alias="nvidia.com/gpu", description="NVIDIA GPUs (request = limit).")
+    extended: dict[ExtendedResourceName, int] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Other extended resources (request = limit), e.g. {amd.com/gpu: 1, rdma/ib: 1}.",
+    )
+    shm_size: Quantity | None = Field(default=None, description="Size of the in-memory /dev/shm for data loaders (default 1Gi).")
+
+    @field_validator("extended")
+    @classmethod
+    def _not_a_core_resource(cls, extended: dict[str, int]) -> dict[str, int]:
+        for name, count in extended.items():
+            if name == "nvidia.com/gpu":
+                raise ValueError("give nvidia.com/gpu as resources.nvidia.com/gpu, not under extended")
+            if count < 0:
+                raise ValueError(f"{name}: a count must be >= 0, got {count}")
+        return extended
+
+    def merged(self, override: "Resources | None") -> "Resources":
+        """These resources with every field `override` sets (extended resources merged by name)."""
+        if override is None:
+            return self
+        changes = {name: getattr(override, name) for name in override.model_fields_set}
+        changes["extended"] = {**self.extended, **override.extended}
+        return self.model_copy(update=changes)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs a pod holds: nvidia.com/gpu plus extended resources named <vendor>/gpu."""
+        return (self.gpu or 0) + sum(n for name, n in self.extended.items() if name.endswith("/gpu"))
 
 
 class SelectionCandidate(CandidateSpec):
     """One model to evaluate, with a name unique within the selection."""
 
-    name: str = Field(description="Candidate name: a DNS label (lowercase letters, digits, '-'), at most 40 characters.")
-    resources: Resources | None = Field(default=None, description="Overrides spec.resources for this candidate.")
-
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, name: str) -> str:
-        if len(name) > MAX_CANDIDATE_NAME or not _DNS_LABEL.match(name):
-            raise ValueError(f"{name!r} must be a DNS label of at most {MAX_CANDIDATE_NAME} characters")
-        return name
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=MAX_CANDIDATE_NAME,
+        description="Candidate name: a DNS label (lowercase letters, digits, '-'), at most 40 characters.",
+    )
+    resources: Resources | None = Field(default=None, description="Fields that override spec.resources for this candidate.")
 
 
 class Budget(WireModel):
     """Subset sizes to fine-tune on, and the size to predict."""
 
-    subset_sizes: list[int] | None = Field(default=None, description="Explicit subset sizes, strictly increasing.")
+    subset_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=MIN_FIT_POINTS,
+        max_length=MAX_SUBSET_SIZES,
+        description=f"Explicit subset sizes, strictly increasing ({MIN_FIT_POINTS} to {MAX_SUBSET_SIZES}: a law needs "
+        f"{MIN_FIT_POINTS} points).",
+    )
     base_size: int | None = Field(default=None, ge=1, description="Smallest subset when sizes are generated by doubling.")
-    doublings: int | None = Field(default=None, ge=0, le=20, description="Sizes are baseSize x 2^0 .. 2^doublings.")
-    target_size: int = Field(ge=1, description="Training-set size to predict the loss at (usually the full dataset).")
+    doublings: int | None = Field(
+        default=None,
+        ge=MIN_FIT_POINTS - 1,
+        le=MAX_SUBSET_SIZES - 1,
+        description="Sizes are baseSize x 2^0 .. 2^doublings.",
+    )
+    target_size: int = Field(ge=1, le=2**53, description="Training-set size to predict the loss at (usually the full dataset).")
 
     @model_validator(mode="after")
     def _one_way(self) -> "Budget":
@@ -62,8 +137,8 @@ class Budget(WireModel):
         if generated and (self.base_size is None or self.doublings is None):
             raise ValueError("baseSize and doublings go together")
         sizes = self.sizes
-        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-            raise ValueError(f"subset sizes must be positive and strictly increasing, got {sizes}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"subset sizes must be strictly increasing, got {sizes}")
         if self.target_size < sizes[-1]:
             raise ValueError(f"targetSize {self.target_size} is below the largest subset size {sizes[-1]}")
         return self
@@ -78,29 +153,60 @@ class Budget(WireModel):
 class RunnerSettings(WireModel):
     """The container image that runs trials."""
 
-    image: str | None = Field(default=None, description="Runner image; defaults to the operator's configured runner image.")
+    image: str | None = Field(
+        default=None,
+        max_length=NAME_LIMIT,
+        description="Runner image; defaults to the operator's runner image. Must be one the operator allows.",
+    )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(default=None, description="Image pull policy.")
 
 
 class ModelCache(WireModel):
-    """A PersistentVolumeClaim mounted as the Hugging Face cache, so models download once."""
+    """A PersistentVolumeClaim mounted as the Hugging Face cache (HF_HOME) at /cache/huggingface."""
 
-    claim_name: str = Field(min_length=1, description="Name of the PersistentVolumeClaim.")
-    mount_path: str = Field(default="/cache/huggingface", description="Where it is mounted; HF_HOME points here.")
-    read_only: bool = Field(default=False, description="Mount read-only (a pre-filled cache).")
+    claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim.")
+    read_only: bool = Field(
+        default=True,
+        description="Mount read-only (a pre-filled cache; the runner then works offline). A writable cache "
+        "must be allowed by the operator (chart value runner.allowWritableModelCache).",
+    )
+
+
+class WorkVolume(WireModel):
+    """A PersistentVolumeClaim for trial results: a trial killed after some sizes resumes after them."""
+
+    claim_name: ObjectName = Field(description="Name of a ReadWriteMany (or ReadWriteOnce, single node) claim.")
 
 
 class SecretKeyRef(WireModel):
     """A key of a Secret in the selection's namespace; the operator never reads it, the pod does."""
 
-    name: str = Field(min_length=1, description="Secret name.")
-    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+    name: ObjectName = Field(description="Secret name (one the operator allows: chart value runner.allowedTokenSecrets).")
+    key: str = Field(default="token", pattern=SECRET_KEY, max_length=SUBDOMAIN_LIMIT, description="Key inside the Secret.")
+
+
+class EnvVar(WireModel):
+    """A plain environment variable of the runner container (proxies, HF_ENDPOINT, ...)."""
+
+    name: str = Field(pattern=ENV_NAME, max_length=NAME_LIMIT, description="Variable name.")
+    value: str = Field(default="", max_length=4096, description="Its value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_ENV:
+            raise ValueError(f"{name} is set by the operator and cannot be overridden")
+        return name
+
+
+class LocalObjectReference(WireModel):
+    name: ObjectName = Field(description="Object name.")
 
 
 class LLMSelectionSpec(WireModel):
     """Which candidate LLM will be best on this dataset after full fine-tuning?"""
 
-    candidates: list[SelectionCandidate] = Field(min_length=1, description="Models to compare.")
+    candidates: list[SelectionCandidate] = Field(min_length=1, max_length=MAX_CANDIDATES, description="Models to compare.")
     dataset: DatasetSpec = Field(description="The downstream task data.")
     budget: Budget = Field(description="Subset sizes to fine-tune on and the size to predict.")
     method: MethodName = Field(default="default", description="Selector that ranks the candidates.")
@@ -108,17 +214,43 @@ class LLMSelectionSpec(WireModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Fine-tuning settings of every trial.")
     ntk: NTKSpec = Field(default_factory=NTKSpec, description="Empirical NTK settings of every trial.")
     resources: Resources = Field(default_factory=Resources, description="Default compute for each runner pod.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels runner pods must match.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of runner pods (core/v1 Toleration).")
-    affinity: dict[str, Any] = Field(default_factory=dict, description="Affinity of runner pods (core/v1 Affinity).")
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="Node labels runner pods must match."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of runner pods (those the operator allows)."
+    )
+    affinity: Affinity | None = Field(default=None, description="Affinity of runner pods (core/v1 Affinity).")
     parallelism: int = Field(default=4, ge=1, description="How many trial Jobs may run at once.")
     max_failed_candidates: int = Field(default=0, ge=0, description="Candidates that may fail before the selection fails.")
     runner: RunnerSettings = Field(default_factory=RunnerSettings, description="Runner image settings.")
     model_cache: ModelCache | None = Field(default=None, description="Shared Hugging Face cache volume.")
+    work_volume: WorkVolume | None = Field(
+        default=None,
+        description="Persistent volume for trial results, so an interrupted trial resumes where it stopped; "
+        "without it a writable modelCache claim serves, else every attempt starts afresh.",
+    )
     hf_token_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key passed to runners as HF_TOKEN.")
-    queue: str | None = Field(default=None, description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on Jobs.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment of runner containers.")
+    priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of runner pods.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets to pull the runner image with."
+    )
+    queue: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=LABEL_LIMIT,
+        pattern=LABEL_VALUE,
+        description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on Jobs.",
+    )
     active_deadline_seconds: int | None = Field(default=None, ge=1, description="Deadline of each trial Job.")
-    backoff_limit: int = Field(default=1, ge=0, description="Retries of a trial pod that failed (disruptions do not count).")
+    pending_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail a candidate whose trial has not started this long after its Job was created (or "
+        "admitted by Kueue); defaults to the operator's setting.",
+    )
+    backoff_limit: int = Field(default=1, ge=0, le=20, description="Retries of a trial pod that failed (disruptions do not count).")
     suspend: bool = Field(default=False, description="Create no new trial Jobs while true.")
 
     @field_validator("candidates")
@@ -138,7 +270,10 @@ class LLMSelectionSpec(WireModel):
         return self
 
     def candidate(self, name: str) -> SelectionCandidate:
-        return next(c for c in self.candidates if c.name == name)
+        for candidate in self.candidates:
+            if candidate.name == name:
+                return candidate
+        raise SpecError(f"candidate {name!r} is not in spec.candidates")
 
     def trial_spec(self, name: str, sizes: list[int]) -> TrialSpec:
         """The runner's spec for one trial of candidate `name` on `sizes`."""
@@ -156,4 +291,9 @@ class LLMSelectionSpec(WireModel):
         )
 
     def resources_for(self, name: str) -> Resources:
-        return self.candidate(name).resources or self.resources
+        return self.resources.merged(self.candidate(name).resources)
+
+    def digest(self) -> str:
+        """A fingerprint of the fields that may not change once a selection started (IMMUTABLE_FIELDS)."""
+        fields = self.model_dump(mode="json", by_alias=True, include=set(IMMUTABLE_FIELDS))
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

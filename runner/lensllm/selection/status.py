@@ -22,7 +22,12 @@ from lensllm.trial.spec import WireModel
 
 Phase = Literal["Pending", "Running", "Complete", "Failed"]
 CandidateState = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+# A trial is Lost when its Job vanished before its result was read; the plan runs it again.
+TrialState = Literal["Queued", "Running", "Succeeded", "Failed", "Lost"]
 TERMINAL: tuple[str, ...] = ("Succeeded", "Failed")
+TERMINAL_PHASES: tuple[str, ...] = ("Complete", "Failed")
+# Jobs per trial: the first and the re-runs of Jobs that vanished (each attempt resumes what was saved).
+MAX_ATTEMPTS = 3
 
 
 def now_iso() -> str:
@@ -54,8 +59,9 @@ class TrialRecord(WireModel):
 
     job_name: str = Field(description="The batch/v1 Job.")
     round: int = Field(default=0, description="Selection round the trial belongs to.")
+    attempt: int = Field(default=0, description="0 for the trial's first Job; +1 for each Job that replaced a lost one.")
     sizes: list[int] = Field(description="Subset sizes the trial fine-tuned on.")
-    state: CandidateState = Field(description="Queued, Running, Succeeded or Failed.")
+    state: TrialState = Field(description="Queued, Running, Succeeded, Failed, or Lost (its Job vanished).")
     seconds: float | None = Field(default=None, description="Wall time of the trial.")
 
 
@@ -77,8 +83,10 @@ class CandidateStatus(WireModel):
     full_finetune_gpu_seconds: float | None = Field(default=None, description="Estimated GPU seconds of fine-tuning on targetSize examples.")
     device: str | None = Field(default=None, description="Device the trial ran on.")
     parameters: int | None = Field(default=None, description="Parameter count of the model.")
-    reason: str | None = Field(default=None, description="Failure reason.")
-    message: str | None = Field(default=None, description="Failure message.")
+    reason: str | None = Field(
+        default=None, description="Why it failed, or why its trial is not running yet (e.g. Unschedulable)."
+    )
+    message: str | None = Field(default=None, description="The detail of that reason.")
 
 
 class RankEntry(WireModel):
@@ -90,7 +98,8 @@ class Compute(WireModel):
     """What the selection spent against what fully fine-tuning every candidate would cost."""
 
     flops: float = Field(default=0.0, description="Estimated FLOPs spent by all trials.")
-    gpu_seconds: float = Field(default=0.0, description="GPU seconds spent by all trials.")
+    gpu_seconds: float = Field(default=0.0, description="GPU seconds spent by all trials, failed ones included.")
+    gpu_hours: float = Field(default=0.0, description="The same in hours (kubectl get shows it).")
     full_finetune_flops: float | None = Field(default=None, description="Estimated FLOPs to fine-tune every candidate on targetSize.")
     full_finetune_gpu_seconds: float | None = Field(default=None, description="Estimated GPU seconds for the same.")
     fraction_of_full: float | None = Field(default=None, description="flops / fullFinetuneFlops.")
@@ -100,6 +109,8 @@ class LLMSelectionStatus(WireModel):
     observed_generation: int | None = Field(default=None, description="Spec generation last acted on.")
     phase: Phase = Field(default="Pending", description="Pending, Running, Complete or Failed.")
     conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Degraded.")
+    reason: str | None = Field(default=None, description="Reason of the Failed or Degraded condition.")
+    spec_digest: str | None = Field(default=None, description="Fingerprint of the immutable spec fields the work started with.")
     candidates: dict[str, CandidateStatus] = Field(default_factory=dict, description="Per-candidate status by name.")
     ranking: list[RankEntry] = Field(default_factory=list, description="Succeeded candidates, predicted best first.")
     best: str | None = Field(default=None, description="The predicted best candidate.")
@@ -120,17 +131,20 @@ def initial_status(spec: LLMSelectionSpec, generation: int | None, now: str) -> 
         candidates={c.name: CandidateStatus(model=c.model) for c in spec.candidates},
         progress=f"0/{len(spec.candidates)}",
         method=spec.method,
+        spec_digest=spec.digest(),
         start_time=now,
     )
 
 
 def invalid_status(message: str, generation: int | None, now: str) -> LLMSelectionStatus:
-    return LLMSelectionStatus(
-        observed_generation=generation,
-        phase="Failed",
-        conditions=[_condition("Failed", "InvalidSpec", message, generation, now)],
-        completion_time=now,
-    )
+    return fail(LLMSelectionStatus(), "InvalidSpec", message, generation, now)
+
+
+def fail(status: LLMSelectionStatus, reason: str, message: str, generation: int | None, now: str) -> LLMSelectionStatus:
+    """End the selection as Failed for a reason that concerns it as a whole (its spec, its Jobs)."""
+    new = status.model_copy(deep=True)
+    new.observed_generation = generation
+    return _ended(new, "Failed", _condition("Failed", reason, message, generation, now), now)
 
 
 def _condition(kind: str, reason: str, message: str, generation: int | None, now: str) -> Condition:
@@ -155,22 +169,60 @@ def mark_trial(status: LLMSelectionStatus, candidate: str, record: TrialRecord) 
     return new
 
 
+def record_lost(status: LLMSelectionStatus, candidate: str, job_name: str, why: str) -> LLMSelectionStatus:
+    """A trial's Job vanished before its result was read: run it again, unless it has used up its attempts."""
+    new = status.model_copy(deep=True)
+    entry = new.candidates[candidate]
+    for trial in entry.trials:
+        if trial.job_name == job_name:
+            trial.state = "Lost"
+    if entry.state in TERMINAL:
+        # A later attempt already ended it (its Job was created before this one's loss was written).
+        return new
+    if sum(t.state == "Lost" for t in entry.trials) >= MAX_ATTEMPTS:
+        entry.state, entry.reason = "Failed", "JobLost"
+        entry.message = f"{MAX_ATTEMPTS} Jobs of this trial vanished before their result was read; the last: {why}"
+        return _with_totals(new)
+    entry.state, entry.reason, entry.message = "Pending", "JobLost", why
+    return new
+
+
+def mark_waiting(status: LLMSelectionStatus, candidate: str, reason: str | None, message: str | None) -> LLMSelectionStatus:
+    """Say why an unfinished candidate's trial is not running (None, None once nothing holds it back)."""
+    new = status.model_copy(deep=True)
+    entry = new.candidates[candidate]
+    if entry.state not in TERMINAL:
+        entry.reason, entry.message = reason, message
+    return new
+
+
 def record_result(
-    status: LLMSelectionStatus, spec: LLMSelectionSpec, candidate: str, job_name: str, result: TrialResult, gpus: int
+    status: LLMSelectionStatus,
+    spec: LLMSelectionSpec,
+    candidate: str,
+    job_name: str,
+    result: TrialResult,
+    gpus: int,
+    seconds: float | None = None,
 ) -> LLMSelectionStatus:
-    """Fold a finished trial's result into the candidate's status."""
+    """Fold a finished trial's result into the candidate's status.
+
+    `seconds` is how long the trial's pods ran (every attempt), where Kubernetes tells; the
+    result's own wall time otherwise.
+    """
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
     ok = result.status == "Succeeded"
+    seconds = result.seconds if seconds is None else seconds
     for trial in entry.trials:
         if trial.job_name == job_name:
-            trial.state, trial.seconds = ("Succeeded" if ok else "Failed"), result.seconds
+            trial.state, trial.seconds = ("Succeeded" if ok else "Failed"), seconds
     known = {p.size for p in entry.points}
     entry.points = sorted(entry.points + [_point(p.size, p.test) for p in result.points if p.size not in known], key=lambda p: p.size)
     entry.zero_shot = _point(0, result.zero_shot) if result.zero_shot else entry.zero_shot
     entry.ntk = result.ntk or entry.ntk
-    entry.flops += _trial_flops(result)
-    entry.gpu_seconds += result.seconds * gpus  # GPUs held for the whole trial; none on CPU
+    entry.flops += result.total_flops()
+    entry.gpu_seconds += seconds * gpus  # GPUs held for the whole trial; none on CPU
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
     entry.full_finetune_flops, entry.full_finetune_gpu_seconds = _full_finetune_estimate(result, spec, gpus)
@@ -179,20 +231,21 @@ def record_result(
     return _with_totals(new)
 
 
-def record_failure(status: LLMSelectionStatus, candidate: str, job_name: str, reason: str, message: str) -> LLMSelectionStatus:
-    """A trial ended without a usable result (no or malformed termination message, Job failure)."""
+def record_failure(
+    status: LLMSelectionStatus, candidate: str, job_name: str, reason: str, message: str, seconds: float = 0.0, gpus: int = 0
+) -> LLMSelectionStatus:
+    """A trial ended without a usable result (no or malformed result, a Job that never ran or was refused).
+
+    `seconds` is the time its pods ran, as Kubernetes saw it: GPUs held are spent even by a failure.
+    """
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
     for trial in entry.trials:
         if trial.job_name == job_name:
-            trial.state = "Failed"
+            trial.state, trial.seconds = "Failed", seconds
+    entry.gpu_seconds += seconds * gpus
     entry.state, entry.reason, entry.message = "Failed", reason, message
     return _with_totals(new)
-
-
-def _trial_flops(result: TrialResult) -> float:
-    evals = [p.test.flops for p in result.points] + ([result.zero_shot.flops] if result.zero_shot else [])
-    return sum(p.train.flops for p in result.points if p.train) + sum(evals)
 
 
 def _full_finetune_estimate(result: TrialResult, spec: LLMSelectionSpec, gpus: int) -> tuple[float | None, float | None]:
@@ -212,9 +265,11 @@ def _with_totals(status: LLMSelectionStatus) -> LLMSelectionStatus:
     full = [e.full_finetune_flops for e in entries]
     full_gpu = [e.full_finetune_gpu_seconds for e in entries]
     flops = sum(e.flops for e in entries)
+    gpu_seconds = sum(e.gpu_seconds for e in entries)
     status.compute = Compute(
         flops=flops,
-        gpu_seconds=sum(e.gpu_seconds for e in entries),
+        gpu_seconds=gpu_seconds,
+        gpu_hours=round(gpu_seconds / 3600, 3),
         full_finetune_flops=_mean_scaled_total(full),
         full_finetune_gpu_seconds=_mean_scaled_total(full_gpu),
     )
@@ -256,6 +311,7 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
 def _ended(status: LLMSelectionStatus, phase: Phase, condition: Condition, now: str) -> LLMSelectionStatus:
     status.phase = phase
     status.conditions = [c for c in status.conditions if c.type != condition.type] + [condition]
+    status.reason = next((c.reason for c in status.conditions if c.type in ("Failed", "Degraded")), None)
     status.completion_time = now
     return status
 

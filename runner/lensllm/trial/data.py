@@ -84,7 +84,7 @@ def _load_arguments(spec: DatasetSpec) -> dict[str, object]:
         return {"path": str(path)}
     if path.is_absolute() or path.suffix.lower() in BUILDERS or spec.source.startswith("."):
         raise DatasetNotFound(f"dataset.source {spec.source!r}: no such file or directory")
-    return {"path": spec.source, "name": spec.config}
+    return {"path": spec.source, "name": spec.config, "revision": spec.revision}
 
 
 def _check_fields(spec: DatasetSpec, split: Dataset, name: str) -> None:

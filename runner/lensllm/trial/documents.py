@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from lensllm.safe_load import UnsafeDocument, load_json, load_yaml
 from lensllm.trial.failures import InvalidSpec, first_line
 from lensllm.trial.result import TrialResult
 from lensllm.trial.spec import TrialSpec, validation_message
@@ -34,13 +35,16 @@ def read_spec_env(name: str) -> TrialSpec:
 
 def _validated(data: dict) -> TrialSpec:
     try:
-        return TrialSpec.model_validate(data)
+        # Strict: a string is not read as a number or a boolean, as an LLMSelection's CRD refuses them too.
+        return TrialSpec.model_validate(data, strict=True)
     except ValidationError as err:
         raise InvalidSpec(validation_message(err)) from None
 
 
-def read_resume(path: str) -> TrialResult:
-    """A result document of an earlier attempt."""
+def read_resume(path: str) -> TrialResult | None:
+    """A result document of an earlier attempt; None when there is none yet (the first attempt)."""
+    if not Path(path).exists():
+        return None
     try:
         return TrialResult.model_validate_json(_read_text(path, "--resume"))
     except ValidationError as err:
@@ -56,9 +60,11 @@ def _read_text(path: str, flag: str) -> str:
 
 def _parse_mapping(text: str, where: str, *, json_only: bool) -> dict:
     try:
-        data = json.loads(text) if json_only else yaml.safe_load(text)
+        data = load_json(text) if json_only else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise InvalidSpec(f"{where}: not valid {'JSON' if json_only else 'YAML'}: {first_line(err)}") from None
+    except UnsafeDocument as err:
+        raise InvalidSpec(f"{where}: refused: {err}") from None
     if not isinstance(data, dict):
         raise InvalidSpec(f"{where}: expected a mapping of spec fields, got {type(data).__name__}")
     return data

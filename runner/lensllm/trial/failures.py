@@ -12,6 +12,8 @@ from lensllm.trial.result import Reason, TrialResult
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_OUT_OF_MEMORY = 3
+EXIT_DIVERGED = 4
 
 
 class TrialFailure(Exception):
@@ -95,11 +97,15 @@ USER_ERRORS = frozenset(
 
 
 def exit_code(result: TrialResult) -> int:
-    """0 on success, 2 when the input was wrong (spec, model, dataset, budget, memory), 1 for any other failure.
+    """0 on success; 2 when the input was wrong (spec, model, dataset, budget, memory); 3 out of
+    memory; 4 diverged; 1 for any other failure.
 
-    Kubernetes can tell the two apart (a Job's podFailurePolicy): a retry cannot fix exit 2,
-    while a divergence, an out-of-memory or a bug may not happen again on another node.
+    Kubernetes tells them apart (a Job's podFailurePolicy): a retry cannot fix 2, 3 or 4, which
+    fail the Job at once, each with its own code; 1 (a bug, a transient fault) may not happen
+    again on another node, so the Job retries it within its backoffLimit.
     """
     if result.status == "Succeeded":
         return 0
-    return EXIT_USAGE if result.reason in USER_ERRORS else EXIT_RUNTIME
+    if result.reason in USER_ERRORS:
+        return EXIT_USAGE
+    return {OutOfMemory.reason: EXIT_OUT_OF_MEMORY, Diverged.reason: EXIT_DIVERGED}.get(result.reason, EXIT_RUNTIME)

@@ -8,12 +8,14 @@ Pure pydantic: no torch here.
 """
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
 from lensllm import __version__
+from lensllm.science.laws import NULL_MODE_TOLERANCE
 from lensllm.trial.memory import MemoryPlan
 from lensllm.trial.spec import TrialSpec, WireModel
 
@@ -91,7 +93,8 @@ class NTKSummary(WireModel):
         default="exact", description="exact (Gram of the gradients) or sketch:k (of their k-dimensional CountSketch)."
     )
     eigenvalues: list[float] = Field(
-        description="Eigenvalues lambda_k of the Gram matrix, largest first (top ones only in compact results)."
+        description="Eigenvalues lambda_k of the Gram matrix, largest first; compact results keep the top modes and "
+        "lump the rest into one decaying and one null mode, which keeps F(0) and F(inf) exact."
     )
     projections_sq: list[float] = Field(
         description="Squared projections c_k^2 of the initial residual on each eigenvector, same order."
@@ -148,6 +151,18 @@ class TrialResult(WireModel):
         default=None, description="The memory plan the trial ran (left out of compact results first)."
     )
     seconds: float = Field(default=0.0, description="Wall time of this attempt.")
+    flops: float | None = Field(
+        default=None,
+        description="Estimated FLOPs of every point and evaluation here; set by compaction when it leaves out "
+        "the training stats of all but the largest point.",
+    )
+
+    def total_flops(self) -> float:
+        """FLOPs of the fine-tuning and the evaluations this result holds."""
+        if self.flops is not None:
+            return self.flops
+        evaluations = [p.test.flops for p in self.points] + ([self.zero_shot.flops] if self.zero_shot else [])
+        return math.fsum([p.train.flops for p in self.points if p.train] + evaluations)
 
     def to_json(self) -> str:
         """The full document."""
@@ -156,9 +171,15 @@ class TrialResult(WireModel):
     def to_termination_message(self, limit: int = TERMINATION_LIMIT) -> str:
         """Compact JSON of at most `limit` bytes that still validates as a `TrialResult`.
 
-        Shrinks step by step, each step keeping the previous ones, and stops as soon as it
-        fits: round floats, keep the top NTK modes, drop the spec echo, the fit parameters,
-        the training stats, shorten messages, and last of all leave out the oldest points.
+        This compact document is what the ranking is built from, on a cluster and in local
+        mode alike, so every step keeps what the status and the ranking need exactly: every
+        point with its bits per byte unrounded, and the NTK summary's F(0) and F(inf) (the
+        law's bounds) to the last bit. Shrinks step by step, each step keeping the previous
+        ones, and stops as soon as it fits: drop the memory plan, the spec echo and the trial's
+        own law fits (the selection fits its laws itself), lump the NTK's small modes, keep only
+        the total FLOPs and the largest point's training stats, round the other floats, shorten
+        messages. Leaving out the oldest points is the very last resort; a selection's bounds on
+        subset sizes keep it from ever being needed.
         """
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         for shrink in _SHRINKS:
@@ -184,23 +205,52 @@ def _dropped_note(result: TrialResult, doc: dict[str, Any]) -> str:
     return f"compact result: {len(result.points) - len(doc['points'])} oldest points left out, see the result file."
 
 
+# What the ranking reads: never rounded (the NTK summary is left whole for the same reason).
+_EXACT_KEYS = frozenset({"bitsPerByte", "ntk"})
+
+
 def _round_floats(value: Any) -> Any:
     """Six significant digits: far below the noise of a test loss, a third of the bytes."""
     if isinstance(value, float):
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {k: _round_floats(v) for k, v in value.items()}
+        return {k: v if k in _EXACT_KEYS else _round_floats(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_round_floats(v) for v in value]
     return value
 
 
-def _top_modes(k: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def lumped_modes(eigenvalues: list[float], projections_sq: list[float], keep: int) -> tuple[list[float], list[float]]:
+    """The spectrum with its `keep` largest modes and two lumped modes standing for the rest.
+
+    The LENSLLM law uses the NTK through the bounds of F: F(0) = sum c_k^2 and F(inf), the
+    energy of the modes the kernel never decays (eigenvalue <= NULL_MODE_TOLERANCE x the largest,
+    as `NTKSpectrum.limit` counts them). Both survive exactly: the decaying modes past the
+    first `keep` become one mode with their total energy at their energy-weighted mean
+    eigenvalue, the null modes one mode of eigenvalue 0. F(t) in between stays close.
+    """
+    lam = [max(v, 0.0) for v in eigenvalues]
+    top = max(lam, default=0.0)
+    decaying = [(v, c) for v, c in zip(lam, projections_sq) if v > NULL_MODE_TOLERANCE * top]
+    null = [c for v, c in zip(lam, projections_sq) if v <= NULL_MODE_TOLERANCE * top]
+    if len(decaying) <= keep + 1 and len(null) <= 1:
+        return list(eigenvalues), list(projections_sq)
+    kept, rest = decaying[:keep], decaying[keep:]
+    energy = math.fsum(c for _, c in rest)
+    if rest:
+        mean = math.fsum(v * c for v, c in rest) / energy if energy > 0 else math.fsum(v for v, _ in rest) / len(rest)
+        kept.append((mean, energy))
+    if null:
+        kept.append((0.0, math.fsum(null)))
+    return [v for v, _ in kept], [c for _, c in kept]
+
+
+def _lumped(keep: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def shrink(doc: dict[str, Any]) -> dict[str, Any]:
-        # Eigenvalues are stored largest first, so the head of both lists is the top-k modes.
+        # Eigenvalues are stored largest first, so the head of both lists is the top modes.
         if "ntk" in doc:
-            doc["ntk"]["eigenvalues"] = doc["ntk"]["eigenvalues"][:k]
-            doc["ntk"]["projectionsSq"] = doc["ntk"]["projectionsSq"][:k]
+            ntk = doc["ntk"]
+            ntk["eigenvalues"], ntk["projectionsSq"] = lumped_modes(ntk["eigenvalues"], ntk["projectionsSq"], keep)
         return doc
 
     return shrink
@@ -219,36 +269,36 @@ def _drop_spec(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _drop_fit_details(doc: dict[str, Any]) -> dict[str, Any]:
-    for fit in doc["fits"]:
-        fit.pop("params", None)
-        fit.pop("warning", None)
-        if "error" in fit:
-            fit["error"] = _clip(fit["error"], 80)
-    return doc
-
-
-def _drop_training_stats(doc: dict[str, Any]) -> dict[str, Any]:
-    for point in doc["points"]:
-        point.pop("train", None)
+def _drop_fits(doc: dict[str, Any]) -> dict[str, Any]:
+    doc["fits"] = []
     return doc
 
 
 def _shorten_texts(doc: dict[str, Any]) -> dict[str, Any]:
-    for key in ("message", "candidate"):
+    # The candidate is only an echo (the operator knows which candidate ran); the message is the news.
+    for key, limit in (("message", 256), ("candidate", 64)):
         if key in doc:
-            doc[key] = _clip(doc[key], 256)
+            doc[key] = _clip(doc[key], limit)
+    return doc
+
+
+def _fold_training_stats(doc: dict[str, Any]) -> dict[str, Any]:
+    """Keep the total FLOPs and the largest point's training stats (the full fine-tuning estimate scales it)."""
+    doc["flops"] = TrialResult.model_validate(doc).total_flops()
+    trained = [p for p in doc["points"] if "train" in p]
+    for point in trained[:-1]:
+        del point["train"]
     return doc
 
 
 _SHRINKS: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = (
     lambda doc: doc,
-    _round_floats,
     _drop_plan,
-    _top_modes(8),
     _drop_spec,
-    _drop_fit_details,
-    _drop_training_stats,
+    _drop_fits,
+    _lumped(8),
+    _fold_training_stats,
+    _round_floats,
     _shorten_texts,
-    _top_modes(1),
+    _lumped(1),
 )

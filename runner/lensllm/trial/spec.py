@@ -7,10 +7,16 @@ plain JSON types (Literal enums, numbers, strings, lists). Pure pydantic: no tor
 """
 
 from itertools import pairwise
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+
+# Bounds on free text: an LLMSelection's CEL rules compare these fields, and a real API server refuses a
+# CRD whose rules could cost too much on unbounded strings.
+NAME_LIMIT = 512
+TEMPLATE_LIMIT = 4096
 
 
 class WireModel(BaseModel):
@@ -23,16 +29,18 @@ class CandidateSpec(WireModel):
     """The pre-trained model to fine-tune."""
 
     model: str = Field(
-        min_length=1, description="Hugging Face hub id (org/name) or a local directory saved with save_pretrained."
+        min_length=1,
+        max_length=NAME_LIMIT, description="Hugging Face hub id (org/name) or a local directory saved with save_pretrained."
     )
     revision: str | None = Field(
-        default=None, description="Hub revision (branch, tag or commit); ignored for local directories."
+        default=None, max_length=NAME_LIMIT, description="Hub revision (branch, tag or commit); ignored for local directories."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weight dtype; auto picks bfloat16 on a GPU that supports it, else float32."
     )
     gguf_file: str | None = Field(
-        default=None, description="File name of a GGUF checkpoint inside `model`; its weights are de-quantised on load."
+        default=None,
+        max_length=NAME_LIMIT, description="File name of a GGUF checkpoint inside `model`; its weights are de-quantised on load."
     )
 
 
@@ -41,27 +49,38 @@ class DatasetSpec(WireModel):
 
     source: str = Field(
         min_length=1,
+        max_length=NAME_LIMIT,
         description="Hub dataset name, a local data file (.json, .jsonl, .csv, .parquet, .txt) or a local "
         "directory of such files (split names come from the file names, e.g. train.jsonl, test.jsonl).",
     )
     config: str | None = Field(
-        default=None, description="Dataset configuration name, for hub datasets that have several."
+        default=None, max_length=NAME_LIMIT, description="Dataset configuration name, for hub datasets that have several."
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=NAME_LIMIT,
+        description="Hub dataset revision (branch, tag or commit); pin one so every trial reads the same data.",
     )
     train_split: str = Field(
+        max_length=NAME_LIMIT,
         default="train", description="Split to draw the training subsets from; slices such as train[:90%] work."
     )
     test_split: str = Field(
+        max_length=NAME_LIMIT,
         default="test", description="Split to measure test loss on; slices such as train[90%:] work."
     )
     text_field: str | None = Field(
-        default=None, description="Column of plain text for language modelling (loss on all tokens)."
+        default=None,
+        max_length=NAME_LIMIT, description="Column of plain text for language modelling (loss on all tokens)."
     )
     input_field: str | None = Field(
-        default=None, description="Column of task inputs (with targetField; loss on target tokens only)."
+        default=None,
+        max_length=NAME_LIMIT, description="Column of task inputs (with targetField; loss on target tokens only)."
     )
-    target_field: str | None = Field(default=None, description="Column of task targets (with inputField).")
+    target_field: str | None = Field(default=None, max_length=NAME_LIMIT, description="Column of task targets (with inputField).")
     prompt_template: str = Field(
-        default="{input}\n", description="Prompt built from the input; {input} is replaced by the input column's text."
+        default="{input}\n",
+        max_length=TEMPLATE_LIMIT, description="Prompt built from the input; {input} is replaced by the input column's text."
     )
     max_test_examples: int = Field(
         default=256, ge=1, description="Test examples to score (a seeded sample when the split is larger)."
@@ -94,8 +113,9 @@ class LoraSpec(WireModel):
     r: int = Field(default=8, ge=1, description="Adapter rank.")
     alpha: float = Field(default=16.0, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] = Field(
-        default_factory=list, description="Module names to adapt; empty means every linear layer but the output head."
+    target_modules: list[Annotated[str, StringConstraints(max_length=NAME_LIMIT)]] = Field(
+        default_factory=list,
+        max_length=64, description="Module names to adapt; empty means every linear layer but the output head."
     )
 
 

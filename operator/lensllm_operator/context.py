@@ -1,0 +1,46 @@
+"""What every reconciliation shares, and what one does once its status is written."""
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from lensllm_operator.config import OperatorConfig
+from lensllm_operator.metrics import OperatorMetrics
+
+
+@dataclass
+class Context:
+    """Settings, metrics, one lock per selection (its only status writer), and error streaks for backoff."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    waiting: set[tuple[str, str]] = field(default_factory=set)  # selections with a reconciliation waiting for the lock
+    failures: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (namespace, name, kind) -> streak
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self.locks.setdefault((namespace, name), asyncio.Lock())
+
+
+@dataclass
+class Effects:
+    """Metrics, Events and Job changes a reconciliation decided on, run only after its status was written.
+
+    A status write that fails leaves the next reconciliation to decide them again, so none of
+    them happens twice (a trial counted twice, an Event posted on every retry).
+    """
+
+    calls: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+    def later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.calls.append(lambda: fn(*args, **kwargs))
+
+    async def run(self) -> None:
+        for call in self.calls:
+            outcome = call()
+            if inspect.isawaitable(outcome):
+                await outcome

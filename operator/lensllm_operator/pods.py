@@ -1,0 +1,112 @@
+"""What a trial's pods (and Kueue's Workload) say about it: pure functions over API objects.
+
+Called by the reconciler for every unfinished trial, so a trial that cannot start (an image
+that does not pull, a missing Secret key, no node that fits, an unbound claim, a queue Kueue
+does not know) shows the reason Kubernetes gives within one resync, and so that the time the
+pods really ran is what metrics and the status count, whether or not a result came back.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from lensllm_operator.jobs import CONTAINER
+
+Body = dict[str, Any]
+# Container waiting reasons that mean the pod will not start by itself.
+STUCK_WAITING = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+})
+
+
+def parse_time(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+def _runner(pod: Body) -> Body:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next((c for c in statuses if c.get("name") == CONTAINER), {})
+
+
+def termination_message(pods: list[Body]) -> str | None:
+    """The runner container's termination message of the most recently finished pod."""
+    finished = []
+    for pod in pods:
+        terminated = (_runner(pod).get("state") or {}).get("terminated")
+        if terminated and terminated.get("message"):
+            finished.append((terminated.get("finishedAt") or "", terminated["message"]))
+    return max(finished)[1] if finished else None
+
+
+def started(pods: list[Body]) -> bool:
+    """Whether the runner ever started in any of the trial's pods."""
+    for pod in pods:
+        state = _runner(pod).get("state") or {}
+        if "running" in state or "terminated" in state or _runner(pod).get("lastState", {}).get("terminated"):
+            return True
+    return False
+
+
+def running(pods: list[Body]) -> bool:
+    """Whether the runner is running in any of the pods (a pod that never started measures nothing)."""
+    return any("running" in (_runner(pod).get("state") or {}) for pod in pods)
+
+
+def run_seconds(pods: list[Body], now: datetime) -> float:
+    """Seconds the runner container ran, over all the trial's pods (retries and evicted ones too)."""
+    total = 0.0
+    for pod in pods:
+        state = _runner(pod).get("state") or {}
+        if "terminated" in state:
+            begin, end = parse_time(state["terminated"].get("startedAt")), parse_time(state["terminated"].get("finishedAt"))
+        elif "running" in state:
+            begin, end = parse_time(state["running"].get("startedAt")), now
+        else:
+            continue
+        if begin and end:
+            total += max((end - begin).total_seconds(), 0.0)
+    return total
+
+
+def diagnose(pods: list[Body]) -> tuple[str, str] | None:
+    """Why the trial's newest pod is not running, in Kubernetes' words; None when nothing holds it."""
+    if not pods:
+        return None
+    pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    status = pod.get("status") or {}
+    waiting = (_runner(pod).get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in STUCK_WAITING:
+        # The kubelet alternates ErrImagePull and ImagePullBackOff: one reason, so one Warning, for both.
+        reason = "ImagePullBackOff" if waiting["reason"] == "ErrImagePull" else waiting["reason"]
+        return reason, waiting.get("message") or waiting["reason"]
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            # Unschedulable: no node fits (resources, taints, selectors), or a claim is unbound.
+            return condition.get("reason") or "Unschedulable", condition.get("message") or "the pod cannot be scheduled"
+    return None
+
+
+def oom_killed(pods: list[Body]) -> str | None:
+    """A message when the runner of some pod was killed for exceeding its memory limit."""
+    for pod in pods:
+        runner = _runner(pod)
+        for state in (runner.get("state") or {}, runner.get("lastState") or {}):
+            terminated = state.get("terminated") or {}
+            if terminated.get("reason") == "OOMKilled":
+                return (f"the runner of pod {pod['metadata']['name']} was killed for exceeding its memory limit "
+                        f"(exit code {terminated.get('exitCode', 137)}); raise resources.memory or lower "
+                        "training.batchSize / maxSeqLength")
+    return None
+
+
+def workload_holdup(workloads: list[Body]) -> tuple[str, str] | None:
+    """Why Kueue has not admitted the trial's Workload yet (no quota, an unknown LocalQueue), if it says."""
+    for workload in workloads:
+        conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        if conditions.get("Admitted", {}).get("status") == "True":
+            return None
+        reserved = conditions.get("QuotaReserved")
+        if reserved and reserved.get("status") == "False":
+            reason = "KueueInadmissible" if reserved.get("reason") == "Inadmissible" else "KueuePending"
+            return reason, reserved.get("message") or reason
+    return None

@@ -1,0 +1,66 @@
+"""The periodic resync: every unfinished selection is reconciled every `resync_seconds`, events or not.
+
+One loop for the whole operator rather than a kopf timer per selection: kopf puts a finalizer on
+every object that has a timer, and a finalizer makes `kubectl delete llmsel` hang whenever the
+operator is down or uninstalled. The loop learns which selections exist from the selection watch
+(`track`), so it needs no extra API call to find them; a selection whose reconciliation asked to
+be retried later (kopf.TemporaryError) waits that long before its next turn.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import kopf
+
+from lensllm.selection.status import TERMINAL_PHASES
+from lensllm_operator.context import Context
+from lensllm_operator.reconcile import reconcile
+
+# Selections reconciled at once within one pass: a pass stays short, the API server is not flooded.
+CONCURRENCY = 8
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Unfinished:
+    """The selections the watch has shown and their phase, and when each may be retried."""
+
+    phases: dict[Key, str | None] = field(default_factory=dict)
+    not_before: dict[Key, float] = field(default_factory=dict)
+
+    def track(self, namespace: str, name: str, phase: str | None, deleted: bool) -> None:
+        key = (namespace, name)
+        if deleted:
+            self.phases.pop(key, None)
+            self.not_before.pop(key, None)
+        else:
+            self.phases[key] = phase
+
+    def due(self, now: float) -> list[Key]:
+        return [key for key, phase in self.phases.items()
+                if phase not in TERMINAL_PHASES and self.not_before.get(key, 0.0) <= now]
+
+    def defer(self, key: Key, seconds: float) -> None:
+        self.not_before[key] = time.monotonic() + seconds
+
+
+async def resync_forever(ctx: Context, selections: Unfinished, interval: float, logger: logging.Logger) -> None:
+    """Reconcile every unfinished selection, wait `interval` seconds, again; until cancelled at shutdown."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(key: Key) -> None:
+        async with limit:
+            try:
+                await reconcile(ctx, *key)
+            except kopf.TemporaryError as err:
+                selections.defer(key, err.delay or interval)
+                logger.warning("selection %s/%s: %s", *key, err)
+            except Exception:  # noqa: BLE001 (reconcile counts it; one selection's bug must not stop the others)
+                logger.exception("selection %s/%s: reconciliation failed", *key)
+
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(one(key) for key in selections.due(time.monotonic())))

@@ -1,0 +1,312 @@
+"""Fold a selection's Jobs and pods into its status, and launch the trials the plan asks for.
+
+Called by `reconcile` under the selection's lock with everything it listed (`Cluster`). Each
+step returns the new status and leaves what must happen after the status is written (metrics,
+Events, TTLs, deletions) in `Effects`. Every situation ends somewhere: a finished Job is read,
+a Job that vanished is run again as a new attempt (resuming what it saved), a trial that
+cannot start is named by Kubernetes' reason and fails after the pending timeout, and a Job the
+API server refuses fails its candidate with the server's message.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from lensllm.selection import status as st
+from lensllm.selection.plan import Trial, next_trials
+from lensllm.selection.spec import LLMSelectionSpec
+from lensllm.trial.result import TrialResult
+from lensllm_operator import kube
+from lensllm_operator.context import Context, Effects
+from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, gpus_of
+from lensllm_operator.names import job_name
+from lensllm_operator.pods import (
+    diagnose, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
+)
+
+Body = dict[str, Any]
+
+
+@dataclass
+class Cluster:
+    """One selection and what exists for it, as this reconciliation listed it."""
+
+    body: Body
+    spec: LLMSelectionSpec
+    jobs: dict[str, Body]  # live Jobs the selection owns, by name
+    pods: dict[str, list[Body]]  # their pods, by Job name
+    workloads: dict[str, list[Body]]  # Kueue Workloads, by Job uid
+    now: datetime
+
+    @property
+    def namespace(self) -> str:
+        return self.body["metadata"]["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.body["metadata"]["name"]
+
+    @property
+    def uid(self) -> str:
+        return self.body["metadata"]["uid"]
+
+
+def job_state(job: Body, pods: list[Body] | None = None) -> str:
+    """Queued (suspended, or no runner started yet), Running, Succeeded or Failed."""
+    job_status = job.get("status") or {}
+    for condition in job_status.get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return "Succeeded" if condition["type"] == "Complete" else "Failed"
+    if (job.get("spec") or {}).get("suspend") or not job_status.get("active"):
+        return "Queued"
+    return "Queued" if pods is not None and not started(pods) else "Running"
+
+
+def _failed_condition(job: Body) -> tuple[str, str] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return condition.get("reason") or "JobFailed", condition.get("message") or "the Job failed"
+    return None
+
+
+def _record_of(status: st.LLMSelectionStatus, candidate: str, job: Body) -> st.TrialRecord:
+    """The status's record of this Job, or one made from the Job itself (created, but not yet recorded)."""
+    name = job["metadata"]["name"]
+    known = next((t for t in status.candidates[candidate].trials if t.job_name == name), None)
+    if known is not None:
+        return known
+    annotations = job["metadata"].get("annotations") or {}
+    return st.TrialRecord(
+        job_name=name,
+        round=int(job["metadata"]["labels"].get(ROUND_LABEL, "0")),
+        attempt=int(annotations.get(ATTEMPT_ANNOTATION, "0")),
+        sizes=[int(s) for s in annotations.get(SIZES_ANNOTATION, "").split(",") if s],
+        state="Queued",
+    )
+
+
+async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
+    """Fold every Job's state into the status; read the result of each newly finished one."""
+    for name, job in cluster.jobs.items():
+        candidate = job["metadata"]["labels"].get(CANDIDATE_LABEL)
+        if candidate not in status.candidates:
+            continue
+        record = _record_of(status, candidate, job)
+        pods = cluster.pods.get(name, [])
+        _accrue(ctx, cluster, candidate, job, pods, effects)
+        if record.state in (*st.TERMINAL, "Lost"):
+            continue
+        state = job_state(job, pods)
+        status = st.mark_trial(status, candidate, record.model_copy(update={"state": state if state not in st.TERMINAL else "Running"}))
+        if state in st.TERMINAL:
+            status = _read_result(ctx, cluster, status, candidate, job, pods, effects)
+        else:
+            status = _watch_unfinished(ctx, cluster, status, candidate, job, pods, effects)
+    return status
+
+
+def _accrue(ctx: Context, cluster: Cluster, candidate: str, job: Body, pods: list[Body], effects: Effects) -> None:
+    gpu_seconds = run_seconds(pods, cluster.now) * gpus_of(cluster.spec, candidate)
+    created = parse_time(job["metadata"].get("creationTimestamp"))
+    before = created is not None and created < ctx.started_at
+    effects.later(ctx.metrics.accrue_gpu_time, cluster.namespace, cluster.name, job["metadata"]["name"], gpu_seconds,
+                  seen_before_start=before)
+
+
+def _read_result(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, pods: list[Body], effects: Effects
+) -> st.LLMSelectionStatus:
+    name = job["metadata"]["name"]
+    gpus = gpus_of(cluster.spec, candidate)
+    seconds = run_seconds(pods, cluster.now)
+    message = termination_message(pods)
+    failed = _failed_condition(job)
+    if message is None and not pods and failed is None:
+        # Complete, but its pods were collected before the result was read: run it again; the
+        # new attempt resumes from the saved result (or starts afresh without a work volume).
+        return st.record_lost(status, candidate, name, f"Job {name} finished but its pods are gone, result unread")
+    result = _parsed(message)
+    if result is not None:
+        status = st.record_result(status, cluster.spec, candidate, name, result, gpus, seconds=seconds or None)
+    else:
+        status = st.record_failure(status, candidate, name, *_why_no_result(name, pods, failed), seconds, gpus)
+    entry = status.candidates[candidate]
+    outcome = "succeeded" if entry.state == "Succeeded" else "failed"
+    effects.later(ctx.metrics.record_trial, cluster.namespace, outcome, entry.reason or "Succeeded", seconds, seconds * gpus)
+    return status
+
+
+def _parsed(message: str | None) -> TrialResult | None:
+    try:
+        return None if message is None else TrialResult.model_validate_json(message)
+    except ValidationError:
+        return None  # a log tail (FallbackToLogsOnError): the runner died before writing its result
+
+
+def _why_no_result(job: str, pods: list[Body], failed: tuple[str, str] | None) -> tuple[str, str]:
+    """The reason a trial left no result, most telling first: the kernel's OOM kill, then the Job's own
+    reason (DeadlineExceeded, BackoffLimitExceeded), then the last line the runner printed."""
+    message = termination_message(pods)
+    tail = f"; last output: {_last_line(message)}" if message else ""
+    oom = oom_killed(pods)
+    if oom:
+        return "OOMKilled", oom + tail
+    if failed:
+        return failed[0], failed[1] + tail
+    return ("ResultInvalid", f"Job {job}: {_last_line(message)}") if message else ("ResultMissing", f"Job {job} ended without a result")
+
+
+def _watch_unfinished(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, pods: list[Body], effects: Effects
+) -> st.LLMSelectionStatus:
+    """Name what holds an unfinished trial back, once per reason; fail it when it never starts."""
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    holdup = diagnose(pods)
+    if holdup is None and suspended and cluster.spec.queue:
+        holdup = workload_holdup(cluster.workloads.get(job["metadata"]["uid"], []))
+    before = status.candidates[candidate].reason
+    status = st.mark_waiting(status, candidate, *(holdup or (None, None)))
+    if holdup and holdup[0] != before:
+        effects.later(kopf.warn, cluster.body, reason=holdup[0], message=f"candidate {candidate}: {holdup[1]}")
+    since = _pending_since(job, suspended, holdup)
+    timeout = cluster.spec.pending_timeout_seconds or ctx.config.pending_timeout_seconds
+    if since is None or started(pods) or (cluster.now - since).total_seconds() <= timeout:
+        return status
+    reason, why = holdup or ("PendingTimeout", "no pod of it has started")
+    name = job["metadata"]["name"]
+    status = st.record_failure(status, candidate, name, reason, f"not started {timeout}s after Job {name} was created: {why}")
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, 0.0, 0.0)
+    effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate} failed: not started within {timeout}s: {why}")
+    return status
+
+
+def _pending_since(job: Body, suspended: bool, holdup: tuple[str, str] | None) -> datetime | None:
+    """Since when the trial should have started: a queued Job waits as long as Kueue needs, unless Kueue refuses it."""
+    if suspended:
+        inadmissible = holdup is not None and holdup[0] == "KueueInadmissible"
+        return parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None
+    return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
+
+
+def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
+    """Unfinished trials whose Job is gone (deleted by hand or by a TTL, while the operator was down).
+
+    While the runner of the gone Job still runs in a pod (graceful deletion, delayed garbage
+    collection, an orphaning delete), its trial waits: a new attempt now could measure the same sizes
+    as the dying pod. Once none runs, a pod that finished with a result is read (salvaged);
+    otherwise the trial is lost and the plan runs it again, resuming from what its attempts saved.
+    """
+    for candidate, entry in status.candidates.items():
+        for trial in entry.trials:
+            if trial.state not in ("Queued", "Running") or trial.job_name in cluster.jobs:
+                continue
+            pods = cluster.pods.get(trial.job_name, [])
+            if running(pods):
+                continue
+            result = _parsed(termination_message(pods))
+            if result is not None and result.status == "Succeeded":
+                status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods, effects)
+            else:
+                why = f"Job {trial.job_name} was deleted before its result was read"
+                status = st.record_lost(status, candidate, trial.job_name, why)
+    return status
+
+
+def _salvaged(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: str, result: TrialResult,
+    pods: list[Body], effects: Effects,
+) -> st.LLMSelectionStatus:
+    gpus, seconds = gpus_of(cluster.spec, candidate), run_seconds(pods, cluster.now)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "succeeded", "Succeeded", seconds, seconds * gpus)
+    return st.record_result(status, cluster.spec, candidate, job, result, gpus, seconds=seconds or None)
+
+
+async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
+    """Create the next trials' Jobs, at once, keeping at most spec.parallelism unfinished."""
+    spec = cluster.spec
+    if spec.suspend:
+        return status
+    busy = sum(1 for e in status.candidates.values() for t in e.trials if t.state in ("Queued", "Running"))
+    trials = next_trials(spec, status)[: max(spec.parallelism - busy, 0)]
+    answers = await asyncio.gather(*(_submit(ctx, cluster, trial) for trial in trials), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer  # transient: nothing is written; the Jobs that were created are adopted next time
+    for trial, answer in zip(trials, answers):
+        status = _record_submission(ctx, cluster, status, trial, answer, effects)
+    return status
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The API server (or the client) refused a Job: the error, answered, not raised."""
+
+    error: Exception
+
+
+async def _submit(ctx: Context, cluster: Cluster, trial: Trial) -> str | Refused:
+    """Create a trial's Job: "created", "ours" (it existed and is ours), "gone", "taken", or the refusal."""
+    job = build_job(cluster.name, cluster.uid, cluster.spec, trial, ctx.config)
+    kopf.adopt(job, owner=cluster.body)
+    try:
+        if await kube.create_job(cluster.namespace, job):
+            return "created"
+    except (ApiException, ValueError, TypeError) as err:
+        if kube.transient(err):
+            raise
+        return Refused(err)
+    existing = await kube.get_job(cluster.namespace, job["metadata"]["name"])
+    if existing is None:
+        return "gone"  # deleted between our create and read: the next reconciliation creates it
+    return "ours" if owned_by(existing, cluster.uid) else "taken"
+
+
+def _record_submission(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, trial: Trial, answer: str | Refused,
+    effects: Effects,
+) -> st.LLMSelectionStatus:
+    name = job_name(cluster.name, cluster.uid, trial)
+    record = st.TrialRecord(job_name=name, round=trial.round, attempt=trial.attempt, sizes=list(trial.sizes), state="Queued")
+    if isinstance(answer, Refused):
+        return _refused(ctx, cluster, status, trial.candidate, record, answer.error, effects)
+    if answer == "gone":
+        return status
+    status = st.mark_trial(status, trial.candidate, record)
+    if answer == "taken":
+        why = f"Job {name} already exists and does not belong to this selection; delete it or rename the selection"
+        status = st.record_failure(status, trial.candidate, name, "JobNameTaken", why)
+        effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobNameTaken", 0.0, 0.0)
+        effects.later(kopf.warn, cluster.body, reason="JobNameTaken", message=why)
+    return status
+
+
+def _refused(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, record: st.TrialRecord,
+    err: Exception, effects: Effects,
+) -> st.LLMSelectionStatus:
+    """The API server (or the client, before sending) refused the Job: a quota waits, anything else fails."""
+    message = kube.error_message(err)
+    if isinstance(err, ApiException) and err.status == 403:
+        # Forbidden: typically a ResourceQuota that is full now and may not be later.
+        if status.candidates[candidate].reason != "JobForbidden":
+            effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")
+        return st.mark_waiting(status, candidate, "JobForbidden", message)
+    status = st.mark_trial(status, candidate, record)
+    status = st.record_failure(status, candidate, record.job_name, "JobRejected", f"the Job was refused: {message}")
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobRejected", 0.0, 0.0)
+    effects.later(kopf.warn, cluster.body, reason="JobRejected", message=f"candidate {candidate}: {message}")
+    return status
+
+
+def owned_by(obj: Body, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:300]

@@ -1,0 +1,295 @@
+"""`reconcile` in this process against the emulated API server, for what needs exact timing: a held lock, a status
+write that fails or conflicts once, a Job an admission webhook refuses, API errors that repeat.
+
+The test plays the kubelet where a pod must have finished (a pod with the runner's termination message) and makes
+single calls fail by wrapping the operator's own API functions (`lensllm_operator.kube`) around the real ones.
+"""
+
+import asyncio
+import itertools
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import kopf
+import kubernetes
+import pytest
+from demo_selection import selection_manifest
+from kubernetes.client.rest import ApiException
+from prometheus_client import CollectorRegistry, generate_latest
+
+from lensllm.selection.spec import GROUP, PLURAL, VERSION
+from lensllm.selection.status import LLMSelectionStatus
+from lensllm.trial.result import Evaluation, SizePoint, TrialResult
+from lensllm_operator import handlers, kube as operator_kube
+from lensllm_operator.config import OperatorConfig
+from lensllm_operator.context import Context
+from lensllm_operator.jobs import SELECTION_LABEL
+from lensllm_operator.metrics import OperatorMetrics
+from lensllm_operator.reconcile import MAX_UNEXPECTED_ERRORS, reconcile
+
+SIZES = [16, 32, 64]
+
+
+@pytest.fixture
+def ctx(kube) -> Context:
+    """The operator's shared context, its API client logged in to the emulated cluster."""
+    operator_kube._api_client.cache_clear()
+    operator_kube.login()
+    yield Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
+    operator_kube._api_client.cache_clear()
+
+
+@pytest.fixture
+def custom(kube):
+    return kubernetes.client.CustomObjectsApi(kube.api)
+
+
+def posting_events() -> asyncio.Queue:
+    """Let kopf.info/kopf.warn post into a queue, as inside a running operator (call from the test's loop)."""
+    from kopf._core.engines import posting
+
+    queue: asyncio.Queue = asyncio.Queue()
+    posting.settings_var.set(kopf.OperatorSettings())
+    posting.event_queue_var.set(queue)
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    return queue
+
+
+def create_selection(custom, namespace: str, name: str, **spec) -> dict:
+    """A selection of one candidate `a` whose trials never run here (the test plays the kubelet)."""
+    doc = selection_manifest(Path("/nowhere"), {"a": "/models/a"}, name=name, budget={"subsetSizes": SIZES, "targetSize": 1024})
+    doc["spec"].update(spec)
+    return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+
+
+def status_of(custom, namespace: str, name: str) -> LLMSelectionStatus:
+    return LLMSelectionStatus.model_validate(
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+    )
+
+
+def result_message() -> str:
+    def evaluation(bits: float) -> Evaluation:
+        return Evaluation(loss=bits, loss_per_example=bits * 10, bits_per_byte=bits, examples=16, tokens=160, seconds=0.1,
+                          flops=1e9)
+
+    points = [SizePoint(size=s, test=evaluation(2.0 / (1 + i))) for i, s in enumerate(SIZES)]
+    result = TrialResult(status="Succeeded", zero_shot=evaluation(3.0), points=points, seconds=2.0)
+    return result.to_termination_message()
+
+
+def finish_job(kube, namespace: str, job: str, message: str) -> None:
+    """What the kubelet and the Job controller report for a trial that ran and succeeded."""
+    core, batch = kubernetes.client.CoreV1Api(kube.api), kubernetes.client.BatchV1Api(kube.api)
+    body = batch.read_namespaced_job(job, namespace)
+    labels = {**body.spec.template.metadata.labels, "job-name": job}
+    pod = core.create_namespaced_pod(namespace, {
+        "metadata": {"name": f"{job[:50]}-pod", "labels": labels,
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": body.metadata.uid}]},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "runner", "image": "runner"}]},
+    })
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    terminated = {"exitCode": 0, "reason": "Completed", "message": message, "startedAt": now, "finishedAt": now}
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"name": "runner", "image": "runner", "imageID": "", "ready": False, "restartCount": 0,
+         "state": {"terminated": terminated}}]}})
+    batch.patch_namespaced_job_status(job, namespace, {"status": {
+        "succeeded": 1, "completionTime": now,
+        "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}})
+
+
+def reconcile_once(ctx: Context, namespace: str, name: str) -> list:
+    """One reconciliation; the Events it posted."""
+
+    async def scenario():
+        events = posting_events()
+        await reconcile(ctx, namespace, name)
+        return [events.get_nowait() for _ in range(events.qsize())]
+
+    return asyncio.run(scenario())
+
+
+def only_job(kube, namespace: str) -> str:
+    (job,) = kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
+    return job.metadata.name
+
+
+def trials_counted(ctx: Context) -> float:
+    text = generate_latest(ctx.metrics.registry).decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lensllm_trials_total{"))
+
+
+def test_a_refused_spec_is_written_under_the_selection_lock(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "twins", candidates=[{"name": "a", "model": "m"}, {"name": "a", "model": "n"}])
+
+    async def scenario():
+        posting_events()
+        lock = ctx.lock(namespace, "twins")
+        await lock.acquire()  # a reconciliation of this selection is in progress
+        handler = asyncio.create_task(handlers.selection_changed(namespace=namespace, name="twins", memo=kopf.Memo(ctx=ctx)))
+        await asyncio.sleep(0.5)
+        assert status_of(custom, namespace, "twins").phase == "Pending", "written while another writer held the lock"
+        lock.release()
+        await handler
+
+    asyncio.run(scenario())
+    status = status_of(custom, namespace, "twins")
+    assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
+
+
+def test_a_selection_asking_for_an_image_the_operator_does_not_allow_fails_without_a_job(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "miner", runner={"image": "docker.io/someone/miner:latest"})
+
+    events = reconcile_once(ctx, namespace, "miner")
+    status = status_of(custom, namespace, "miner")
+    assert (status.phase, status.reason) == ("Failed", "InvalidSpec")
+    assert "spec.runner.image 'docker.io/someone/miner:latest' is not an allowed runner image" in status.conditions[-1].message
+    assert [e.reason for e in events] == ["InvalidSpec"]
+    assert kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items == []
+
+
+def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespace, ctx, custom, monkeypatch):
+    create_selection(custom, namespace, "counted")
+    real = operator_kube.patch_selection_status
+    failing = {"left": 0}
+
+    async def patch(namespace, name, status):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise ApiException(status=500, reason="Internal Server Error")
+        return await real(namespace, name, status)
+
+    monkeypatch.setattr(operator_kube, "patch_selection_status", patch)
+
+    async def scenario():
+        posting_events()
+        await reconcile(ctx, namespace, "counted")  # creates the Job
+        finish_job(kube, namespace, only_job(kube, namespace), result_message())
+        failing["left"] = 1
+        with pytest.raises(kopf.TemporaryError):
+            await reconcile(ctx, namespace, "counted")  # reads the result, cannot write it
+        assert trials_counted(ctx) == 0
+        await reconcile(ctx, namespace, "counted")  # reads it again and writes it
+
+    asyncio.run(scenario())
+    assert status_of(custom, namespace, "counted").phase == "Complete"
+    assert trials_counted(ctx) == 1
+
+
+def test_a_conflict_on_the_final_status_write_is_retried_at_once(kube, namespace, ctx, custom, monkeypatch):
+    create_selection(custom, namespace, "raced")
+    real = operator_kube.patch_selection_status
+    conflicts = []
+
+    async def patch(namespace, name, status):
+        if status.get("phase") == "Complete" and not conflicts:
+            conflicts.append(name)
+            raise ApiException(status=409, reason="Conflict")
+        return await real(namespace, name, status)
+
+    monkeypatch.setattr(operator_kube, "patch_selection_status", patch)
+
+    async def scenario():
+        posting_events()
+        await reconcile(ctx, namespace, "raced")
+        finish_job(kube, namespace, only_job(kube, namespace), result_message())
+        await reconcile(ctx, namespace, "raced")  # one call: the conflict is re-read and retried within it
+
+    asyncio.run(scenario())
+    assert conflicts == ["raced"] and status_of(custom, namespace, "raced").phase == "Complete"
+
+
+@pytest.mark.parametrize(
+    "refusal, says",
+    [
+        (ApiException(status=422, reason="Unprocessable Entity"), "denied by policy require-team-label"),
+        (ValueError("Invalid value for `tolerations`, must be a list"), "Invalid value for `tolerations`"),
+    ],
+)
+def test_a_job_the_api_server_or_the_client_refuses_fails_its_candidate_with_the_reason(
+    kube, namespace, ctx, custom, monkeypatch, refusal, says
+):
+    if isinstance(refusal, ApiException):  # an admission webhook's answer, as the API server relays it
+        refusal.body = json.dumps({"kind": "Status", "status": "Failure", "code": 422, "reason": "Invalid",
+                                   "message": 'admission webhook "validate.kyverno.svc" denied the request: '
+                                              "denied by policy require-team-label"})
+
+    async def refuse(namespace, job):
+        raise refusal
+
+    monkeypatch.setattr(operator_kube, "create_job", refuse)
+    create_selection(custom, namespace, "refused")
+
+    events = reconcile_once(ctx, namespace, "refused")
+    status = status_of(custom, namespace, "refused")
+    entry = status.candidates["a"]
+    assert (status.phase, entry.state, entry.reason) == ("Failed", "Failed", "JobRejected")
+    assert says in entry.message
+    assert [e.reason for e in events if e.type == "Warning"] == ["JobRejected", "MaxFailedCandidatesReached"]
+
+
+def test_a_transient_api_error_is_retried_with_a_growing_delay(kube, namespace, ctx, custom, monkeypatch):
+    create_selection(custom, namespace, "throttled")
+
+    async def throttled(namespace, selector):
+        raise ApiException(status=429, reason="Too Many Requests")
+
+    monkeypatch.setattr(operator_kube, "list_jobs", throttled)
+
+    async def scenario():
+        posting_events()
+        delays = []
+        for _ in range(3):
+            with pytest.raises(kopf.TemporaryError) as retry:
+                await reconcile(ctx, namespace, "throttled")
+            delays.append(retry.value.delay)
+        return delays
+
+    assert asyncio.run(scenario()) == [2.0, 4.0, 8.0]
+    assert status_of(custom, namespace, "throttled").phase == "Pending"
+
+
+def test_an_error_that_keeps_coming_back_ends_the_selection_instead_of_retrying_forever(
+    kube, namespace, ctx, custom, monkeypatch
+):
+    create_selection(custom, namespace, "cursed")
+
+    async def broken(namespace, job):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(operator_kube, "create_job", broken)
+
+    async def scenario():
+        posting_events()
+        for attempt in range(1, MAX_UNEXPECTED_ERRORS + 1):
+            assert status_of(custom, namespace, "cursed").phase == "Pending", attempt
+            with pytest.raises(RuntimeError):
+                await reconcile(ctx, namespace, "cursed")
+
+    asyncio.run(scenario())
+    status = status_of(custom, namespace, "cursed")
+    assert (status.phase, status.reason) == ("Failed", "ReconcileFailed") and "a bug" in status.conditions[-1].message
+
+
+def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_ends_the_operator(kube, ctx):
+    from cluster import free_port
+    from kopf._cogs.structs.references import Resource
+
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo(ctx=Context(config=OperatorConfig(metrics_port=free_port()), metrics=ctx.metrics))
+
+    async def start_and_stop():
+        await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
+        await handlers.selection_event(type=None, namespace="ns", name="s", status={}, memo=memo,
+                                       logger=logging.getLogger(__name__))
+        await handlers.operator_cleanup(memo=memo)
+
+    asyncio.run(start_and_stop())
+    assert memo.resync.cancelled() and memo.selections.due(now=0.0) == [("ns", "s")]
+    jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
+    assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
+    # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.
+    backoffs = settings.networking.error_backoffs
+    assert list(itertools.islice(backoffs, 50))[-1] == 30 and list(itertools.islice(backoffs, 3)) == [1, 1, 2]

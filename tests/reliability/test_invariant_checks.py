@@ -1,0 +1,94 @@
+"""The reliability suites' own checks catch what they claim to: a chaos invariant that could never fire, a fuzz
+generator that never produced hostile input or a stand-in that forgot --resume would make a green suite meaningless.
+These run in the default test run (no marker): they are fast and need no cluster.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import stand_in_trial
+from chaos import SIZES, Schedule, duplicate_jobs, points_lost, points_measured_twice
+from hypothesis import HealthCheck, given, settings
+from kube_emulator import JournalEntry
+from lensllm.trial.spec import TrialSpec
+from spec_fuzz import HOSTILE, YAML_ONLY, Case, manifests, put
+
+LABELS = {"lensllm.io/candidate": "a", "lensllm.io/round": "0"}
+
+
+def entry(kind: str, name: str, labels: dict[str, str] = LABELS) -> JournalEntry:
+    return JournalEntry(0.0, kind, "jobs", "chaos", name, labels)
+
+
+def test_a_second_job_for_a_trial_attempt_is_a_violation_unless_the_first_went() -> None:
+    assert duplicate_jobs([entry("ADDED", "j"), entry("MODIFIED", "j")]) == []
+    assert duplicate_jobs([entry("ADDED", "j"), entry("DELETED", "j"), entry("ADDED", "j")]) == []
+    twins = duplicate_jobs([entry("ADDED", "j"), entry("ADDED", "j-2")])
+    assert twins == ["Job j-2 created while j runs the same trial ('a', '0')"]
+    other = {"lensllm.io/candidate": "b", "lensllm.io/round": "0"}
+    assert duplicate_jobs([entry("ADDED", "j"), entry("ADDED", "k", other)]) == []
+
+
+def test_the_ledger_shows_points_measured_twice(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(json.dumps({"model": f"/models/{m}", "size": s, "pod": "p"}) + "\n"
+                              for m, s in (("a", 16), ("a", 32), ("b", 16), ("a", 16))))
+    assert points_measured_twice(ledger) == ["a size 16 measured 2 times"]
+    assert points_measured_twice(tmp_path / "none.jsonl") == []
+
+
+def test_a_candidate_without_every_size_has_lost_points() -> None:
+    done = {"state": "Succeeded", "points": [{"size": size} for size in SIZES]}
+    status = {"candidates": {"model-a": done, "model-b": done, "model-c": {**done, "points": done["points"][1:]}}}
+    (lost,) = points_lost(status)
+    assert lost.startswith("model-c: state Succeeded, sizes [32, 64, 128]")
+
+
+def test_schedules_are_drawn_from_their_seed_alone() -> None:
+    assert Schedule.draw(7) == Schedule.draw(7) != Schedule.draw(8)
+    kinds = {d.kind for seed in range(50) for d in Schedule.draw(seed).disruptions}
+    assert kinds == {"kill-operator", "evict", "delete-job", "compact", "drop-watches"}
+
+
+def spec(tmp_path: Path) -> TrialSpec:
+    return TrialSpec.model_validate({"candidate": {"model": "/models/a"}, "subsetSizes": [16, 32, 64],
+                                     "targetSize": 1024, "dataset": {"source": str(tmp_path), "textField": "t"},
+                                     "ntk": {"probeSize": 4}})
+
+
+def test_the_stand_in_trial_resumes_after_the_sizes_it_finished(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(stand_in_trial.SIZE_SECONDS, "0")
+    monkeypatch.setenv(stand_in_trial.LEDGER, str(tmp_path / "ledger.jsonl"))
+    checkpoints = []
+    first = stand_in_trial.run_trial(spec(tmp_path), on_checkpoint=lambda r: checkpoints.append(len(r.points)))
+    assert first.status == "Succeeded" and checkpoints == [1, 2, 3] and first.fits
+    partial = first.model_copy(update={"points": first.points[:2]})
+    again = stand_in_trial.run_trial(spec(tmp_path), resume=partial)
+    assert [p.size for p in again.points] == [16, 32, 64] and again.points == first.points
+    measured = [line["size"] for line in stand_in_trial.read_ledger(tmp_path / "ledger.jsonl")]
+    assert measured == [16, 32, 64, 64]  # the resumed trial measured only the size it lacked
+
+
+def test_put_reaches_into_lists_and_creates_what_is_missing() -> None:
+    document = {"spec": {"candidates": [{"name": "a"}]}}
+    put(document, ("spec", "candidates", 0, "name"), "b\n")
+    put(document, ("spec", "resources", "cpu"), "lots")
+    assert document == {"spec": {"candidates": [{"name": "b\n"}], "resources": {"cpu": "lots"}}}
+
+
+def test_the_generator_makes_plain_hostile_and_yaml_only_manifests() -> None:
+    seen: list[Case] = []
+
+    @settings(max_examples=120, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(manifests())
+    def collect(case: Case) -> None:
+        seen.append(case)
+
+    collect()
+    kinds = {case.hostility for case in seen}
+    assert "none" in kinds and kinds & set(YAML_ONLY) and len(kinds) > 30, kinds
+    assert all(case.document is None for case in seen if case.isolated)
+    assert len(HOSTILE) >= 50

@@ -1,0 +1,245 @@
+"""Chaos runs: one selection of three stand-in candidates through the real operator while a seeded schedule of
+faults hits it, and the invariants every run must keep.
+
+Used by tests/reliability/test_chaos.py. A `Schedule` is drawn from a seed: API refusals (5xx, 429, 409 on the
+operator's calls, 410 on its watches) with small probabilities for the whole run, and timed disruptions
+(operator SIGKILL and restart, pod evictions, Job deletions, watch-history compaction, dropped watches) in the
+first seconds. `ChaosRun` applies it and `violations()` checks, after the selection ended or the bound passed:
+- the selection reached a terminal phase within the bound;
+- no Job was created twice for the same trial attempt (two live at once, or a re-creation not preceded by the
+  disappearance of the earlier one);
+- no point was measured twice (the stand-in's ledger, tests/support/stand_in_trial.py);
+- no point was lost (every candidate Succeeded with every subset size);
+- the ranking equals the fault-free run's.
+"""
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from api_faults import ApiFaults
+from kube_emulator import JournalEntry
+from stand_in_trial import read_ledger
+
+OPERATOR_AGENTS = ("kopf/", "lensllm-operator/")
+SIZES = [16, 32, 64, 128]
+CANDIDATES = ("model-a", "model-b", "model-c")
+CANDIDATE_LABEL = "lensllm.io/candidate"
+ROUND_LABEL = "lensllm.io/round"
+# (code, verb, resource, subresource): the refusals a run draws from; every call of the operator may be hit.
+REFUSALS = [
+    (500, "patch", "llmselections", "status"), (409, "patch", "llmselections", "status"),
+    (503, "get", "llmselections", None), (500, "create", "jobs", None), (504, "create", "jobs", None),
+    (409, "create", "jobs", None), (503, "list", "jobs", None), (500, "list", "pods", None),
+    (429, "patch", "llmselections", None), (500, "create", "events", None), (410, "watch", "jobs", None),
+    (410, "watch", "llmselections", None), (503, "watch", "jobs", None),
+]
+DISRUPTIONS = ("kill-operator", "evict", "delete-job", "compact", "drop-watches")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: int
+    verb: str
+    resource: str
+    subresource: str | None
+    probability: float
+    commit: bool
+
+
+@dataclass(frozen=True)
+class Disruption:
+    at: float  # seconds after the selection was applied
+    kind: str
+    pick: float  # which pod or Job, as a fraction of the sorted candidates for it
+    pause: float  # kill-operator: seconds until the restart
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Everything a run does to the cluster, drawn from one seed."""
+
+    seed: int
+    parallelism: int
+    graceful_deletion: bool
+    gc_delay: float
+    refusals: tuple[Refusal, ...]
+    disruptions: tuple[Disruption, ...]
+
+    @classmethod
+    def draw(cls, seed: int, horizon: float = 8.0) -> "Schedule":
+        rng = random.Random(seed)
+        refusals = tuple(Refusal(code, verb, resource, sub, round(rng.uniform(0.03, 0.2), 3), rng.random() < 0.5)
+                         for code, verb, resource, sub in rng.sample(REFUSALS, rng.randint(1, 3)))
+        kinds = [rng.choice(DISRUPTIONS) for _ in range(rng.randint(2, 5))]
+        disruptions = tuple(sorted((Disruption(round(rng.uniform(0.5, horizon), 2), kind, rng.random(),
+                                               round(rng.uniform(0, 1.5), 2)) for kind in kinds),
+                                   key=lambda d: d.at))
+        return cls(seed, rng.randint(1, 3), rng.random() < 0.5, rng.choice((0.0, 0.5)), refusals, disruptions)
+
+
+def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any]:
+    """Three stand-in candidates, four sizes, a persistent work volume a trial resumes from."""
+    return {
+        "apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name},
+        "spec": {
+            "candidates": [{"name": model, "model": f"/models/{model}"} for model in CANDIDATES],
+            "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target",
+                        "maxTestExamples": 32},
+            "budget": {"subsetSizes": SIZES, "targetSize": 4096},
+            "ntk": {"probeSize": 8}, "parallelism": parallelism,
+            "workVolume": {"claimName": claim},
+        },
+    }
+
+
+@dataclass
+class Outcome:
+    """What a run left behind, and what went wrong with it."""
+
+    seed: int | None
+    phase: str | None
+    seconds: float
+    ranking: list[str]
+    faults: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    operator_tracebacks: int = 0  # exceptions the operator logged (kopf retries handlers that raised)
+    log_tail: list[str] = field(default_factory=list)  # the operator's last words, kept for a run that broke
+
+    def figures(self) -> dict[str, Any]:
+        return {"seed": self.seed, "phase": self.phase, "seconds": round(self.seconds, 2),
+                "faults": dict(self.faults), "violations": self.violations,
+                "operator_tracebacks": self.operator_tracebacks, "log_tail": self.log_tail}
+
+
+class ChaosDriver:
+    """Carries out a schedule's timed disruptions in a thread while the test waits for the selection."""
+
+    def __init__(self, schedule: Schedule, api: kubernetes.client.ApiClient, namespace: str, faults: ApiFaults,
+                 restart_operator: Callable[[float], None]) -> None:
+        self.done: Counter[str] = Counter()
+        self.deleted_jobs: list[str] = []
+        self._schedule, self._namespace, self._faults = schedule, namespace, faults
+        self._core, self._batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
+        self._restart = restart_operator
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos", daemon=True)
+        self.errors: list[BaseException] = []
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            for disruption in self._schedule.disruptions:
+                if self._stop.wait(max(0.0, self._started + disruption.at - time.monotonic())):
+                    return
+                if self._apply(disruption):
+                    self.done[disruption.kind] += 1
+            self._stop.wait()  # an operator this thread restarted dies with it (cluster.die_with_parent)
+        except BaseException as err:  # noqa: BLE001 - reported by the test, never lost in a thread
+            self.errors.append(err)
+
+    def _apply(self, disruption: Disruption) -> bool:
+        if disruption.kind == "kill-operator":
+            self._restart(disruption.pause)
+        elif disruption.kind == "compact":
+            self._faults.compact()
+        elif disruption.kind == "drop-watches":
+            self._faults.drop_watches()
+        elif disruption.kind == "evict":
+            return self._evict(disruption.pick)
+        else:
+            return self._delete_job(disruption.pick)
+        return True
+
+    def _evict(self, pick: float) -> bool:
+        pods = sorted(p.metadata.name for p in self._core.list_namespaced_pod(self._namespace).items
+                      if p.status and p.status.phase == "Running" and not p.metadata.deletion_timestamp)
+        if not pods:
+            return False
+        name = pods[int(pick * len(pods))]
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+        try:
+            self._core.create_namespaced_pod_eviction(name, self._namespace, body)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def _delete_job(self, pick: float) -> bool:
+        jobs = sorted(j.metadata.name for j in self._batch.list_namespaced_job(self._namespace).items)
+        if not jobs:
+            return False
+        name = jobs[int(pick * len(jobs))]
+        try:
+            self._batch.delete_namespaced_job(name, self._namespace, propagation_policy="Background")
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        self.deleted_jobs.append(name)
+        return True
+
+
+def apply_refusals(faults: ApiFaults, schedule: Schedule) -> None:
+    faults.seed(schedule.seed)
+    faults.graceful_deletion = schedule.graceful_deletion
+    faults.gc_delay = schedule.gc_delay
+    for refusal in schedule.refusals:
+        faults.fail(refusal.code, verb=refusal.verb, resource=refusal.resource, subresource=refusal.subresource,
+                    probability=refusal.probability, user_agent=OPERATOR_AGENTS,
+                    commit=refusal.commit and refusal.verb == "create")
+
+
+def job_identity(labels: dict[str, str]) -> tuple[str, str]:
+    return labels.get(CANDIDATE_LABEL, "?"), labels.get(ROUND_LABEL, "?")
+
+
+def duplicate_jobs(journal: list[JournalEntry]) -> list[str]:
+    """Jobs created for a trial attempt that already had one: while it was still there, or never gone."""
+    live: dict[str, tuple[str, str]] = {}
+    disappeared: Counter[tuple[str, str]] = Counter()
+    created: Counter[tuple[str, str]] = Counter()
+    found = []
+    for entry in journal:
+        identity = job_identity(entry.data)
+        if entry.type == "ADDED":
+            twins = [name for name, other in live.items() if other == identity]
+            if twins:
+                found.append(f"Job {entry.name} created while {twins[0]} runs the same trial {identity}")
+            elif created[identity] > disappeared[identity]:
+                found.append(f"Job {entry.name} re-created for trial {identity} although no earlier Job went")
+            created[identity] += 1
+            live[entry.name] = identity
+        elif entry.type == "DELETED" and live.pop(entry.name, None) is not None:
+            disappeared[identity] += 1
+    return found
+
+
+def points_measured_twice(ledger: Path) -> list[str]:
+    counts = Counter((line["model"].rsplit("/", 1)[-1], line["size"]) for line in read_ledger(ledger))
+    return [f"{model} size {size} measured {n} times" for (model, size), n in sorted(counts.items()) if n > 1]
+
+
+def points_lost(status: dict[str, Any]) -> list[str]:
+    lost = []
+    for name in CANDIDATES:
+        entry = (status.get("candidates") or {}).get(name) or {}
+        have = sorted(point["size"] for point in entry.get("points") or [])
+        if entry.get("state") != "Succeeded" or have != SIZES:
+            lost.append(f"{name}: state {entry.get('state')}, sizes {have} of {SIZES} "
+                        f"({entry.get('reason') or ''} {entry.get('message') or ''})".rstrip())
+    return lost

@@ -52,7 +52,7 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(base=8, largest=32, target=128, n_test=32, seeds=2, repeat_up_to=16)
+QUICK = Budget(base=8, largest=32, target=256, n_test=32, seeds=2, repeat_up_to=16)
 
 
 @dataclass(frozen=True)

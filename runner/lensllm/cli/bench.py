@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from lensllm.cli import options, render
-from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
+from lensllm.science.benchmark import run_benchmark, usable_ratios
 from lensllm.science.laws import LawWarning
 
 
@@ -17,9 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="For each budget ratio r, every method sees subset sizes up to TARGET/r and is "
         "scored (PearCorr, RelAcc) against the true loss at TARGET.",
     )
-    p.add_argument("curves", metavar="CURVES.csv", help="model column, then one loss column per subset size")
+    p.add_argument(
+        "curves", metavar="CURVES.csv", help="model column, then one loss column per subset size (with CURVES.ntk.json "
+        "beside it, a LensBench table: its NTK spectra and ground-truth size are used)"
+    )
     p.add_argument("--methods", type=options.method_list, default=options.method_list("all"), help="a,b,... or all")
-    p.add_argument("--ratios", type=options.int_list, default=list(PAPER_RATIOS), help="default 8,16,...,512")
+    p.add_argument(
+        "--ratios", type=options.int_list, help="default: 8,16,...,512, those that leave at least 3 subset sizes"
+    )
     p.add_argument("--target", type=options.positive_int, help="size to predict (default: largest column)")
     p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw PearCorr and RelAcc against the ratio")
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     target = options.resolve_target(curves, args.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # a benchmark fits hundreds of curves; bounds are expected
-        rows = run_benchmark(curves, args.methods, args.ratios, target)
+        rows = run_benchmark(curves, args.methods, args.ratios or usable_ratios(curves, target), target)
     if args.format == "table":
         render.print_tables(render.bench_tables(rows))
     else:

@@ -36,11 +36,11 @@ class Budget:
     """Subset sizes base * 2^k up to `largest`, the ground truth at `target` (the training-set size)."""
 
     base: int = 8
-    largest: int = 512
-    target: int = 4096
+    largest: int = 256
+    target: int = 2048
     n_test: int = 256
     seeds: int = 3  # seeds of the sizes up to `repeat_up_to`
-    repeat_up_to: int = 128
+    repeat_up_to: int = 64
 
     @property
     def sizes(self) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from lensllm.demo import SPECIAL_IDS, pretrain, tiny_config
 
-BATCH_LINES = 32
+BATCH_LINES = 16
 MAX_POSITIONS = 64
 PRETRAIN_LEARNING_RATE = 2e-3
 
@@ -53,19 +53,19 @@ ZOO = (
     _m("gpt2", "xs", 1024, "mix", 1500),
     _m("gpt2", "s", 1024, "code", 800),
     _m("gpt2", "s", 4096, "cipher", 150),
-    _m("gpt2", "m", 4096, "fortunes", 800),
-    _m("gpt2", "l", 4096, "mix", 400),
+    _m("gpt2", "m", 4096, "fortunes", 500),
+    _m("gpt2", "l", 4096, "mix", 300),
     _m("gpt2", "l", 1024, "none", 0),
     _m("llama", "xs", 4096, "dict", 1500),
-    _m("llama", "s", 1024, "mix", 1500),
-    _m("llama", "m", 1024, "gloss", 600),
+    _m("llama", "s", 1024, "mix", 1000),
+    _m("llama", "m", 1024, "gloss", 400),
     _m("llama", "m", 4096, "none", 0),
-    _m("llama", "l", 1024, "cipher", 300),
+    _m("llama", "l", 1024, "cipher", 200),
     _m("opt", "xs", 1024, "gloss", 1500),
     _m("opt", "s", 4096, "fortunes", 300),
-    _m("opt", "m", 1024, "mix", 800),
-    _m("opt", "l", 1024, "dict", 600),
-    _m("opt", "l", 4096, "code", 1000),
+    _m("opt", "m", 1024, "mix", 500),
+    _m("opt", "l", 1024, "dict", 400),
+    _m("opt", "l", 4096, "code", 500),
 )
 
 # The miniature for `--quick`: one tiny model per family, corpora that need no Debian package.

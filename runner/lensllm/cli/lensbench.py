@@ -5,6 +5,7 @@ this module loads it only when the subcommand runs.
 """
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=options.positive_int, default=1, help="worker processes (default 1)")
     gen.add_argument("--debs", type=Path, help="cache of Debian packages (default OUT/debs)")
     gen.set_defaults(run=run_generate)
+    e2e = actions.add_parser("e2e", help="run lensllm select --local per task of a generation and score its pick")
+    e2e.add_argument("--out", type=Path, required=True, help="the folder of a finished `lensbench generate`")
+    e2e.add_argument("--tasks", type=_task_list, help="comma-separated task names (default: all of the generation)")
+    e2e.add_argument("--workers", type=options.positive_int, default=2, help="trials at once (default 2, one thread each)")
+    e2e.set_defaults(run=run_e2e)
 
 
 def _task_list(text: str) -> tuple[str, ...]:
@@ -57,4 +63,27 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"lensllm lensbench: {len(record['failed_units'])} units failed; see {args.out / 'generation.json'}", file=sys.stderr)
         return 1
     print(f"done in {record['wall_seconds']:.0f} s wall, {record['cpu_seconds_this_run']:.0f} CPU-s")
+    return 0
+
+
+def run_e2e(args: argparse.Namespace) -> int:
+    from lensllm_bench.endtoend import run_task, write
+    from lensllm_bench.generate import Budget
+
+    record_path = args.out / "generation.json"
+    if not record_path.exists():
+        raise LensLLMError(f"--out {args.out}: no generation.json (run `lensllm lensbench generate --out {args.out}` first)")
+    record = json.loads(record_path.read_text())
+    tasks = args.tasks or tuple(record["tasks"])
+    unknown = sorted(set(tasks) - set(record["tasks"]))
+    if unknown:
+        raise LensLLMError(f"--tasks: {', '.join(unknown)} not in this generation ({', '.join(record['tasks'])})")
+    models = [m["name"] for m in record["zoo"]]
+    outcomes = []
+    for task in tasks:
+        outcome = run_task(task, models, args.out, Budget(**record["budget"]), args.workers)
+        print(f"{task}: picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
+              f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
+        outcomes.append(outcome)
+    write(outcomes, args.out / "tables" / "e2e.csv")
     return 0

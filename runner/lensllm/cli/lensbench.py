@@ -8,10 +8,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lensllm.cli import options
 from lensllm.errors import LensLLMError
+from lensllm.science.laws import LawWarning
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e2e.add_argument("--tasks", type=_task_list, help="comma-separated task names (default: all of the generation)")
     e2e.add_argument("--workers", type=options.positive_int, default=2, help="trials at once (default 2, one thread each)")
     e2e.set_defaults(run=run_e2e)
+    loo = actions.add_parser("loo", help="choose default's rule by leave-one-table-out; Markdown of the held-out scores")
+    loo.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
+    loo.set_defaults(run=run_loo)
+    ntk = actions.add_parser("ntk", help="lensllm with the measured NTK vs rectified vs ats, with bootstrap intervals")
+    ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
+    ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    ntk.set_defaults(run=run_ntk)
 
 
 def _task_list(text: str) -> tuple[str, ...]:
@@ -86,4 +95,36 @@ def run_e2e(args: argparse.Namespace) -> int:
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         outcomes.append(outcome)
     write(outcomes, args.out / "tables" / "e2e.csv")
+    return 0
+
+
+def _tables(paths: list[Path]):
+    from lensllm_bench.loo import load
+
+    return [load(path) for path in paths]
+
+
+def run_loo(args: argparse.Namespace) -> int:
+    from lensllm_bench.loo import describe, evaluate, markdown
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)  # hundreds of fits; bounds are expected
+        evaluation = evaluate(_tables(args.tables))
+    sys.stdout.write(markdown(evaluation))
+    chosen = evaluation.scores[evaluation.chosen]
+    print(f"\nChosen on all tables (what `default` should ship): {describe(evaluation.chosen)}; in sample: "
+          + ", ".join(f"{t} {100 * s.pearcorr:.1f} / {100 * s.relacc:.1f}" for t, s in chosen.items()))
+    return 0
+
+
+def run_ntk(args: argparse.Namespace) -> int:
+    from lensllm_bench.ntk_answer import answer, markdown
+
+    tables = _tables(args.tables)
+    missing = [t.name for t in tables if t.curves.ntk is None]
+    if missing:
+        raise LensLLMError(f"no NTK spectra for {', '.join(missing)}: give LensBench tables (CURVES.ntk.json beside them)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        sys.stdout.write(markdown([answer(t) for t in tables], seed=args.seed))
     return 0

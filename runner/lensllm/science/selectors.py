@@ -98,28 +98,50 @@ def select_ats(curves: Curves, target: float, ntk=None) -> Selection:
     return _law_selection("ats", curves, target, lambda i: AtSLaw())
 
 
-# The default blends two views of the curve, each weighted by how well it did on the
-# published curves (docs/benchmarks.md): accept-then-stop, averaged over transition
-# thresholds so one borderline point cannot flip the power-phase cut, and the LENSLLM law,
-# which also sees the pre-power phase and the zero-shot loss (and the NTK when measured).
-DEFAULT_ATS_DELTAS = (3.0, 4.0, 5.0)
-DEFAULT_LAW_WEIGHT = 0.1
+@dataclass(frozen=True)
+class BlendRule:
+    """How `default` combines two views of a curve, in log space.
+
+    The accept-then-stop extrapolation (k points at least, averaged over the transition
+    thresholds `ats_deltas`, so one borderline point cannot flip the power-phase cut) is
+    blended with the LENSLLM law (which also sees the pre-power phase, the zero-shot loss
+    and the NTK when measured) with weight `law_weight`. `gain` scales the predicted
+    improvement over the last observed loss: above 1 it bets that curves keep steepening.
+    """
+
+    ats_k: int = 3
+    ats_deltas: tuple[float, ...] = (3.0, 4.0, 5.0)
+    law_weight: float = 0.1
+    gain: float = 1.0
+
+    def combine(self, ats_logs: Sequence[np.ndarray], law_log: np.ndarray, last_log: np.ndarray) -> np.ndarray:
+        """Blended log loss from the log predictions of each AtS threshold and of the law."""
+        blended = (1.0 - self.law_weight) * np.mean(ats_logs, axis=0) + self.law_weight * law_log
+        return last_log + self.gain * (blended - last_log)
 
 
-def select_default(curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None) -> Selection:
-    """Rank by a log-space blend of AtS (averaged over thresholds) and the LENSLLM law."""
-    ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(delta=d)) for d in DEFAULT_ATS_DELTAS]
+# Chosen by leave-one-table-out over every curve table we have (docs/benchmarks.md,
+# `lensllm lensbench loo`): the rule that scores best on all tables together.
+DEFAULT_RULE = BlendRule()
+
+
+def select_default(
+    curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None, rule: BlendRule = DEFAULT_RULE
+) -> Selection:
+    """Rank by `rule`'s log-space blend of AtS (averaged over thresholds) and the LENSLLM law."""
+    ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(k=rule.ats_k, delta=d)) for d in rule.ats_deltas]
     law = select_lensllm(curves, target, ntk)
+    last_log = np.log(curves.losses[:, -1])
 
     def blend(i: int) -> Callable[[np.ndarray], np.ndarray]:
         def curve(sizes: np.ndarray) -> np.ndarray:
-            ats_log = np.mean([np.log(s.curve_fns[i](sizes)) for s in ats], axis=0)
-            return np.exp((1.0 - DEFAULT_LAW_WEIGHT) * ats_log + DEFAULT_LAW_WEIGHT * np.log(law.curve_fns[i](sizes)))
+            ats_logs = [np.log(s.curve_fns[i](sizes)) for s in ats]
+            return np.exp(rule.combine(ats_logs, np.log(law.curve_fns[i](sizes)), last_log[i]))
 
         return curve
 
     curve_fns = tuple(blend(i) for i in range(curves.n_models))
-    predicted = np.array([fn(np.array([target]))[0] for fn in curve_fns])
+    predicted = np.exp(rule.combine([np.log(s.predicted_loss) for s in ats], np.log(law.predicted_loss), last_log))
     ats_loss = np.exp(np.mean([np.log(s.predicted_loss) for s in ats], axis=0))
     fits = tuple(
         {"ats_loss": float(a), "lensllm_loss": float(b), **params}

@@ -59,16 +59,23 @@ def manifest(task: str, models: list[str], out: Path, budget) -> dict:
     }
 
 
-def run_task(task: str, models: list[str], out: Path, budget, workers: int) -> Outcome:
+def write_manifest(task: str, models: list[str], out: Path, budget) -> Path:
     folder = out / "e2e" / task
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selection.yaml"
     path.write_text(yaml.safe_dump(manifest(task, models, out, budget), sort_keys=False))
-    command = [sys.executable, "-m", "lensllm.cli.main", "select", str(path), "--local", "--workers", str(workers),
-               "--out", str(folder / "run")]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status = json.loads((folder / "run" / "status.json").read_text())
-    return score(task, models, status, out / "results", budget.target)
+    return path
+
+
+def run_task(task: str, models: list[str], out: Path, budget, workers: int) -> Outcome:
+    """Run the task's selection (unless a completed one is on disk) and score its pick."""
+    path = write_manifest(task, models, out, budget)
+    status_path = path.parent / "run" / "status.json"
+    if not (status_path.exists() and json.loads(status_path.read_text()).get("phase") == "Complete"):
+        command = [sys.executable, "-m", "lensllm.cli.main", "select", str(path), "--local", "--workers", str(workers),
+                   "--out", str(path.parent / "run")]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return score(task, models, json.loads(status_path.read_text()), out / "results", budget.target)
 
 
 def score(task: str, models: list[str], status: dict, results: Path, target: int) -> Outcome:

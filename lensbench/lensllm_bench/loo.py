@@ -23,11 +23,13 @@ from lensllm.science.benchmark import PAPER_RATIOS, usable_ratios
 from lensllm.science.curves import Curves
 from lensllm.science.laws import AtSLaw
 from lensllm.science.metrics import pearcorr, relacc
-from lensllm.science.selectors import BlendRule, fit_each, select
+from lensllm.science.selectors import BlendRule, backtest_gain, fit_each, select
 
 RULES = tuple(
-    BlendRule(ats_k=k, ats_deltas=deltas, law_weight=w, gain=g)
-    for g, w, k, deltas in product((1.0, 1.25), (0.0, 0.1, 0.2, 0.3, 0.5), (3, 2), ((3.0, 4.0, 5.0), (5.0,), (3.0,)))
+    BlendRule(ats_k=k, ats_deltas=deltas, law_weight=w, vanilla_weight=v, gain=g)
+    for g, v, w, k, deltas in product(
+        (1.0, None, 0.75, 0.5, 1.25), (0.0, 0.25, 0.5), (0.0, 0.1, 0.2, 0.3, 0.5), (3, 2), ((3.0, 4.0, 5.0), (5.0,), (3.0,))
+    )
 )
 ATS = BlendRule(ats_k=3, ats_deltas=(5.0,), law_weight=0.0)  # the paper's AtS, as a rule
 RELACC_PENALTY = 2.0  # PearCorr points given up per RelAcc point lost against AtS
@@ -55,11 +57,13 @@ def load(path: Path) -> Table:
 
 @dataclass(frozen=True)
 class Components:
-    """Log predictions at the target of every AtS variant and of the law, and the last observed log loss."""
+    """Log predictions at the target of every AtS variant and of the two laws, and the last observed log loss."""
 
     ats: dict[tuple[int, float], np.ndarray]
     law: np.ndarray
+    vanilla: np.ndarray
     last: np.ndarray
+    gains: dict[tuple[int, tuple[float, ...]], float]  # calibrated gain per AtS variant
 
 
 def components(table: Table, ratio: int) -> Components:
@@ -70,12 +74,17 @@ def components(table: Table, ratio: int) -> Components:
         for k, d in sorted(variants)
     }
     law = np.log(select("lensllm", seen, table.target, ntk=seen.ntk).predicted_loss)
-    return Components(ats, law, np.log(seen.losses[:, -1]))
+    vanilla = np.log(select("vanilla", seen, table.target).predicted_loss)
+    calibrated = {(r.ats_k, r.ats_deltas): r for r in RULES if r.gain is None}
+    gains = {key: backtest_gain(seen, rule) for key, rule in calibrated.items()}
+    return Components(ats, law, vanilla, np.log(seen.losses[:, -1]), gains)
 
 
 def predict(rule: BlendRule, parts: Components) -> np.ndarray:
     """What `select_default(..., rule=rule)` predicts, from the shared fits."""
-    return np.exp(rule.combine([parts.ats[rule.ats_k, d] for d in rule.ats_deltas], parts.law, parts.last))
+    gain = rule.gain if rule.gain is not None else parts.gains[rule.ats_k, rule.ats_deltas]
+    ats = [parts.ats[rule.ats_k, d] for d in rule.ats_deltas]
+    return np.exp(rule.combine(ats, parts.law, parts.vanilla, parts.last, gain))
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,9 @@ def evaluate(tables: Sequence[Table]) -> Evaluation:
 
 def describe(rule: BlendRule) -> str:
     deltas = "/".join(f"{d:g}" for d in rule.ats_deltas)
-    return f"AtS k={rule.ats_k} delta={deltas}, law weight {rule.law_weight:g}, gain {rule.gain:g}"
+    gain = "calibrated" if rule.gain is None else f"{rule.gain:g}"
+    return (f"AtS k={rule.ats_k} delta={deltas}, LENSLLM law {rule.law_weight:g}, vanilla law {rule.vanilla_weight:g}, "
+            f"gain {gain}")
 
 
 def markdown(evaluation: Evaluation) -> str:

@@ -36,13 +36,17 @@ def evaluation(tables):
         return loo.evaluate(tables)
 
 
-def test_a_rule_predicts_from_the_shared_fits_exactly_what_select_default_predicts(tables):
-    rule = BlendRule(ats_k=2, ats_deltas=(3.0, 5.0), law_weight=0.3, gain=1.25)
+@pytest.mark.parametrize(
+    "rule",
+    [BlendRule(ats_k=2, ats_deltas=(3.0, 5.0), law_weight=0.3, vanilla_weight=0.25, gain=1.25),
+     BlendRule(ats_k=3, ats_deltas=(3.0, 4.0, 5.0), law_weight=0.1, vanilla_weight=0.5, gain=None)],
+)
+def test_a_rule_predicts_from_the_shared_fits_exactly_what_select_default_predicts(tables, rule):
     table = tables[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parts = loo.components(table, 16)
-        direct = select_default(table.curves.up_to(table.target / 16), table.target, rule=rule).predicted_loss
+        parts = loo.components(table, 8)
+        direct = select_default(table.curves.up_to(table.target / 8), table.target, rule=rule).predicted_loss
     np.testing.assert_allclose(loo.predict(rule, parts), direct, rtol=1e-12)
 
 

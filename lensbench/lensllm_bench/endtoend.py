@@ -5,7 +5,9 @@ training settings and the `default` method, run exactly as a user would run it (
 `lensllm select --local` process). Its pick is then scored against the ground truth the
 generator measured: the picked model's true loss after fine-tuning on the full training
 set against the best model's (RelAcc), and the compute spent against what fully
-fine-tuning every candidate cost. The selection's own measurements are compared with the
+fine-tuning every candidate cost. The pick is re-ranked from the selection's own status
+with the `default` this code ships (as `lensllm report` would), so a selection run before
+`default` last changed still scores today's default; the pick at run time is kept too. The selection's own measurements are compared with the
 generator's (same spec, same seed: they must agree), which checks that LensBench measures
 the product.
 """
@@ -20,10 +22,12 @@ from pathlib import Path
 import yaml
 
 from lensllm.science.metrics import relacc
+from lensllm.science.selectors import select
+from lensllm.selection.status import LLMSelectionStatus, selection_curves
 from lensllm_bench.measure import NTK_PROBE, TRAINING, point_path
 
 COLUMNS = ("task", "picked", "picked_truth", "best", "best_truth", "relacc", "compute_fraction",
-           "estimated_fraction", "max_point_difference")
+           "estimated_fraction", "max_point_difference", "picked_when_run")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Outcome:
     compute_fraction: float  # FLOPs the selection spent / FLOPs the generator spent on the full fine-tunes
     estimated_fraction: float  # the selection's own estimate of the same (status.compute.fractionOfFull)
     max_point_difference: float  # largest |bits per byte| gap between the selection's points and the generator's
+    picked_when_run: str  # status.best, ranked by the default of the code that ran the selection
 
 
 def manifest(task: str, models: list[str], out: Path, budget) -> dict:
@@ -78,10 +83,16 @@ def run_task(task: str, models: list[str], out: Path, budget, workers: int) -> O
     return score(task, models, json.loads(status_path.read_text()), out / "results", budget.target)
 
 
+def shipped_pick(status: dict, target: int) -> str:
+    """The candidate today's `default` ranks first, from the selection's own measurements."""
+    curves, spectra = selection_curves(LLMSelectionStatus.model_validate(status))
+    return curves.models[select("default", curves, target, ntk=spectra).best]
+
+
 def score(task: str, models: list[str], status: dict, results: Path, target: int) -> Outcome:
     truth_docs = {m: json.loads(point_path(results, task, m, 0, target).read_text())["point"] for m in models}
     truth = [truth_docs[m]["test"]["bitsPerByte"] for m in models]
-    picked = models.index(status["best"])
+    picked = models.index(shipped_pick(status, target))
     best = min(range(len(models)), key=truth.__getitem__)
     full = sum(doc["train"]["flops"] for doc in truth_docs.values())
     spent = sum(status["candidates"][m]["flops"] for m in models)
@@ -91,7 +102,7 @@ def score(task: str, models: list[str], status: dict, results: Path, target: int
         for p in status["candidates"][m]["points"]
     ]
     return Outcome(task, models[picked], truth[picked], models[best], truth[best], relacc(truth, picked),
-                   spent / full, status["compute"]["fractionOfFull"], max(gaps))
+                   spent / full, status["compute"]["fractionOfFull"], max(gaps), status["best"])
 
 
 def write(outcomes: list[Outcome], path: Path) -> None:
@@ -100,4 +111,5 @@ def write(outcomes: list[Outcome], path: Path) -> None:
         writer.writerow(COLUMNS)
         for o in outcomes:
             writer.writerow([o.task, o.picked, f"{o.picked_truth:.6g}", o.best, f"{o.best_truth:.6g}", f"{o.relacc:.4f}",
-                             f"{o.compute_fraction:.4f}", f"{o.estimated_fraction:.4f}", f"{o.max_point_difference:.3g}"])
+                             f"{o.compute_fraction:.4f}", f"{o.estimated_fraction:.4f}", f"{o.max_point_difference:.3g}",
+                             o.picked_when_run])

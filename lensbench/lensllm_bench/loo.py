@@ -73,7 +73,7 @@ def components(table: Table, ratio: int) -> Components:
         (k, d): np.log([law.predict(table.target)[0] for law in fit_each(seen, lambda i, k=k, d=d: AtSLaw(k=k, delta=d))])
         for k, d in sorted(variants)
     }
-    law = np.log(select("lensllm", seen, table.target, ntk=seen.ntk).predicted_loss)
+    law = np.log(select("rectified", seen, table.target).predicted_loss)
     vanilla = np.log(select("vanilla", seen, table.target).predicted_loss)
     calibrated = {(r.ats_k, r.ats_deltas): r for r in RULES if r.gain is None}
     gains = {key: backtest_gain(seen, rule) for key, rule in calibrated.items()}
@@ -145,7 +145,7 @@ def evaluate(tables: Sequence[Table]) -> Evaluation:
 def describe(rule: BlendRule) -> str:
     deltas = "/".join(f"{d:g}" for d in rule.ats_deltas)
     gain = "calibrated" if rule.gain is None else f"{rule.gain:g}"
-    return (f"AtS k={rule.ats_k} delta={deltas}, LENSLLM law {rule.law_weight:g}, vanilla law {rule.vanilla_weight:g}, "
+    return (f"AtS k={rule.ats_k} delta={deltas}, rectified law {rule.law_weight:g}, vanilla law {rule.vanilla_weight:g}, "
             f"gain {gain}")
 
 

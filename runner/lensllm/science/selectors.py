@@ -104,8 +104,9 @@ class BlendRule:
 
     The accept-then-stop extrapolation (k points at least, averaged over the transition
     thresholds `ats_deltas`, so one borderline point cannot flip the power-phase cut) is
-    blended with the LENSLLM law (which also sees the pre-power phase, the zero-shot loss
-    and the NTK when measured) with weight `law_weight` and with the vanilla law (whose
+    blended with the rectified law (which also sees the pre-power phase and the zero-shot
+    loss; the LENSLLM law without its NTK, which did not help on LensBench) with weight
+    `law_weight` and with the vanilla law (whose
     floor E lets a curve level off) with weight `vanilla_weight`. `gain` scales the
     predicted improvement over the last observed loss: below 1 it leans towards the loss
     already reached, above 1 it bets that curves keep steepening. `gain=None` calibrates
@@ -159,9 +160,12 @@ DEFAULT_RULE = BlendRule()
 def select_default(
     curves: Curves, target: float, ntk: Sequence[NTKSpectrum | None] | None = None, rule: BlendRule = DEFAULT_RULE
 ) -> Selection:
-    """Rank by `rule`'s log-space blend of AtS (averaged over thresholds), the LENSLLM law and the vanilla law."""
+    """Rank by `rule`'s log-space blend of AtS (averaged over thresholds), the rectified and the vanilla law.
+
+    `ntk` is accepted, as by every selector, and not used (see NTK_METHODS).
+    """
     ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(k=rule.ats_k, delta=d)) for d in rule.ats_deltas]
-    law = select_lensllm(curves, target, ntk)
+    law = select_rectified(curves, target)
     # Fitted only when it counts: the vanilla law needs three fine-tuned points, which AtS does not.
     vanilla = select_vanilla(curves, target) if rule.vanilla_weight else law
     last_log = np.log(curves.losses[:, -1])
@@ -180,7 +184,7 @@ def select_default(
     predicted = np.exp(rule.combine([np.log(s.predicted_loss) for s in ats], *laws, last_log, gain))
     ats_loss = np.exp(np.mean([np.log(s.predicted_loss) for s in ats], axis=0))
     fits = tuple(
-        {"ats_loss": float(a), "lensllm_loss": float(b), **params}
+        {"ats_loss": float(a), "rectified_loss": float(b), "gain": float(gain), **params}
         for a, b, params in zip(ats_loss, law.predicted_loss, law.fits)
     )
     return _by_loss("default", predicted, fits, curve_fns)
@@ -199,6 +203,10 @@ def backtest_gain(curves: Curves, rule: BlendRule) -> float:
 
 MIN_BACKTEST_POINTS = 3
 
+
+# Methods whose predictions use a measured NTK; a selection measures it only for these
+# (it costs GPU time, and on LensBench it did not change predictions: docs/benchmarks.md).
+NTK_METHODS = frozenset({"lensllm"})
 
 SELECTORS: dict[str, Callable[..., Selection]] = {
     "zeroshot": select_zeroshot,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lensllm.science.selectors import NTK_METHODS
 from lensllm.trial.spec import CandidateSpec, DatasetSpec, NTKSpec, TrainingSpec, TrialSpec, WireModel
 
 GROUP = "lensllm.io"
@@ -133,9 +134,16 @@ class LLMSelectionSpec(WireModel):
 
     @model_validator(mode="after")
     def _ntk_scope_fits_training(self) -> "LLMSelectionSpec":
-        if self.ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":
+        if self.trial_ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":
             raise ValueError("ntk.scope lora needs training.method lora")
         return self
+
+    @property
+    def trial_ntk(self) -> NTKSpec:
+        """The NTK settings of every trial: measured when asked for, else only if the method uses it."""
+        if self.ntk.enabled is not None:
+            return self.ntk
+        return self.ntk.model_copy(update={"enabled": self.method in NTK_METHODS})
 
     def candidate(self, name: str) -> SelectionCandidate:
         return next(c for c in self.candidates if c.name == name)
@@ -150,7 +158,7 @@ class LLMSelectionSpec(WireModel):
             target_size=self.budget.target_size,
             seed=self.seed,
             training=self.training,
-            ntk=self.ntk,
+            ntk=self.trial_ntk,
             # The trial's own fits use the metric the selection ranks by: comparable across tokenizers.
             fit_metric="bitsPerByte",
         )

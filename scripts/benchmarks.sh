@@ -28,6 +28,22 @@ for r in rows:
           f"| {100 * float(r['relacc']):.1f} | {100 * float(r['compute_fraction']):.1f} | {100 * float(r['estimated_fraction']):.1f} |")
 PY
 
+"$python" - "${lensbench[@]}" > "$tmp/noise.md" <<'PY'
+import csv, statistics, sys
+from collections import defaultdict
+print("| task | " + " | ".join(f"size {s}" for s in (8, 16, 32, 64)) + " |")
+print("|---|---|---|---|---|")
+for table in sys.argv[1:]:
+    by = defaultdict(list)
+    for r in csv.DictReader(open(table.replace(".csv", ".points.csv"))):
+        by[r["model"], int(r["size"])].append(float(r["bits_per_byte"]))
+    cells = []
+    for size in (8, 16, 32, 64):
+        spreads = [statistics.stdev(v) / statistics.mean(v) for (m, s), v in by.items() if s == size and len(v) > 1]
+        cells.append(f"{100 * statistics.mean(spreads):.2f}%")
+    print(f"| {table.split('/')[-1][:-4]} | " + " | ".join(cells) + " |")
+PY
+
 section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
 {
   sed -n '/^<!-- intro -->$/,/^<!-- end intro -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
@@ -36,6 +52,8 @@ section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
   sed -n '/^<!-- lensbench -->$/,/^<!-- end lensbench -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   section "de-en (trans-de-en)" de-en; section "gloss (WordNet)" gloss
   section "docstring (Python standard library)" docstring; section "cipher (generated)" cipher
+  sed -n '/^<!-- noise -->$/,/^<!-- end noise -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  printf '\n'; cat "$tmp/noise.md"
   sed -n '/^<!-- ntk -->$/,/^<!-- end ntk -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$tmp/ntk.md"
   sed -n '/^<!-- e2e -->$/,/^<!-- end e2e -->$/p' scripts/benchmarks.md.in | sed '1d;$d'

@@ -106,8 +106,8 @@ class BlendRule:
     thresholds `ats_deltas`, so one borderline point cannot flip the power-phase cut) is
     blended with the rectified law (which also sees the pre-power phase and the zero-shot
     loss; the LENSLLM law without its NTK, which did not help on LensBench) with weight
-    `law_weight` and with the vanilla law (whose
-    floor E lets a curve level off) with weight `vanilla_weight`. `gain` scales the
+    `law_weight` and with the vanilla law (whose floor E lets a curve level off) with
+    weight `vanilla_weight`. `gain` scales the
     predicted improvement over the last observed loss: below 1 it leans towards the loss
     already reached, above 1 it bets that curves keep steepening. `gain=None` calibrates
     it on the budget's own past (`calibrated_gain`).
@@ -134,6 +134,7 @@ class BlendRule:
 
 
 GAIN_BOUNDS = (0.5, 1.5)
+MIN_BACKTEST_POINTS = 3  # subset sizes up to half the largest that a backtest needs
 
 
 def calibrated_gain(past_ats_logs: Sequence[np.ndarray], past_last_log: np.ndarray, last_log: np.ndarray) -> float:
@@ -166,7 +167,7 @@ def select_default(
     """
     ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(k=rule.ats_k, delta=d)) for d in rule.ats_deltas]
     law = select_rectified(curves, target)
-    # Fitted only when it counts: the vanilla law needs three fine-tuned points, which AtS does not.
+    # Fitted only when it counts: one more fit per candidate.
     vanilla = select_vanilla(curves, target) if rule.vanilla_weight else law
     last_log = np.log(curves.losses[:, -1])
     gain = rule.gain if rule.gain is not None else backtest_gain(curves, rule)
@@ -199,9 +200,6 @@ def backtest_gain(curves: Curves, rule: BlendRule) -> float:
     logs = [np.log([law.predict(largest)[0] for law in fit_each(past, lambda i, d=d: AtSLaw(k=rule.ats_k, delta=d))])
             for d in rule.ats_deltas]
     return calibrated_gain(logs, np.log(past.losses[:, -1]), np.log(curves.losses[:, -1]))
-
-
-MIN_BACKTEST_POINTS = 3
 
 
 # Methods whose predictions use a measured NTK; a selection measures it only for these

@@ -5,6 +5,7 @@ this module loads it only when the subcommand runs.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -46,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ntk.set_defaults(run=run_ntk)
 
 
+def _check_installed() -> None:
+    """The images ship the product only; the benchmark comes with a source checkout."""
+    if importlib.util.find_spec("lensllm_bench") is None:
+        raise LensLLMError("lensllm lensbench needs the lensbench/ sources: pip install -e . in a checkout of the repository")
+
+
 def _task_list(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     if not names:
@@ -54,6 +61,7 @@ def _task_list(text: str) -> tuple[str, ...]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    _check_installed()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from lensllm_bench.generate import Settings, default_tasks, generate
     from lensllm_bench.tasks import BUILT_IN
@@ -76,6 +84,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_e2e(args: argparse.Namespace) -> int:
+    _check_installed()
     from lensllm_bench.endtoend import run_task, write
     from lensllm_bench.generate import Budget
 
@@ -105,6 +114,7 @@ def _tables(paths: list[Path]):
 
 
 def run_loo(args: argparse.Namespace) -> int:
+    _check_installed()
     from lensllm_bench.loo import describe, evaluate, markdown
 
     with warnings.catch_warnings():
@@ -118,6 +128,7 @@ def run_loo(args: argparse.Namespace) -> int:
 
 
 def run_ntk(args: argparse.Namespace) -> int:
+    _check_installed()
     from lensllm_bench.ntk_answer import answer, markdown
 
     tables = _tables(args.tables)

@@ -21,11 +21,12 @@ seconds=$("$python" -c "print(f'{$(date +%s.%N) - $start:.0f}')")
 "$python" - > "$tmp/e2e.md" <<'PY'
 import csv
 rows = list(csv.DictReader(open("data/lensbench/e2e.csv")))
-print("| task | picked by `default` | its true loss (bits/byte) | best model | best true loss | RelAcc (%) | compute / full fine-tuning (%) | the selection's own estimate (%) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| task | picked by `default` | its true loss (bits/byte) | best model | best true loss | RelAcc (%) | compute / full fine-tuning (%) | the selection's own estimate (%) | largest point difference |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['task']} | {r['picked']} | {float(r['picked_truth']):.4f} | {r['best']} | {float(r['best_truth']):.4f} "
-          f"| {100 * float(r['relacc']):.1f} | {100 * float(r['compute_fraction']):.1f} | {100 * float(r['estimated_fraction']):.1f} |")
+          f"| {100 * float(r['relacc']):.1f} | {100 * float(r['compute_fraction']):.1f} | {100 * float(r['estimated_fraction']):.1f} "
+          f"| {float(r['max_point_difference']):g} |")
 PY
 
 "$python" - "${lensbench[@]}" > "$tmp/noise.md" <<'PY'
@@ -60,6 +61,7 @@ section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
   printf '\n'; cat "$tmp/e2e.md"
   sed -n '/^<!-- default -->$/,/^<!-- end default -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$tmp/loo.md"
+  sed -n '/^<!-- goals -->$/,/^<!-- end goals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n## Speed\n\nEvery table above but the end-to-end one (read from data/lensbench/e2e.csv): %s s wall time on one %s machine with %s cores, measured by this script.\n' \
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md

@@ -31,10 +31,12 @@ class TableAnswer:
         func = {"pearcorr": pearcorr, "relacc": relacc_of_scores, "error": extrapolation_error}[name]
         return [func(p, self.truth) for p in self.predictions[method]]
 
-    def difference(self, a: str, b: str, name: str, seed: int) -> PairedDifference:
+    def difference(self, a: str, b: str, name: str, seed: int, ratio: int | None = None) -> PairedDifference:
+        """metric(a) - metric(b) at one ratio, or averaged over all ratios when `ratio` is None."""
         func = {"pearcorr": pearcorr, "relacc": relacc_of_scores, "error": extrapolation_error}[name]
-        truths = [self.truth] * len(self.ratios)
-        return paired_bootstrap(func, self.predictions[a], self.predictions[b], truths, resamples=RESAMPLES, seed=seed)
+        pick = range(len(self.ratios)) if ratio is None else [self.ratios.index(ratio)]
+        first, second = ([self.predictions[m][j] for j in pick] for m in (a, b))
+        return paired_bootstrap(func, first, second, [self.truth] * len(first), resamples=RESAMPLES, seed=seed)
 
 
 def answer(table: Table) -> TableAnswer:
@@ -61,11 +63,12 @@ def _interval(d: PairedDifference) -> str:
 
 def markdown(answers: list[TableAnswer], seed: int = 0) -> str:
     out = ["| task | ratio | PearCorr lensllm / rectified / ats (%) | RelAcc lensllm / rectified / ats (%) | "
-           "extrapolation error lensllm / rectified / ats (%) |", "|---|---|---|---|---|"]
+           "extrapolation error lensllm / rectified / ats (%) | PearCorr lensllm - rectified |", "|---|---|---|---|---|---|"]
     for a in answers:
         cells = {(m, k): a.metric(m, k) for m in METHODS for k in ("pearcorr", "relacc", "error")}
         for j, ratio in enumerate(a.ratios):
             row = [" / ".join(_pct(cells[m, k][j]) for m in METHODS) for k in ("pearcorr", "relacc", "error")]
+            row.append(_interval(a.difference("lensllm", "rectified", "pearcorr", seed, ratio)))
             out.append(f"| {a.table} | 1/{ratio} | " + " | ".join(row) + " |")
     out += ["", "| task | NTK binds (share of fits) | PearCorr lensllm - rectified | extrapolation error lensllm - rectified | "
             "PearCorr lensllm - ats | RelAcc lensllm - rectified |", "|---|---|---|---|---|---|"]

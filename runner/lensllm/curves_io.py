@@ -1,12 +1,15 @@
-"""Read and write curves tables (CSV): a model column, one loss column per subset size.
+"""Read curves tables (CSV): a model column, one loss column per subset size.
 
 Format: the first column names the model (any header), then columns named by subset
 size (`0` = zero-shot, then 200, 400, ...), and optionally `size` (parameter count) and
-`family`. Every problem raises `CurvesFileError` naming the file, row or column.
+`family`. A LensBench table has a JSON file beside it (`TABLE.ntk.json`, see
+`NTK_FORMAT`) with the ground-truth size and every model's NTK spectrum; the curves then
+carry both. Every problem raises `CurvesFileError` naming the file, row, column or field.
 """
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -14,8 +17,12 @@ import numpy as np
 
 from lensllm.errors import CurveError, CurvesFileError
 from lensllm.science.curves import Curves
+from lensllm.science.laws import NTKSpectrum
 
 OPTIONAL_COLUMNS = ("size", "family")
+# {"format": NTK_FORMAT, "target": N, "metric": ..., "models": {model: {"eta", "eigenvalues", "projectionsSq", ...}}}
+NTK_FORMAT = "lensbench-ntk/1"
+NTK_SUFFIX = ".ntk.json"
 
 
 def read_curves(path: str | Path, *, stdin_text: str | None = None) -> Curves:
@@ -35,6 +42,8 @@ def read_curves(path: str | Path, *, stdin_text: str | None = None) -> Curves:
         [[_number(name, i, row, j, header[j]) for j in size_cols] for i, row in enumerate(body, start=2)]
     )
     sizes = np.array([float(header[j]) for j in size_cols])
+    beside = None if str(path) == "-" else _ntk_path(Path(path))
+    target, ntk = _read_ntk(beside, models) if beside is not None and beside.exists() else (None, None)
     try:
         return Curves(
             models=tuple(models),
@@ -43,9 +52,49 @@ def read_curves(path: str | Path, *, stdin_text: str | None = None) -> Curves:
             zero_shot=losses[:, 0] if sizes[0] == 0 else None,
             params=_optional_numbers(name, header, body, "size"),
             families=_optional_text(header, body, "family"),
+            ntk=ntk,
+            target_size=target,
         )
     except CurveError as err:
-        raise CurvesFileError(f"{name}: {err}") from None
+        raise CurvesFileError(f"{beside if target is not None else name}: {err}") from None
+
+
+def _ntk_path(path: Path) -> Path:
+    return path.with_name(path.stem + NTK_SUFFIX)
+
+
+def _read_ntk(path: Path, models: list[str]) -> tuple[float, tuple[NTKSpectrum, ...]]:
+    """The ground-truth size and the spectrum of every model, from a LensBench NTK file."""
+    try:
+        doc = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise CurvesFileError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != NTK_FORMAT:
+        raise CurvesFileError(f"{path}: field 'format' must be {NTK_FORMAT!r}")
+    target, entries = doc.get("target"), doc.get("models")
+    if not isinstance(target, int) or isinstance(target, bool) or target <= 0:
+        raise CurvesFileError(f"{path}: field 'target' must be a positive integer, got {target!r}")
+    if not isinstance(entries, dict):
+        raise CurvesFileError(f"{path}: field 'models' must map model names to NTK summaries")
+    spectra = []
+    for model in models:
+        if model not in entries:
+            raise CurvesFileError(f"{path}: no NTK summary for model {model!r}")
+        spectra.append(_spectrum(path, model, entries[model]))
+    return float(target), tuple(spectra)
+
+
+def _spectrum(path: Path, model: str, entry: object) -> NTKSpectrum:
+    try:
+        return NTKSpectrum(
+            eigenvalues=np.asarray(entry["eigenvalues"], dtype=float),
+            projections_sq=np.asarray(entry["projectionsSq"], dtype=float),
+            eta=float(entry["eta"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CurvesFileError(f"{path}: model {model!r}: NTK summary needs eigenvalues, projectionsSq and eta ({err})") from None
+    except CurveError as err:
+        raise CurvesFileError(f"{path}: model {model!r}: {err}") from None
 
 
 def _read_text(path: Path) -> str:

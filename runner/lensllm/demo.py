@@ -9,6 +9,7 @@ after fine-tuning predictable (more pre-training, lower loss).
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,43 +67,64 @@ def build_tokenizer(dictionary: dict[str, str]) -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_config(family: str, *, width: int, depth: int, vocab_size: int, max_positions: int = 64, **ids: int):
+    """A small causal LM config of the GPT-2, OPT or Llama family: `width` hidden units, `depth` blocks.
+
+    Heads are 32 units wide and the MLP is twice the width; `ids` are the special token ids.
+    """
+    heads = max(1, width // 32)
+    common = {"vocab_size": vocab_size, **ids}
+    if family == "gpt2":
+        return GPT2Config(n_embd=width, n_layer=depth, n_head=heads, n_positions=max_positions, **common)
+    if family == "opt":
+        return OPTConfig(hidden_size=width, num_hidden_layers=depth, ffn_dim=2 * width, num_attention_heads=heads,
+                         word_embed_proj_dim=width, max_position_embeddings=max_positions, **common)
+    if family == "llama":
+        return LlamaConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=depth,
+                           num_attention_heads=heads, num_key_value_heads=heads,
+                           max_position_embeddings=max_positions, **common)
+    raise ValueError(f"unknown model family {family!r}; choose gpt2, opt or llama")
+
+
+SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}  # the positions of SPECIALS
+
+
 def candidates(vocab_size: int) -> list[Candidate]:
     """Three small architectures; the more pre-training, the better the expected rank."""
-    common = {"vocab_size": vocab_size, "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
     return [
-        Candidate("tiny-gpt2", GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=64, **common), 0),
-        Candidate(
-            "tiny-opt",
-            OPTConfig(hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=2,
-                      word_embed_proj_dim=64, max_position_embeddings=64, **common),
-            300,
-        ),
-        Candidate(
-            "tiny-llama",
-            LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                        num_key_value_heads=2, max_position_embeddings=64, **common),
-            800,
-        ),
+        Candidate("tiny-gpt2", tiny_config("gpt2", width=64, depth=2, vocab_size=vocab_size, **SPECIAL_IDS), 0),
+        Candidate("tiny-opt", tiny_config("opt", width=64, depth=2, vocab_size=vocab_size, **SPECIAL_IDS), 300),
+        Candidate("tiny-llama", tiny_config("llama", width=64, depth=2, vocab_size=vocab_size, **SPECIAL_IDS), 800),
     ]
 
 
-def pretrain(model, tokenizer: PreTrainedTokenizerFast, dictionary: dict[str, str], steps: int, seed: int) -> None:
-    """Teach the model the dictionary in the task's own format, a stand-in for relevant pre-training."""
+def pretrain(model, tokenizer: PreTrainedTokenizerFast, draw: Callable[[random.Random], list[str]], *,
+             steps: int, seed: int, learning_rate: float = 3e-3) -> None:
+    """`steps` AdamW steps of language modelling on the batches of text lines `draw(rng)` returns.
+
+    Lines longer than the model's positions are cut. This is the stand-in for pre-training that
+    makes tiny models behave like real ones: briefly pre-trained beats random init.
+    """
     if steps == 0:
         return
     torch.manual_seed(seed)
     rng = random.Random(seed + 2)  # not the task's draws: pre-training sees other sentences
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    max_length = model.config.max_position_embeddings
     model.train()
     for _ in range(steps):
-        lines = [f"[BOS] {row['input']} = {row['target']} [EOS]" for row in task_rows(dictionary, 32, rng)]
-        batch = tokenizer(lines, return_tensors="pt", padding=True)
+        batch = tokenizer(draw(rng), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
+
+
+def dictionary_lines(dictionary: dict[str, str]) -> Callable[[random.Random], list[str]]:
+    """Batches of 32 sentences of the task in its own format: relevant pre-training."""
+    return lambda rng: [f"[BOS] {row['input']} = {row['target']} [EOS]" for row in task_rows(dictionary, 32, rng)]
 
 
 def prepare(folder: Path, *, n_words: int = 300, n_train: int = 4096, n_test: int = 256, seed: int = 0) -> list[str]:
@@ -114,7 +136,7 @@ def prepare(folder: Path, *, n_words: int = 300, n_train: int = 4096, n_test: in
     for candidate in candidates(len(tokenizer)):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(candidate.config)
-        pretrain(model, tokenizer, dictionary, candidate.pretrain_steps, seed)
+        pretrain(model, tokenizer, dictionary_lines(dictionary), steps=candidate.pretrain_steps, seed=seed)
         target = folder / "models" / candidate.name
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)

@@ -7,7 +7,7 @@ from lensllm.errors import CurveError, UnknownMethodError
 from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark, summarize
 from lensllm.science.curves import Curves
 from lensllm.science.laws import rectified_loss
-from lensllm.science.selectors import SELECTORS, select
+from lensllm.science.selectors import GAIN_BOUNDS, SELECTORS, BlendRule, backtest_gain, calibrated_gain, select
 
 TARGET = 1_638_400
 LAW_METHODS = ["vanilla", "rectified", "ats", "lensllm", "default"]
@@ -94,3 +94,16 @@ def test_default_selector_beats_ats_on_at_least_one_dataset_and_metric(curves_di
 
 def test_every_selector_is_registered_under_its_cli_name():
     assert list(SELECTORS) == ["zeroshot", "subtuning", "modelsize", "vanilla", "rectified", "ats", "lensllm", "default"]
+
+
+def test_the_calibrated_gain_recovers_how_much_curves_outran_their_extrapolation():
+    predicted = [np.log([2.0, 3.0, 4.0])]  # AtS from the past: log losses it expected at the largest size
+    past_last = np.log([2.5, 3.5, 5.0])
+    observed_drop = 1.2 * (predicted[0] - past_last)  # every curve fell 20% further (in log) than predicted
+    assert calibrated_gain(predicted, past_last, past_last + observed_drop) == pytest.approx(1.2)
+    assert calibrated_gain(predicted, past_last, past_last + 5 * observed_drop) == GAIN_BOUNDS[1]
+    assert calibrated_gain([past_last], past_last, past_last) == 1.0  # nothing predicted: no evidence
+
+
+def test_a_budget_too_short_to_backtest_keeps_the_plain_extrapolation(three_candidates):
+    assert backtest_gain(three_candidates.up_to(200), BlendRule(gain=None)) == 1.0

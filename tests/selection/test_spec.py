@@ -32,7 +32,7 @@ def test_budget_from_a_base_size_and_doublings():
         ({"budget": {"subsetSizes": [1, 2, 3], "baseSize": 10, "doublings": 2, "targetSize": 1000}}, "either subsetSizes"),
         ({"method": "magic"}, "method"),
         ({"parallelism": 0}, "parallelism"),
-        ({"ntk": {"scope": "lora"}}, "ntk.scope lora needs training.method lora"),
+        ({"ntk": {"scope": "lora", "enabled": True}}, "ntk.scope lora needs training.method lora"),
     ],
 )
 def test_invalid_specs_are_rejected_with_a_message_naming_the_problem(changes, message):

@@ -18,7 +18,7 @@ def selection_manifest(
                         "promptTemplate": "{input} =", "maxTestExamples": 32},
             "budget": {"baseSize": 16, "doublings": 3, "targetSize": 1024},
             "training": {"learningRate": 0.001, "epochs": 2, "batchSize": 16, "maxSeqLength": 32},
-            "ntk": {"probeSize": 8},
+            "ntk": {"probeSize": 8, "enabled": True},  # measured whatever the method: the tests check it
             **spec_changes,
         },
     }

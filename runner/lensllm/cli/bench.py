@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lensllm.cli import bench_race, options, render
 from lensllm.errors import LensLLMError
-from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
+from lensllm.science.benchmark import run_benchmark, usable_ratios
 from lensllm.science.laws import LawWarning
 
 
@@ -21,9 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "policy runs its rounds on the table instead and is compared with fixed budgets at equal compute.",
     )
     p.add_argument("--strategy", choices=("fixed", "race"), default="fixed", help="fixed budgets (default) or a race")
-    p.add_argument("curves", metavar="CURVES.csv", help="model column, then one loss column per subset size")
+    p.add_argument(
+        "curves", metavar="CURVES.csv", help="model column, then one loss column per subset size (with CURVES.ntk.json "
+        "beside it, a LensBench table: its NTK spectra and ground-truth size are used)"
+    )
     p.add_argument("--methods", type=options.method_list, help="a,b,... or all (default all; fixed strategy only)")
-    p.add_argument("--ratios", type=options.int_list, default=list(PAPER_RATIOS), help="default 8,16,...,512")
+    p.add_argument(
+        "--ratios", type=options.int_list, help="default: 8,16,...,512, those that leave at least 3 subset sizes"
+    )
     p.add_argument("--target", type=options.positive_int, help="size to predict (default: largest column)")
     p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw quality against the budget (or compute, for a race)")
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     target = options.resolve_target(curves, args.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # a benchmark fits hundreds of curves; bounds are expected
-        rows = run_benchmark(curves, methods, args.ratios, target)
+        rows = run_benchmark(curves, methods, args.ratios or usable_ratios(curves, target), target)
     if args.format == "table":
         render.print_tables(render.bench_tables(rows))
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lensllm.cli import options, race_render
 from lensllm.errors import LensLLMError
+from lensllm.science.benchmark import usable_ratios
 from lensllm.science.laws import LawWarning
 from lensllm.science.race_replay import capped, fixed_budget_points, race_points, race_runs, races_by_epsilon
 from lensllm.science.racing import RaceSettings
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         races = races_by_epsilon(curves, target, settings, seeds)
         runs = [capped(curves, target, r, settings.max_compute_fraction) for r in races[settings.epsilon]]
         front = race_points(curves, target, races)
-        fixed = fixed_budget_points(curves, target, "ats", args.ratios)
+        fixed = fixed_budget_points(curves, target, "ats", args.ratios or usable_ratios(curves, target))
     if args.format == "table":
         race_render.print_race_tables(name, runs, front, fixed)
     else:

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from lensllm import __version__
-from lensllm.cli import bench, crd, fit, operator_cmd, plan, report, run_trial, select
+from lensllm.cli import bench, crd, fit, lensbench, operator_cmd, plan, report, run_trial, select
 from lensllm.errors import LensLLMError
 
-SUBCOMMANDS = (select, report, plan, run_trial, bench, fit, crd, operator_cmd)
+SUBCOMMANDS = (select, report, plan, run_trial, bench, fit, crd, operator_cmd, lensbench)
 
 
 def build_parser() -> argparse.ArgumentParser:

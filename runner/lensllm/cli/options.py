@@ -71,9 +71,9 @@ def load_curves(path: str) -> Curves:
 
 
 def resolve_target(curves: Curves, target: int | None) -> int:
-    """The target size: the given one, else the largest size column."""
+    """The target size: the given one, else the table's ground truth, else the largest size column."""
     if target is None:
-        return int(curves.sizes[-1])
+        return int(curves.target_size if curves.target_size is not None else curves.sizes[-1])
     if target <= 0:
         raise CurvesFileError(f"--target must be positive, got {target}")
     return target

@@ -11,6 +11,7 @@ import numpy as np
 
 from lensllm.errors import CurveError, FitError
 from lensllm.science.curves import Curves
+from lensllm.science.laws import MIN_FIT_POINTS
 from lensllm.science.metrics import extrapolation_error, pearcorr, relacc
 from lensllm.science.selectors import select
 
@@ -42,7 +43,7 @@ def run_benchmark(curves: Curves, methods: Sequence[str], ratios: Sequence[int],
     for method in methods:
         for ratio, (max_n, seen) in budgets.items():
             try:
-                selection = select(method, seen, target)
+                selection = select(method, seen, target, ntk=seen.ntk)
             except (FitError, CurveError) as err:
                 raise type(err)(f"{method} at ratio {ratio} (sizes <= {max_n}): {err}") from None
             predicted = selection.predicted_loss
@@ -59,6 +60,17 @@ def run_benchmark(curves: Curves, methods: Sequence[str], ratios: Sequence[int],
                 )
             )
     return rows
+
+
+def usable_ratios(curves: Curves, target: float, ratios: Sequence[int] = PAPER_RATIOS) -> list[int]:
+    """The ratios that leave every law enough subset sizes to fit (LensBench tables are shorter)."""
+    usable = [r for r in ratios if r >= 1 and np.count_nonzero(curves.sizes <= target / r) >= MIN_FIT_POINTS]
+    if not usable:
+        raise CurveError(
+            f"no budget ratio among {list(ratios)} leaves {MIN_FIT_POINTS} subset sizes <= {target:g} / ratio "
+            f"(sizes are {curves.sizes.astype(int).tolist()})"
+        )
+    return usable
 
 
 def _budget(curves: Curves, target: float, ratio: int) -> tuple[float, Curves]:

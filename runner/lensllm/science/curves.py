@@ -11,6 +11,7 @@ import numpy as np
 
 from lensllm.errors import CurveError
 from lensllm.science.checks import check_losses, check_sizes
+from lensllm.science.laws import NTKSpectrum
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class Curves:
     """Test losses of `models` after fine-tuning on subsets of `sizes` examples.
 
     `losses[i, j]` belongs to `models[i]` at `sizes[j]`; `zero_shot[i]` is the loss
-    before any fine-tuning; `params[i]` the parameter count (both optional).
+    before any fine-tuning; `params[i]` the parameter count; `ntk[i]` the NTK spectrum
+    measured at the pre-trained weights (None where it was not); `target_size` the size
+    whose column is the ground truth, when the table says (LensBench tables do). All optional.
     """
 
     models: tuple[str, ...]
@@ -27,6 +30,8 @@ class Curves:
     zero_shot: np.ndarray | None = None
     params: np.ndarray | None = None
     families: tuple[str, ...] | None = None
+    ntk: tuple[NTKSpectrum | None, ...] | None = None
+    target_size: float | None = None
 
     def __post_init__(self) -> None:
         sizes = check_sizes(self.sizes)
@@ -41,6 +46,10 @@ class Curves:
             object.__setattr__(self, "zero_shot", self._column(self.zero_shot, "zero_shot"))
         if self.params is not None:
             object.__setattr__(self, "params", self._column(self.params, "params"))
+        if self.ntk is not None and len(self.ntk) != len(self.models):
+            raise CurveError(f"ntk needs one spectrum (or None) per model ({len(self.models)}), got {len(self.ntk)}")
+        if self.target_size is not None and self.target_size not in sizes:
+            raise CurveError(f"target size {self.target_size:g} is not one of the sizes {sizes.astype(int).tolist()}")
 
     def _column(self, values: np.ndarray, what: str) -> np.ndarray:
         arr = check_losses(values, what=what)
@@ -53,7 +62,7 @@ class Curves:
         return len(self.models)
 
     def up_to(self, max_n: float) -> "Curves":
-        """The same curves restricted to subset sizes `<= max_n` (the budget)."""
+        """The same curves restricted to subset sizes `<= max_n` (the budget); the target goes with the rest."""
         keep = self.sizes <= max_n
         return Curves(
             models=self.models,
@@ -62,6 +71,7 @@ class Curves:
             zero_shot=self.zero_shot,
             params=self.params,
             families=self.families,
+            ntk=self.ntk,
         )
 
     def loss_at(self, size: float) -> np.ndarray:

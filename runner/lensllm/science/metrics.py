@@ -1,5 +1,8 @@
 """Selection metrics as defined by the Rectified Scaling Law and LENSLLM papers."""
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from lensllm.errors import CurveError
@@ -31,3 +34,48 @@ def extrapolation_error(predicted_loss: np.ndarray, true_loss: np.ndarray) -> fl
     """Mean absolute relative error of the predicted loss at the target size."""
     p, t = np.asarray(predicted_loss, float), np.asarray(true_loss, float)
     return float(np.mean(np.abs(p - t) / t))
+
+
+def relacc_of_scores(scores: np.ndarray, true_loss: np.ndarray) -> float:
+    """RelAcc of the candidate a method ranks first (the lowest score)."""
+    return relacc(true_loss, int(np.argmin(scores)))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """metric(a) - metric(b) on all candidates, and its bootstrap percentile interval."""
+
+    difference: float
+    low: float
+    high: float
+
+
+def paired_bootstrap(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    scores_a: Sequence[np.ndarray],
+    scores_b: Sequence[np.ndarray],
+    true_loss: Sequence[np.ndarray],
+    *,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Paired bootstrap over candidates of the mean difference of `metric` between two methods.
+
+    Each element of the sequences is one setting (e.g. one budget ratio) over the same
+    candidates; the difference is averaged over settings. A resample draws candidates with
+    replacement, the same draw for both methods and every setting (that is the pairing).
+    Resamples where the metric is undefined (NaN, e.g. all drawn losses equal) are left out.
+    """
+    n = np.asarray(true_loss[0]).size
+    if any(np.asarray(x).shape != (n,) for x in (*scores_a, *scores_b, *true_loss)):
+        raise CurveError("paired_bootstrap needs score and loss vectors of one length per setting")
+
+    def mean_difference(idx: np.ndarray) -> float:
+        return float(np.mean([metric(a[idx], t[idx]) - metric(b[idx], t[idx]) for a, b, t in zip(scores_a, scores_b, true_loss)]))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([mean_difference(rng.integers(0, n, n)) for _ in range(resamples)])
+    draws = draws[np.isfinite(draws)]
+    tail = 100 * (1 - level) / 2
+    return PairedDifference(mean_difference(np.arange(n)), float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail)))

@@ -15,6 +15,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import MIN_FIT_POINTS
+from lensllm.science.selectors import NTK_METHODS
 from lensllm.selection.formats import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -265,9 +266,16 @@ class LLMSelectionSpec(WireModel):
 
     @model_validator(mode="after")
     def _ntk_scope_fits_training(self) -> "LLMSelectionSpec":
-        if self.ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":
+        if self.trial_ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":
             raise ValueError("ntk.scope lora needs training.method lora")
         return self
+
+    @property
+    def trial_ntk(self) -> NTKSpec:
+        """The NTK settings of every trial: measured when asked for, else only if the method uses it."""
+        if self.ntk.enabled is not None:
+            return self.ntk
+        return self.ntk.model_copy(update={"enabled": self.method in NTK_METHODS})
 
     def candidate(self, name: str) -> SelectionCandidate:
         for candidate in self.candidates:
@@ -285,7 +293,7 @@ class LLMSelectionSpec(WireModel):
             target_size=self.budget.target_size,
             seed=self.seed,
             training=self.training,
-            ntk=self.ntk,
+            ntk=self.trial_ntk,
             # The trial's own fits use the metric the selection ranks by: comparable across tokenizers.
             fit_metric="bitsPerByte",
         )

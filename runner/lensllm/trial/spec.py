@@ -160,7 +160,11 @@ class TrainingSpec(WireModel):
 class NTKSpec(WireModel):
     """The empirical NTK summary the LENSLLM law uses, measured at the pre-trained weights."""
 
-    enabled: bool = Field(default=True, description="Measure the NTK (lensllm and default then use it).")
+    enabled: bool | None = Field(
+        default=None,
+        description="Measure the NTK. Unset: a selection measures it only when its method uses it (lensllm), since "
+        "on LensBench it did not improve predictions (docs/benchmarks.md); a trial spec run on its own measures it.",
+    )
     probe_size: int = Field(
         default=32,
         ge=1,
@@ -238,6 +242,8 @@ class TrialSpec(WireModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrialSpec":
+        if self.ntk.enabled is None:  # nothing decided for it: a lone trial measures everything its fits can use
+            self.ntk = self.ntk.model_copy(update={"enabled": True})
         if self.target_size < self.subset_sizes[-1]:
             raise ValueError(f"targetSize {self.target_size} is below the largest subset size {self.subset_sizes[-1]}")
         if self.ntk.enabled and self.ntk.scope == "lora" and self.training.method != "lora":

@@ -1,0 +1,143 @@
+"""`lensllm lensbench`: generate the LensBench tables (models, tasks and curves measured by the runner).
+
+The benchmark lives in its own package, `lensllm_bench`, which the product never imports:
+this module loads it only when the subcommand runs.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from lensllm.cli import options
+from lensllm.errors import LensLLMError
+from lensllm.science.laws import LawWarning
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "lensbench",
+        help="generate the LensBench curve tables on this machine",
+        description="Build a zoo of small causal LMs and tasks from offline text, and measure every "
+        "learning curve, NTK and ground truth with the runner.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gen = actions.add_parser("generate", help="build the zoo and tasks, measure, write the tables")
+    gen.add_argument("--out", type=Path, required=True, help="folder for everything (resumes what is there)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of tasks, zoo and measurements (default 0)")
+    gen.add_argument("--tasks", type=_task_list, help="comma-separated built-in task names or dataset folders")
+    gen.add_argument("--quick", action="store_true", help="a miniature: 3 models, 2 offline tasks, tiny sizes")
+    gen.add_argument("--workers", type=options.positive_int, default=1, help="worker processes (default 1)")
+    gen.add_argument("--debs", type=Path, help="cache of Debian packages (default OUT/debs)")
+    gen.set_defaults(run=run_generate)
+    e2e = actions.add_parser("e2e", help="run lensllm select --local per task of a generation and score its pick")
+    e2e.add_argument("--out", type=Path, required=True, help="the folder of a finished `lensbench generate`")
+    e2e.add_argument("--tasks", type=_task_list, help="comma-separated task names (default: all of the generation)")
+    e2e.add_argument("--workers", type=options.positive_int, default=2, help="trials at once (default 2, one thread each)")
+    e2e.set_defaults(run=run_e2e)
+    loo = actions.add_parser("loo", help="choose default's rule by leave-one-table-out; Markdown of the held-out scores")
+    loo.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
+    loo.set_defaults(run=run_loo)
+    ntk = actions.add_parser("ntk", help="lensllm with the measured NTK vs rectified vs ats, with bootstrap intervals")
+    ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
+    ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    ntk.set_defaults(run=run_ntk)
+
+
+def _check_installed() -> None:
+    """The images ship the product only; the benchmark comes with a source checkout."""
+    if importlib.util.find_spec("lensllm_bench") is None:
+        raise LensLLMError("lensllm lensbench needs the lensbench/ sources: pip install -e . in a checkout of the repository")
+
+
+def _task_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one task")
+    return names
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    _check_installed()
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    from lensllm_bench.generate import Settings, default_tasks, generate
+    from lensllm_bench.tasks import BUILT_IN
+
+    tasks = args.tasks or default_tasks(args.quick)
+    for name in tasks:
+        if name not in BUILT_IN and not Path(name).is_dir():
+            raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
+    settings = Settings(
+        out=args.out, seed=args.seed, tasks=tasks, quick=args.quick, workers=args.workers,
+        debs=args.debs or args.out / "debs",
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = generate(settings, log=lambda line: print(line, flush=True))
+    if record["failed_units"]:
+        print(f"lensllm lensbench: {len(record['failed_units'])} units failed; see {args.out / 'generation.json'}", file=sys.stderr)
+        return 1
+    print(f"done in {record['wall_seconds']:.0f} s wall, {record['cpu_seconds_this_run']:.0f} CPU-s")
+    return 0
+
+
+def run_e2e(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.endtoend import run_task, write
+    from lensllm_bench.generate import Budget
+
+    record_path = args.out / "generation.json"
+    if not record_path.exists():
+        raise LensLLMError(f"--out {args.out}: no generation.json (run `lensllm lensbench generate --out {args.out}` first)")
+    record = json.loads(record_path.read_text())
+    tasks = args.tasks or tuple(record["tasks"])
+    unknown = sorted(set(tasks) - set(record["tasks"]))
+    if unknown:
+        raise LensLLMError(f"--tasks: {', '.join(unknown)} not in this generation ({', '.join(record['tasks'])})")
+    models = [m["name"] for m in record["zoo"]]
+    outcomes = []
+    for task in tasks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
+            outcome = run_task(task, models, args.out, Budget(**record["budget"]), args.workers)
+        print(f"{task}: picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
+              f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
+        outcomes.append(outcome)
+    write(outcomes, args.out / "tables" / "e2e.csv")
+    return 0
+
+
+def _tables(paths: list[Path]):
+    from lensllm_bench.loo import load
+
+    return [load(path) for path in paths]
+
+
+def run_loo(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.loo import describe, evaluate, markdown
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)  # hundreds of fits; bounds are expected
+        evaluation = evaluate(_tables(args.tables))
+    sys.stdout.write(markdown(evaluation))
+    chosen = evaluation.scores[evaluation.chosen]
+    print(f"\nChosen on all tables (what `default` ships): {describe(evaluation.chosen)}; in sample: "
+          + ", ".join(f"{t} {100 * s.pearcorr:.1f} / {100 * s.relacc:.1f}" for t, s in chosen.items()))
+    return 0
+
+
+def run_ntk(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.ntk_answer import answer, markdown
+
+    tables = _tables(args.tables)
+    missing = [t.name for t in tables if t.curves.ntk is None]
+    if missing:
+        raise LensLLMError(f"no NTK spectra for {', '.join(missing)}: give LensBench tables (CURVES.ntk.json beside them)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        sys.stdout.write(markdown([answer(t) for t in tables], seed=args.seed))
+    return 0

@@ -1,0 +1,34 @@
+"""`lensllm lensbench` refuses bad input with one line and exit code 2."""
+
+import importlib.util
+import subprocess
+import sys
+
+from lensllm.cli.main import main
+
+
+def lensllm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lensllm.cli.main", *args], capture_output=True, text=True, check=False)
+
+
+def test_an_unknown_task_exits_2_with_one_line(tmp_path):
+    proc = lensllm("lensbench", "generate", "--out", str(tmp_path), "--tasks", "klingon")
+    assert proc.returncode == 2 and "'klingon' is neither a built-in task" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_e2e_without_a_generation_exits_2(tmp_path):
+    proc = lensllm("lensbench", "e2e", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no generation.json" in proc.stderr
+
+
+def test_without_the_benchmark_sources_it_says_how_to_get_them(tmp_path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lensllm_bench" else real(name, *a))
+    assert main(["lensbench", "generate", "--out", str(tmp_path)]) == 2
+    assert "needs the lensbench/ sources" in capsys.readouterr().err
+
+
+def test_the_ntk_answer_refuses_tables_without_an_ntk(curves_dir, capsys):
+    assert main(["lensbench", "ntk", str(curves_dir / "flan.csv")]) == 2
+    assert "no NTK spectra for flan" in capsys.readouterr().err

@@ -1,0 +1,68 @@
+"""Leave-one-table-out choice of `default`'s rule, on small synthetic tables (fast)."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lensllm.science.curves import Curves
+from lensllm.science.selectors import BlendRule, select_default
+from lensllm_bench import loo
+
+SIZES = np.array([100.0, 200, 400, 800, 1600, 3200, 6400, 12800, 102400])
+
+
+def synthetic_table(name: str, seed: int) -> loo.Table:
+    """Rectified-law curves with a little noise, 12 models, target 102400."""
+    rng = np.random.default_rng(seed)
+    B, D_l = rng.uniform(20, 80, 12), rng.uniform(10, 400, 12)
+    beta, E = rng.uniform(0.3, 0.7, 12), rng.uniform(0.8, 1.5, 12)
+    clean = B[:, None] / (D_l[:, None] + SIZES[None, :] ** beta[:, None]) + E[:, None]
+    losses = clean * (1 + 0.004 * rng.standard_normal(clean.shape))
+    curves = Curves(models=tuple(f"m{i}" for i in range(12)), sizes=SIZES, losses=losses,
+                    zero_shot=B / D_l + E, target_size=102400.0)
+    return loo.Table(name, curves, 102400.0, (8, 16, 32))
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return [synthetic_table(f"t{i}", i) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def evaluation(tables):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return loo.evaluate(tables)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [BlendRule(ats_k=2, ats_deltas=(3.0, 5.0), law_weight=0.3, vanilla_weight=0.25, gain=1.25),
+     BlendRule(ats_k=3, ats_deltas=(3.0, 4.0, 5.0), law_weight=0.1, vanilla_weight=0.5, gain=None)],
+)
+def test_a_rule_predicts_from_the_shared_fits_exactly_what_select_default_predicts(tables, rule):
+    table = tables[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = loo.components(table, 8)
+        direct = select_default(table.curves.up_to(table.target / 8), table.target, rule=rule).predicted_loss
+    np.testing.assert_allclose(loo.predict(rule, parts), direct, rtol=1e-12)
+
+
+def test_each_held_out_table_gets_the_best_rule_on_the_other_tables(evaluation, tables):
+    names = [t.name for t in tables]
+    assert [h.table for h in evaluation.held_out] == names
+    for held in evaluation.held_out:
+        others = [n for n in names if n != held.table]
+        objective = lambda rule: loo.objective(evaluation.scores[rule], evaluation.ats, others)  # noqa: E731
+        assert objective(held.rule) == max(objective(r) for r in loo.RULES)
+        assert held.score == evaluation.scores[held.rule][held.table]  # reported out of sample
+
+
+def test_the_shipped_rule_is_the_best_on_all_tables_and_ats_is_the_baseline(evaluation, tables):
+    names = [t.name for t in tables]
+    best = max(loo.objective(evaluation.scores[r], evaluation.ats, names) for r in loo.RULES)
+    assert loo.objective(evaluation.scores[evaluation.chosen], evaluation.ats, names) == best
+    assert evaluation.ats == evaluation.scores[loo.ATS]
+    assert loo.markdown(evaluation).count("\n") == 2 + len(tables)

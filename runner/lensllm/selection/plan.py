@@ -75,7 +75,7 @@ def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSele
     round_ = current_round(status)
     if any(status.candidates[name].state not in st.TERMINAL for name in due(spec, status) if name in status.candidates):
         return status
-    candidates = race_candidates(status)
+    candidates = st.race_candidates(status)
     if not any(c.in_race for c in candidates):
         return st.end_race(status, "noCandidateLeft")
     try:
@@ -85,24 +85,3 @@ def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSele
     except CurveError as err:
         return st.end_race(status, "failed", f"round {round_} could not be decided: {err}")
     return st.record_round(status, decision)
-
-
-def race_candidates(status: st.LLMSelectionStatus) -> list[racing.RaceCandidate]:
-    """What the race knows of every candidate that measured something; a failed one is out of the race
-    from the round it failed in (its points still count as compute spent)."""
-    candidates = []
-    for name, entry in status.candidates.items():
-        if entry.parameters is None or not entry.points:
-            continue  # failed before measuring anything: it spent nothing the race counts
-        out = entry.eliminated_in
-        if entry.state == "Failed" and out is None:
-            out = max(t.round for t in entry.trials)
-        candidates.append(racing.RaceCandidate(
-            name=name,
-            params=float(entry.parameters),
-            sizes=tuple(p.size for p in entry.points),
-            losses=tuple(p.bits_per_byte for p in entry.points),
-            zero_shot=entry.zero_shot.bits_per_byte if entry.zero_shot else None,
-            eliminated_in=out,
-        ))
-    return candidates

@@ -385,6 +385,39 @@ def _state_in_round(entry: CandidateStatus, round: int) -> CandidateState:
     return trials[-1].state if trials else "Pending"
 
 
+def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
+    """What the race knows of every candidate that measured something; a failed one is out of the race
+    from the round it failed in (its points still count as compute spent)."""
+    candidates = []
+    for name, entry in status.candidates.items():
+        if entry.parameters is None or not entry.points:
+            continue  # failed before measuring anything: it spent nothing the race counts
+        out = entry.eliminated_in
+        if entry.state == "Failed" and out is None:
+            out = max(t.round for t in entry.trials)
+        candidates.append(racing.RaceCandidate(
+            name=name,
+            params=float(entry.parameters),
+            sizes=tuple(p.size for p in entry.points),
+            losses=tuple(p.bits_per_byte for p in entry.points),
+            zero_shot=entry.zero_shot.bits_per_byte if entry.zero_shot else None,
+            eliminated_in=out,
+        ))
+    return candidates
+
+
+def compute_fraction(status: LLMSelectionStatus, target: int) -> float:
+    """Compute spent so far (subset size x parameters over measured points) over fully fine-tuning every candidate
+    that measured something: the race's measure, for any strategy."""
+    candidates = race_candidates(status)
+    return racing.compute_fraction(candidates, target) if candidates else 0.0
+
+
+def rounds_started(status: LLMSelectionStatus) -> int:
+    """Rounds that have launched a trial (1 for a fixed budget once it started)."""
+    return 1 + max((t.round for e in status.candidates.values() for t in e.trials), default=-1)
+
+
 def _sizes_run(entry: CandidateStatus, round: int) -> list[int]:
     trials = _in_round(entry, round)
     return trials[-1].sizes if trials else []

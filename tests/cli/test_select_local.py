@@ -73,7 +73,9 @@ def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
     assert "has no status yet" in capsys.readouterr().err
 
 
-def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(demo_world, tmp_path, capsys):
+def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(
+    demo_world, tmp_path, capsys, monkeypatch
+):
     """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%)."""
     budget = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
     statuses = {}
@@ -95,3 +97,10 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     assert llama.ntk is not None and llama.p_best > 0.9
     assert race.race.compute_fraction < race.race.fixed_budget_fraction == pytest.approx(496 / 1024)
     assert race.compute.flops < fixed.compute.flops
+
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "200")  # rows on one line each
+    assert main(["report", str(tmp_path / "race" / "selection.json")]) == 0
+    report = capsys.readouterr().out
+    assert f"race: {len(rounds)} rounds, stopped: {race.race.stop}" in report and "out in round 0" in report
+    assert "256: tiny-llama" in report  # round 1: the survivor alone ran the next size

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lensllm.cli.report import plot_selection, ranking_table
+from lensllm.cli.report import plot_selection, print_tables
 from lensllm.errors import LensLLMError
 
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             bars.update(tasks[candidate], description=_describe(event), advance=_advance(event))
 
         status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
-    Console().print(ranking_table(status, manifest.spec.budget.target_size))
+    print_tables(status, manifest.spec.budget.target_size)
     if status.ranking:
         plot_selection(status, manifest.spec, out / "curves.png")
     print(f"status: {out / 'status.json'}  resource: {out / 'selection.json'}  plot: {out / 'curves.png'}", file=sys.stderr)

@@ -149,3 +149,20 @@ def test_a_fixed_selection_keeps_one_round_over_every_size():
     assert status.race is None and status.method == spec.method
     assert next_trials(spec, status) == [Trial(name, 0, tuple(SIZES)) for name in LAWS]
     assert advance(spec, status) is status
+
+
+def test_a_race_that_cannot_weigh_a_candidate_s_compute_fails_naming_it():
+    spec = race_spec()
+    status = st.initial_status(spec, 1, NOW)
+    for trial in next_trials(spec, status):
+        job = f"sel-{trial.candidate}-r0"
+        status = st.mark_trial(status, trial.candidate, st.TrialRecord(job_name=job, sizes=list(trial.sizes), state="Running"))
+        measured_result = result(trial.candidate, trial.sizes)
+        if trial.candidate == "close-b":
+            measured_result = measured_result.model_copy(update={"resources": None})
+        status = st.record_result(status, spec, trial.candidate, job, measured_result, gpus=0)
+    status = advance(spec, status)
+    assert status.race.stop == "failed" and next_trials(spec, status) == [] and st.all_finished(status)
+    ended = st.finalize(status, spec, 1, NOW)
+    assert ended.phase == "Failed" and ended.reason == "RankingFailed"
+    assert ended.conditions[-1].message.startswith("close-b: no parameter count")

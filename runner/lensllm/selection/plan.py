@@ -75,6 +75,10 @@ def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSele
     round_ = current_round(status)
     if any(status.candidates[name].state not in st.TERMINAL for name in due(spec, status) if name in status.candidates):
         return status
+    unweighed = [name for name, entry in status.candidates.items() if entry.points and entry.parameters is None]
+    if unweighed:
+        return st.end_race(status, "failed", f"{', '.join(unweighed)}: no parameter count in the trial's result, and the "
+                           "race weighs each candidate's compute by it")
     candidates = st.race_candidates(status)
     if not any(c.in_race for c in candidates):
         return st.end_race(status, "noCandidateLeft")

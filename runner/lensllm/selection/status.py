@@ -3,7 +3,8 @@
 The operator and `lensllm select --local` both build the status only through these
 functions, so a selection run on a laptop and one run on a cluster end in the same
 document. Every update takes the current status and returns a new one; nothing here talks
-to Kubernetes or runs a model.
+to Kubernetes or runs a model. A race (spec.strategy race) adds `race`, one record per
+decided round, and each candidate's P(best), interval and elimination.
 """
 
 from datetime import datetime, timezone
@@ -13,8 +14,8 @@ import numpy as np
 from pydantic import Field
 
 from lensllm.errors import LensLLMError
-from lensllm.science.curves import Curves
 from lensllm.science import racing
+from lensllm.science.curves import Curves
 from lensllm.science.laws import NTKSpectrum
 from lensllm.science.selectors import select
 from lensllm.selection.spec import LLMSelectionSpec
@@ -394,7 +395,7 @@ def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
             continue  # failed before measuring anything: it spent nothing the race counts
         out = entry.eliminated_in
         if entry.state == "Failed" and out is None:
-            out = max(t.round for t in entry.trials)
+            out = max((t.round for t in entry.trials), default=0)
         candidates.append(racing.RaceCandidate(
             name=name,
             params=float(entry.parameters),

@@ -66,7 +66,8 @@ def _trial_id(run: LocalRun, trial: Trial) -> str:
 
 def _local_spec(run: LocalRun, trial: Trial) -> dict:
     """The trial spec, with relative local paths taken from the manifest's folder."""
-    spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes), round=trial.round).model_dump(mode="json", by_alias=True)
+    trial_spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes), round=trial.round)
+    spec = trial_spec.model_dump(mode="json", by_alias=True)
     for section, key in (("candidate", "model"), ("dataset", "source")):
         beside = run.manifest.folder / spec[section][key]
         if not Path(spec[section][key]).is_absolute() and beside.exists():

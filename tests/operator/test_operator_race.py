@@ -1,8 +1,12 @@
 """A race run by the real operator against the emulated API server: rounds of trial Jobs, an operator restart."""
 
+from collections import Counter
+
 import pytest
+from cluster import wait_for
 from demo_selection import demo_models, selection_manifest
 from selections import GROUP, PLURAL, VERSION, comparable, create, run_locally, stand_in_selection, wait_for_phase
+from stand_in_trial import read_ledger
 
 # Every size up to 256 is affordable on the demo's 1,024 examples; elimination at P(best) < 5%, a stop at >= 99%.
 RACE = {"strategy": "race", "budget": {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0},
@@ -43,24 +47,25 @@ STAND_IN_RACE = {"strategy": "race", "budget": {"subsetSizes": [16, 32, 64, 128,
                  "race": {"epsilon": 0.05, "delta": 0.01}, "parallelism": 3}
 
 
+def jobs_of(batch, namespace: str, selection: str) -> list:
+    return [j for j in batch.list_namespaced_job(namespace).items if j.metadata.name.startswith(f"{selection}-")]
+
+
+def complete(job) -> bool:
+    return any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+
+
 def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_and_measures_no_size_twice(
     namespace, stand_in, start_operator, custom, batch
 ):
-    from collections import Counter
-
-    from cluster import wait_for
-    from stand_in_trial import read_ledger
-
     models = ("model-a", "model-b", "model-h")
     operator = start_operator()
     create(custom, namespace, stand_in_selection("steady", *models, **STAND_IN_RACE))
     create(custom, namespace, stand_in_selection("restarted", *models, **STAND_IN_RACE))
-    round_zero = lambda: [j for j in batch.list_namespaced_job(namespace).items if j.metadata.name.startswith("restarted-")]  # noqa: E731
-    wait_for(lambda: len(round_zero()) == 3, "the restarted selection's round-0 Jobs", timeout=60)
+    wait_for(lambda: len(jobs_of(batch, namespace, "restarted")) == 3, "the restarted selection's round-0 Jobs", timeout=60)
     operator.process.kill()
-    finished = lambda: all(any(c.type == "Complete" and c.status == "True" for c in batch.read_namespaced_job(  # noqa: E731
-        j.metadata.name, namespace).status.conditions or []) for j in round_zero())
-    wait_for(finished, "round 0 to finish while the operator is down", timeout=60)
+    wait_for(lambda: all(map(complete, jobs_of(batch, namespace, "restarted"))),
+             "round 0 to finish while the operator is down", timeout=60)
     operator.process.start()
     steady, restarted = (wait_for_phase(custom, namespace, name, "Complete", "Failed") for name in ("steady", "restarted"))
     assert steady.phase == restarted.phase == "Complete", (steady.conditions, restarted.conditions)
@@ -70,8 +75,9 @@ def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_a
     assert rounds[0].next_sizes == {"model-a": [256], "model-b": [256]} and restarted.race.stop == "exhausted"
     assert restarted.best == "model-b" and [r.candidate for r in restarted.ranking] == ["model-b", "model-a", "model-h"]
     assert [t.round for t in restarted.candidates["model-h"].trials] == [0]
-    as_written = lambda name: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["status"]  # noqa: E731
-    assert comparable(as_written("restarted")) == comparable(as_written("steady"))
+    written = {name: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["status"]
+               for name in ("steady", "restarted")}
+    assert comparable(written["restarted"]) == comparable(written["steady"])
 
     measured = Counter((entry["pod"].split("-")[0], entry["model"], entry["size"]) for entry in read_ledger(stand_in.ledger))
     assert measured and max(measured.values()) == 1, measured

@@ -119,7 +119,8 @@ def test_the_status_of_the_largest_race_stays_far_below_the_object_size_limit():
     for i, candidate in enumerate(spec.candidates):
         for round_, ran in enumerate(rounds):
             for attempt in range(st.MAX_ATTEMPTS):
-                record = st.TrialRecord(job_name="j" * 60 + f"{round_}{attempt}", round=round_, attempt=attempt, sizes=list(ran), state="Running")
+                record = st.TrialRecord(job_name="j" * 60 + f"{round_}{attempt}", round=round_, attempt=attempt,
+                                        sizes=list(ran), state="Running")
                 status = st.mark_trial(status, candidate.name, record)
         status = st.record_result(status, spec, candidate.name, "j" * 60 + "62", compact(result(i, sizes, 256)), gpus=8)
         entry = status.candidates[candidate.name]

@@ -165,8 +165,12 @@ class Budget(WireModel):
 class RaceSpec(WireModel):
     """How sure the race must be (strategy race): eliminate at P(best) < epsilon, stop at P(best) >= 1 - delta."""
 
-    epsilon: float = Field(default=0.01, gt=0.0, le=0.5, description="Eliminate a candidate whose probability of being best falls below this.")
-    delta: float = Field(default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta.")
+    epsilon: float = Field(
+        default=0.01, gt=0.0, le=0.5, description="Eliminate a candidate whose probability of being best falls below this."
+    )
+    delta: float = Field(
+        default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta."
+    )
 
 
 class RunnerSettings(WireModel):

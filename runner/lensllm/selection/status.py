@@ -91,7 +91,9 @@ class CandidateStatus(WireModel):
         default=None, description="Why it failed, or why its trial is not running yet (e.g. Unschedulable)."
     )
     message: str | None = Field(default=None, description="The detail of that reason.")
-    p_best: float | None = Field(default=None, description="Strategy race: probability of being best at targetSize, after its last round.")
+    p_best: float | None = Field(
+        default=None, description="Strategy race: probability of being best at targetSize, after its last round."
+    )
     interval: list[float] | None = Field(
         default=None, max_length=2, description="Strategy race: prediction interval (90%) of the bits per byte at targetSize."
     )
@@ -105,7 +107,9 @@ class CandidateStatus(WireModel):
 class RankEntry(WireModel):
     candidate: str = Field(description="Candidate name.")
     predicted_loss: float = Field(description="Predicted bits per byte at targetSize.")
-    lower_confidence: bool | None = Field(default=None, description="Strategy race: an eliminated candidate, ranked after the survivors.")
+    lower_confidence: bool | None = Field(
+        default=None, description="Strategy race: an eliminated candidate, ranked after the survivors."
+    )
 
 
 class Elimination(WireModel):
@@ -122,8 +126,12 @@ class RoundRecord(WireModel):
     noise: dict[str, float] = Field(description="Pooled log-normal noise of each law's fits.")
     eliminated: list[Elimination] = Field(default_factory=list, description="Candidates eliminated after this round.")
     next_sizes: dict[str, list[int]] = Field(default_factory=dict, description="Sizes each survivor runs in the next round.")
-    compute_fraction: float = Field(description="Compute spent after this round, as a fraction of fully fine-tuning every candidate.")
-    stop: str | None = Field(default=None, description="Why the race stopped after this round: confident, exhausted or computeCap.")
+    compute_fraction: float = Field(
+        description="Compute spent after this round, as a fraction of fully fine-tuning every candidate."
+    )
+    stop: str | None = Field(
+        default=None, description="Why the race stopped after this round: confident, exhausted or computeCap."
+    )
 
 
 class RaceStatus(WireModel):
@@ -135,7 +143,8 @@ class RaceStatus(WireModel):
     )
     message: str | None = Field(default=None, description="Why the race could not be decided (stop: failed).")
     compute_fraction: float = Field(
-        default=0.0, description="Compute spent (subset size x parameters over measured points) over fully fine-tuning every candidate."
+        default=0.0,
+        description="Compute spent (subset size x parameters over measured points) over fully fine-tuning every candidate.",
     )
     fixed_budget_fraction: float = Field(description="What a fixed budget over the same subset sizes spends, on the same scale.")
 
@@ -515,6 +524,8 @@ def _race_rank(status: LLMSelectionStatus) -> LLMSelectionStatus:
     for place in ranked:
         entry = new.candidates[place.name]
         entry.rank, entry.lower_confidence = place.rank, place.lower_confidence
-    new.ranking = [RankEntry(candidate=p.name, predicted_loss=p.predicted_loss, lower_confidence=p.lower_confidence) for p in ranked]
+    new.ranking = [
+        RankEntry(candidate=p.name, predicted_loss=p.predicted_loss, lower_confidence=p.lower_confidence) for p in ranked
+    ]
     new.best = new.ranking[0].candidate
     return new

@@ -50,7 +50,15 @@ def result(name: str, sizes: tuple[int, ...]) -> TrialResult:
     return TrialResult(status="Succeeded", zero_shot=evaluation(3.0), points=points, seconds=1.0, resources=resources)
 
 
-def run_round(spec: LLMSelectionSpec, status: st.LLMSelectionStatus, failing: tuple[str, ...] = ()) -> st.LLMSelectionStatus:
+Status = st.LLMSelectionStatus
+
+
+def run_round(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = ()) -> Status:
+    return advance(spec, run_trials(spec, status, failing))
+
+
+def run_trials(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = ()) -> Status:
+    """Every trial the plan asks for now, run to its end; the round is left undecided."""
     for trial in next_trials(spec, status):
         job = f"sel-{trial.candidate}-r{trial.round}"
         record = st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running")
@@ -59,10 +67,10 @@ def run_round(spec: LLMSelectionSpec, status: st.LLMSelectionStatus, failing: tu
             status = st.record_failure(status, trial.candidate, job, "ResultMissing", "no termination message")
         else:
             status = st.record_result(status, spec, trial.candidate, job, result(trial.candidate, trial.sizes), gpus=0)
-    return advance(spec, status)
+    return status
 
 
-def run_race(spec: LLMSelectionSpec) -> st.LLMSelectionStatus:
+def run_race(spec: LLMSelectionSpec) -> Status:
     status = st.initial_status(spec, 1, NOW)
     while next_trials(spec, status):
         status = run_round(spec, status)
@@ -156,7 +164,8 @@ def test_a_race_that_cannot_weigh_a_candidate_s_compute_fails_naming_it():
     status = st.initial_status(spec, 1, NOW)
     for trial in next_trials(spec, status):
         job = f"sel-{trial.candidate}-r0"
-        status = st.mark_trial(status, trial.candidate, st.TrialRecord(job_name=job, sizes=list(trial.sizes), state="Running"))
+        record = st.TrialRecord(job_name=job, sizes=list(trial.sizes), state="Running")
+        status = st.mark_trial(status, trial.candidate, record)
         measured_result = result(trial.candidate, trial.sizes)
         if trial.candidate == "close-b":
             measured_result = measured_result.model_copy(update={"resources": None})
@@ -166,3 +175,17 @@ def test_a_race_that_cannot_weigh_a_candidate_s_compute_fails_naming_it():
     ended = st.finalize(status, spec, 1, NOW)
     assert ended.phase == "Failed" and ended.reason == "RankingFailed"
     assert ended.conditions[-1].message.startswith("close-b: no parameter count")
+
+
+def test_a_next_round_job_adopted_before_its_round_was_written_is_neither_relaunched_nor_forgotten():
+    """The pass that decided round 0 created round 1's Jobs, then its status write failed: the next pass adopts
+    the Jobs (collect records them) and decides round 0 again; the adopted trials stand for round 1."""
+    spec = race_spec()
+    undecided = run_trials(spec, st.initial_status(spec, 1, NOW))
+    job = st.TrialRecord(job_name="sel-close-a-r1", round=1, sizes=[1024], state="Running")
+    adopted = st.mark_trial(undecided, "close-a", job)
+    assert adopted.candidates["close-a"].state == "Succeeded"  # its round-0 state, until the round is decided
+    decided = advance(spec, adopted)
+    assert decided.race.rounds == advance(spec, undecided).race.rounds
+    assert (decided.candidates["close-a"].state, decided.candidates["close-b"].state) == ("Running", "Pending")
+    assert next_trials(spec, decided) == [Trial("close-b", 1, (1024,))]

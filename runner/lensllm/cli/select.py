@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.selection)
     out = args.out or Path("lensllm-out") / manifest.name
     console = Console(stderr=True)
-    steps = len(manifest.spec.budget.sizes) + 1
+    # One step per subset size: a race's later rounds measure the zero-shot loss again, so it is not counted.
+    steps = len(manifest.spec.budget.sizes)
     with Progress(
         TextColumn("{task.fields[candidate]:<20}"),
         BarColumn(),
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _advance(event: dict) -> int:
-    return 1 if event.get("event") in ("zeroShot", "size") else 0
+    return 1 if event.get("event") == "size" else 0
 
 
 def _describe(event: dict) -> str:

@@ -3,6 +3,7 @@ generator that never produced hostile input or a stand-in that forgot --resume w
 These run in the default test run (no marker): they are fast and need no cluster.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -92,3 +93,12 @@ def test_the_generator_makes_plain_hostile_and_yaml_only_manifests() -> None:
     assert "none" in kinds and kinds & set(YAML_ONLY) and len(kinds) > 30, kinds
     assert all(case.document is None for case in seen if case.isolated)
     assert len(HOSTILE) >= 50
+
+
+def test_the_stand_in_trial_takes_exactly_the_recipes_arguments() -> None:
+    """run-trial calls the recipe with keywords; a stand-in that missed a new one would fail every trial it runs."""
+    from lensllm.trial import recipe  # torch: imported only when this test runs
+
+    assert inspect.signature(stand_in_trial.run_trial).parameters.keys() == inspect.signature(
+        recipe.run_trial
+    ).parameters.keys()

@@ -133,7 +133,7 @@ def _pod_spec(selection: str, uid: str, spec: LLMSelectionSpec, trial: Trial, co
 
 
 def _env(spec: LLMSelectionSpec, trial: Trial, config: OperatorConfig) -> list[dict[str, Any]]:
-    trial_spec = spec.trial_spec(trial.candidate, list(trial.sizes))
+    trial_spec = spec.trial_spec(trial.candidate, list(trial.sizes), round=trial.round)
     env: list[dict[str, Any]] = [
         # The spec travels as JSON in an env var: no quoting issues, no ConfigMap to own.
         {"name": SPEC_ENV, "value": trial_spec.model_dump_json(by_alias=True, exclude_none=True)},

@@ -77,6 +77,19 @@ class OperatorMetrics:
             ["namespace", "selection"],
             registry=registry,
         )
+        self.compute_fraction = Gauge(
+            "lensllm_selection_compute_fraction",
+            "Compute a selection spent (subset size x parameters over measured points) as a fraction of fully "
+            "fine-tuning every candidate on targetSize: what a race saves shows here.",
+            ["namespace", "selection"],
+            registry=registry,
+        )
+        self.rounds = Gauge(
+            "lensllm_selection_rounds",
+            "Rounds a selection has started (1 for a fixed budget; a race adds one per round).",
+            ["namespace", "selection"],
+            registry=registry,
+        )
         self.predicted_loss = Gauge(
             "lensllm_candidate_predicted_loss",
             "Predicted loss of a candidate at the selection's target size.",
@@ -142,6 +155,10 @@ class OperatorMetrics:
         if full_gpu_seconds is not None:
             self.full_finetune_gpu_seconds.labels(namespace=namespace, selection=name).set(full_gpu_seconds)
 
+    def set_progress(self, namespace: str, name: str, compute_fraction: float, rounds: int) -> None:
+        self.compute_fraction.labels(namespace=namespace, selection=name).set(compute_fraction)
+        self.rounds.labels(namespace=namespace, selection=name).set(rounds)
+
     def set_trials(self, namespace: str, name: str, queued: int, running: int) -> None:
         self.trials_current.labels(namespace=namespace, selection=name, state="queued").set(queued)
         self.trials_current.labels(namespace=namespace, selection=name, state="running").set(running)
@@ -164,7 +181,7 @@ class OperatorMetrics:
                 self.trials_current.remove(namespace, name, state)
             except KeyError:
                 pass
-        for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds):
+        for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds, self.compute_fraction, self.rounds):
             try:
                 gauge.remove(namespace, name)
             except KeyError:

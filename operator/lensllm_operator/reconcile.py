@@ -3,7 +3,9 @@
 `reconcile` is level-triggered and idempotent: every event of the selection or of its Jobs,
 and a periodic resync, call it; it re-derives the status from the selection, its Jobs and
 their pods, so a lost event, a failed write or a vanished Job heals on the next call. One
-lock per selection makes it the only writer of that status, refusals included.
+lock per selection makes it the only writer of that status, refusals included. A race's
+decision after a round is a pure function of the status (`plan.advance`), so a pass whose
+write failed makes the same decision again.
 
 Failures are classified: a transient API error (throttling, 5xx, a broken connection) raises
 `kopf.TemporaryError` with a growing delay; a spec the operator cannot run ends the selection
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 
 from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
+from lensllm.selection.plan import advance
 from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
@@ -107,6 +110,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     try:
         status = await collect(ctx, cluster, status, effects)
         status = find_lost(ctx, cluster, status, effects)
+        status = advance(spec, status)  # a race whose round ended: decide it before launching the next
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
@@ -255,4 +259,7 @@ def _export(ctx: Context, body: Body, status: st.LLMSelectionStatus, running_gpu
     ctx.metrics.set_predictions(
         namespace, name, {c: e.predicted_loss for c, e in status.candidates.items() if e.predicted_loss is not None}
     )
+    target = ((body.get("spec") or {}).get("budget") or {}).get("targetSize")
+    if isinstance(target, int) and target > 0:  # absent only from a spec refused as invalid
+        ctx.metrics.set_progress(namespace, name, st.compute_fraction(status, target), st.rounds_started(status))
 

@@ -1,10 +1,10 @@
 """Run an LLMSelection on this machine: each trial is a local `lensllm run-trial` process.
 
 The same plan and status updates as the operator (`lensllm.selection`) decide what runs
-and what the status says, and they read the same document: the trial's compact result (its
-termination message on a cluster), not the full result file. So the status written here is
-the one the operator would write into the resource, ranking included. Called by
-`lensllm select --local`.
+(round after round for a race) and what the status says, and they read the same document:
+the trial's compact result (its termination message on a cluster), not the full result
+file. So the status written here is the one the operator would write into the resource,
+ranking included. Called by `lensllm select --local`.
 """
 
 import json
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
-from lensllm.selection.plan import Trial, next_trials
+from lensllm.selection.plan import Trial, advance, next_trials
 from lensllm.trial.result import TrialResult
 
 Progress = Callable[[str, dict], None]
@@ -35,12 +35,13 @@ class LocalRun:
 
 
 def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
-    """Run every trial the plan asks for, `workers` at a time, and return the final status."""
+    """Run every trial the plan asks for, round by round, each round's trials `workers` at a time; return the
+    final status."""
     spec = run.manifest.spec
     status = st.initial_status(spec, 1, st.now_iso())
     (run.out / "trials").mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
-    while trials := next_trials(spec, status):
+    while trials := next_trials(spec, status := advance(spec, status)):
         for trial in trials:
             record = st.TrialRecord(job_name=_trial_id(run, trial), round=trial.round, sizes=list(trial.sizes), state="Queued")
             status = st.mark_trial(status, trial.candidate, record)
@@ -65,7 +66,8 @@ def _trial_id(run: LocalRun, trial: Trial) -> str:
 
 def _local_spec(run: LocalRun, trial: Trial) -> dict:
     """The trial spec, with relative local paths taken from the manifest's folder."""
-    spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes)).model_dump(mode="json", by_alias=True)
+    trial_spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes), round=trial.round)
+    spec = trial_spec.model_dump(mode="json", by_alias=True)
     for section, key in (("candidate", "model"), ("dataset", "source")):
         beside = run.manifest.folder / spec[section][key]
         if not Path(spec[section][key]).is_absolute() and beside.exists():

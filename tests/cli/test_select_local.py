@@ -71,3 +71,36 @@ def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
     path = write_manifest(tmp_path, doc)
     assert main(["report", str(path)]) == 2
     assert "has no status yet" in capsys.readouterr().err
+
+
+def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(
+    demo_world, tmp_path, capsys, monkeypatch
+):
+    """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%)."""
+    budget = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
+    statuses = {}
+    for strategy in ("race", "fixed"):
+        doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy}", strategy=strategy,
+                                 budget=budget, race={"epsilon": 0.05, "delta": 0.01})
+        out = tmp_path / strategy
+        assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--workers", "2", "--out", str(out)]) == 0
+        statuses[strategy] = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
+    race, fixed = statuses["race"], statuses["fixed"]
+    assert race.best == fixed.best == "tiny-llama"
+    rounds = race.race.rounds
+    assert len(rounds) >= 2 and "tiny-gpt2" in [e.candidate for e in rounds[0].eliminated]
+    gpt2 = race.candidates["tiny-gpt2"]
+    assert (gpt2.eliminated_in, gpt2.lower_confidence, [t.sizes for t in gpt2.trials]) == (0, True, [[16, 32, 64, 128]])
+    assert race.ranking[-1].candidate == "tiny-gpt2" and race.ranking[-1].lower_confidence
+    llama = race.candidates["tiny-llama"]
+    assert [t.sizes for t in llama.trials] == [[16, 32, 64, 128], [256]]  # nested: round 1 ran only the new size
+    assert llama.ntk is not None and llama.p_best > 0.9
+    assert race.race.compute_fraction < race.race.fixed_budget_fraction == pytest.approx(496 / 1024)
+    assert race.compute.flops < fixed.compute.flops
+
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "200")  # rows on one line each
+    assert main(["report", str(tmp_path / "race" / "selection.json")]) == 0
+    report = capsys.readouterr().out
+    assert f"race: {len(rounds)} rounds, stopped: {race.race.stop}" in report and "out in round 0" in report
+    assert "256: tiny-llama" in report  # round 1: the survivor alone ran the next size

@@ -23,7 +23,9 @@ def test_a_deleted_selection_leaves_no_series_behind():
     metrics.set_predictions("ns", "a", {"gpt2": 1.5, "opt": 1.2})
     metrics.set_costs("ns", "a", 100.0, 5000.0)
     metrics.set_trials("ns", "a", queued=1, running=2)
+    metrics.set_progress("ns", "a", 0.03, 3)
     assert 'candidate="gpt2"' in exposition(metrics)
+    assert 'lensllm_selection_rounds{namespace="ns",selection="a"} 3.0' in exposition(metrics)
     metrics.forget("ns", "a")
     text = exposition(metrics)
     assert 'selection="a"' not in text

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lensllm.science.laws import NTKSpectrum
+from lensllm.science.racing import schedule
 from lensllm.selection import status as st
 from lensllm.selection.spec import MAX_CANDIDATES, MAX_SUBSET_SIZES, LLMSelectionSpec
 from lensllm.trial.result import TERMINATION_LIMIT, Evaluation, LawFit, NTKSummary, Resources, SizePoint, TrainingStats, TrialResult
@@ -106,4 +107,31 @@ def test_the_status_of_the_largest_selection_stays_far_below_the_object_size_lim
         status = st.record_result(status, spec, candidate.name, "j" * 63 + "2", compact(result(i, sizes, 256)), gpus=8)
         status.candidates[candidate.name].message = "m" * 1000
     size = len(json.dumps(status.dump()).encode())
+    assert size < OBJECT_SIZE_LIMIT / 4, size
+
+
+def test_the_status_of_the_largest_race_stays_far_below_the_object_size_limit():
+    """Every candidate in every one of the race's (at most 7) rounds, each trial lost twice, each eliminated once."""
+    sizes = [100_000 * 2**k for k in range(MAX_SUBSET_SIZES)]
+    spec = selection(MAX_CANDIDATES, sizes).model_copy(update={"strategy": "race"})
+    rounds = schedule(spec.race_settings(), sizes)
+    status = st.initial_status(spec, 1, "2026-01-01T00:00:00Z")
+    for i, candidate in enumerate(spec.candidates):
+        for round_, ran in enumerate(rounds):
+            for attempt in range(st.MAX_ATTEMPTS):
+                record = st.TrialRecord(job_name="j" * 60 + f"{round_}{attempt}", round=round_, attempt=attempt,
+                                        sizes=list(ran), state="Running")
+                status = st.mark_trial(status, candidate.name, record)
+        status = st.record_result(status, spec, candidate.name, "j" * 60 + "62", compact(result(i, sizes, 256)), gpus=8)
+        entry = status.candidates[candidate.name]
+        entry.p_best, entry.interval, entry.eliminated_in, entry.elimination_reason = 0.001, [0.5, 0.7], 3, "r" * 100
+    assert len(rounds) == st.MAX_ROUNDS
+    status.race.rounds = [
+        st.RoundRecord(round=r, sizes={c.name: list(ran) for c in spec.candidates}, law="lensllm", noise={"lensllm": 0.01, "vanilla": 0.02},
+                       next_sizes={c.name: list(ran) for c in spec.candidates},
+                       eliminated=[st.Elimination(candidate=c.name, reason="r" * 100) for c in spec.candidates[r::len(rounds)]],
+                       compute_fraction=0.01, stop="exhausted")
+        for r, ran in enumerate(rounds)
+    ]
+    size = len(json.dumps(st.LLMSelectionStatus.model_validate(status.dump()).dump()).encode())
     assert size < OBJECT_SIZE_LIMIT / 4, size

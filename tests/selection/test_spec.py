@@ -88,6 +88,13 @@ def refusal(changes: dict, strict: bool = True) -> str:
         ({"affinity": {"nodeAfinity": {}}}, "affinity.nodeAfinity", "Extra inputs"),
         ({"modelCache": {"claimName": "cache", "mountPath": "/etc"}}, "modelCache.mountPath", "Extra inputs"),
         ({"env": [{"name": "HF_TOKEN", "value": "stolen"}]}, "env.0.name", "set by the operator"),
+        ({"strategy": "race", "budget": {"baseSize": 100, "doublings": 2, "targetSize": 10_000}}, "budget",
+         "strategy race needs at least 4 subset sizes"),
+        ({"strategy": "greedy"}, "strategy", "'fixed' or 'race'"),
+        ({"race": {"epsilon": 0.0}}, "race.epsilon", "greater than 0"),
+        ({"race": {"delta": 0.7}}, "race.delta", "less than or equal to 0.5"),
+        ({"budget": {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 1.5}},
+         "budget.maxComputeFraction", "less than or equal to 1"),
         ({"hfTokenSecretRef": {"name": "Bad_Name"}}, "hfTokenSecretRef.name", "pattern"),
     ],
 )
@@ -129,7 +136,25 @@ def test_the_digest_changes_with_immutable_fields_only():
     assert LLMSelectionSpec.model_validate(spec(parallelism=1, suspend=True)).digest() == base.digest()
     for changes in ({"seed": 3}, {"method": "ats"}, {"candidates": [{"name": "a", "model": "gpt2"}]}):
         assert LLMSelectionSpec.model_validate(spec(**changes)).digest() != base.digest(), changes
-    assert set(IMMUTABLE_FIELDS) >= {"candidates", "dataset", "budget", "training", "ntk", "method"}
+    assert set(IMMUTABLE_FIELDS) >= {"candidates", "dataset", "budget", "training", "ntk", "method", "strategy", "race"}
+
+
+def test_race_settings_change_the_digest_of_a_race_only():
+    """A fixed selection's digest is the one it had before the race existed: an upgraded operator fails none."""
+    base = LLMSelectionSpec.model_validate(spec())
+    assert base.digest() == "49a277283895561e"  # main at 9bebc72, before spec.strategy existed
+    budget = {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.2}
+    assert LLMSelectionSpec.model_validate(spec(race={"epsilon": 0.2}, budget=budget)).digest() == base.digest()
+    race = LLMSelectionSpec.model_validate(spec(strategy="race"))
+    assert race.digest() != base.digest()
+    assert LLMSelectionSpec.model_validate(spec(strategy="race", race={"delta": 0.1})).digest() != race.digest()
+    assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
+
+
+def test_trials_after_the_first_round_measure_no_ntk():
+    selection = LLMSelectionSpec.model_validate(spec(ntk={"enabled": True}))
+    assert selection.trial_spec("a", [100], round=0).ntk.enabled
+    assert not selection.trial_spec("a", [800], round=1).ntk.enabled
 
 
 def test_a_candidate_added_after_the_start_gets_no_trial_and_no_key_error():

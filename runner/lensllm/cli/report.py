@@ -1,4 +1,5 @@
-"""`lensllm report SELECTION.json|-`: the ranking table and curve plot of a finished selection.
+"""`lensllm report SELECTION.json|-`: the ranking table and curve plot of a finished selection; for a race,
+its rounds and what it spent against a fixed budget and full fine-tuning.
 
 Reads the whole resource, from a cluster (`kubectl get llmsel NAME -o json | lensllm report -`)
 or from local mode (`lensllm-out/<name>/selection.json`). `lensllm select` prints the same table.
@@ -39,28 +40,79 @@ def run(args: argparse.Namespace) -> int:
         raise LensLLMError(f"{args.selection}: status.{validation_message(err)}") from None
     if status.phase == "Pending" and not status.candidates:
         raise LensLLMError(f"{args.selection}: the selection has no status yet")
-    Console().print(ranking_table(status, manifest.spec.budget.target_size))
+    print_tables(status, manifest.spec.budget.target_size)
     if args.plot is not None:
         plot_selection(status, manifest.spec, args.plot)
     return 0
 
 
+def print_tables(status, target: int) -> None:
+    """The ranking, and for a race its rounds and compute; `lensllm select` prints the same."""
+    console = Console()
+    console.print(ranking_table(status, target))
+    if status.race is not None:
+        console.print(rounds_table(status))
+
+
 def ranking_table(status, target: int) -> Table:
     table = Table(title=f"{status.phase}: predicted bits per byte at {target:,} examples ({status.method})")
-    for column, justify in (("rank", "right"), ("candidate", "left"), ("predicted", "right"),
-                            ("observed (largest)", "right"), ("zero-shot", "right"), ("state", "left")):
+    race = status.race is not None
+    columns = [("rank", "right"), ("candidate", "left"), ("predicted", "right"), ("observed (largest)", "right"),
+               ("zero-shot", "right"), ("state", "left")]
+    if race:
+        columns[3:3] = [("90% interval", "right"), ("P(best)", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     order = sorted(status.candidates.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0, kv[0]))
     for name, entry in order:
-        table.add_row(
+        cells = [
             str(entry.rank or "-"),
             name,
             f"{entry.predicted_loss:.4f}" if entry.predicted_loss is not None else "-",
             f"{entry.points[-1].bits_per_byte:.4f}" if entry.points else "-",
             f"{entry.zero_shot.bits_per_byte:.4f}" if entry.zero_shot else "-",
-            entry.state if entry.state != "Failed" else f"Failed: {entry.reason}",
-        )
+            _state(entry),
+        ]
+        if race:
+            interval = f"{entry.interval[0]:.4f}-{entry.interval[1]:.4f}" if entry.interval else "-"
+            cells[3:3] = [interval, f"{entry.p_best:.3f}" if entry.p_best is not None else "-"]
+        table.add_row(*cells)
     return table
+
+
+def _state(entry) -> str:
+    if entry.state == "Failed":
+        return f"Failed: {entry.reason}"
+    if entry.eliminated_in is not None:
+        return f"out in round {entry.eliminated_in} (lower confidence)"
+    return entry.state
+
+
+def rounds_table(status) -> Table:
+    """Each round of a race: who ran which sizes, the law, who left, and the compute spent after it."""
+    race = status.race
+    title = (f"race: {len(race.rounds)} rounds, stopped: {race.stop or 'not yet'}; compute {race.compute_fraction:.2%} of full "
+             f"fine-tuning (a fixed budget over the same sizes: {race.fixed_budget_fraction:.2%})")
+    table = Table(title=title)
+    for column, justify in (("round", "right"), ("ran", "left"), ("law", "left"), ("eliminated", "left"),
+                            ("compute", "right"), ("stop", "left")):
+        table.add_column(column, justify=justify)
+    for record in race.rounds:
+        ran = "; ".join(_ran(record.sizes))
+        table.add_row(str(record.round), ran, record.law, ", ".join(e.candidate for e in record.eliminated) or "-",
+                      f"{record.compute_fraction:.2%}", record.stop or "-")
+    if race.message:
+        table.caption = race.message
+    return table
+
+
+def _ran(sizes: dict[str, list[int]]) -> list[str]:
+    """'16,32,64,128: 3 candidates' per distinct set of sizes; the candidate's name when it ran alone."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name, ran in sizes.items():
+        groups.setdefault(tuple(ran), []).append(name)
+    return [f"{','.join(map(str, ran))}: {names[0] if len(names) == 1 else f'{len(names)} candidates'}"
+            for ran, names in groups.items()]
 
 
 def plot_selection(status, spec, path: Path) -> None:

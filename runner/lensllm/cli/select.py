@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lensllm.cli.report import plot_selection, ranking_table
+from lensllm.cli.report import plot_selection, print_tables
 from lensllm.errors import LensLLMError
 
 
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.selection)
     out = args.out or Path("lensllm-out") / manifest.name
     console = Console(stderr=True)
-    steps = len(manifest.spec.budget.sizes) + 1
+    # One step per subset size: a race's later rounds measure the zero-shot loss again, so it is not counted.
+    steps = len(manifest.spec.budget.sizes)
     with Progress(
         TextColumn("{task.fields[candidate]:<20}"),
         BarColumn(),
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             bars.update(tasks[candidate], description=_describe(event), advance=_advance(event))
 
         status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
-    Console().print(ranking_table(status, manifest.spec.budget.target_size))
+    print_tables(status, manifest.spec.budget.target_size)
     if status.ranking:
         plot_selection(status, manifest.spec, out / "curves.png")
     print(f"status: {out / 'status.json'}  resource: {out / 'selection.json'}  plot: {out / 'curves.png'}", file=sys.stderr)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _advance(event: dict) -> int:
-    return 1 if event.get("event") in ("zeroShot", "size") else 0
+    return 1 if event.get("event") == "size" else 0
 
 
 def _describe(event: dict) -> str:

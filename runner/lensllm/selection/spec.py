@@ -15,6 +15,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import MIN_FIT_POINTS
+from lensllm.science.racing import MIN_INITIAL_SIZES, RaceSettings
 from lensllm.science.selectors import NTK_METHODS
 from lensllm.selection.formats import (
     DNS_LABEL,
@@ -46,7 +47,10 @@ MAX_SUBSET_SIZES = 16
 # Fields that decide what is measured: changing one after trials ran would mix incomparable
 # results, so the CRD refuses the change (CEL) and the operator fails a selection whose spec
 # changed anyway (on API servers that skip CEL). parallelism, suspend and the pod settings stay mutable.
-IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "training", "ntk")
+IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "training", "ntk", "strategy", "race")
+# With the fixed strategy these decide nothing that is measured; leaving them out of the digest
+# keeps the digests of selections started before they existed (an operator upgrade fails none).
+RACE_ONLY_FIELDS = ("strategy", "race")
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -128,6 +132,13 @@ class Budget(WireModel):
         description="Sizes are baseSize x 2^0 .. 2^doublings.",
     )
     target_size: int = Field(ge=1, le=2**53, description="Training-set size to predict the loss at (usually the full dataset).")
+    max_compute_fraction: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=1.0,
+        description="Strategy race: stop before a round would spend more than this fraction of fully fine-tuning "
+        "every candidate on targetSize (subset size x parameters, summed over measured points).",
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> "Budget":
@@ -149,6 +160,17 @@ class Budget(WireModel):
         if self.subset_sizes is not None:
             return list(self.subset_sizes)
         return [self.base_size * 2**k for k in range(self.doublings + 1)]
+
+
+class RaceSpec(WireModel):
+    """How sure the race must be (strategy race): eliminate at P(best) < epsilon, stop at P(best) >= 1 - delta."""
+
+    epsilon: float = Field(
+        default=0.01, gt=0.0, le=0.5, description="Eliminate a candidate whose probability of being best falls below this."
+    )
+    delta: float = Field(
+        default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta."
+    )
 
 
 class RunnerSettings(WireModel):
@@ -210,7 +232,14 @@ class LLMSelectionSpec(WireModel):
     candidates: list[SelectionCandidate] = Field(min_length=1, max_length=MAX_CANDIDATES, description="Models to compare.")
     dataset: DatasetSpec = Field(description="The downstream task data.")
     budget: Budget = Field(description="Subset sizes to fine-tune on and the size to predict.")
-    method: MethodName = Field(default="default", description="Selector that ranks the candidates.")
+    method: MethodName = Field(default="default", description="Selector that ranks the candidates (strategy fixed).")
+    # The default stays fixed until the race is measured well enough on a held-out table; the lead decides.
+    strategy: Literal["fixed", "race"] = Field(
+        default="fixed",
+        description="fixed: every candidate runs every subset size in one round. race: rounds; after each, candidates "
+        "that cannot be best (P(best) < race.epsilon) are eliminated and only the others run the next, larger sizes.",
+    )
+    race: RaceSpec = Field(default_factory=RaceSpec, description="Elimination and stopping thresholds of strategy race.")
     seed: int = Field(default=0, ge=0, description="Seed shared by every trial (same subsets for every candidate).")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Fine-tuning settings of every trial.")
     ntk: NTKSpec = Field(default_factory=NTKSpec, description="Empirical NTK settings of every trial.")
@@ -270,6 +299,20 @@ class LLMSelectionSpec(WireModel):
             raise ValueError("ntk.scope lora needs training.method lora")
         return self
 
+    @model_validator(mode="after")
+    def _race_ladder_long_enough(self) -> "LLMSelectionSpec":
+        if self.strategy == "race" and len(self.budget.sizes) < MIN_INITIAL_SIZES:
+            raise ValueError(
+                f"budget: strategy race needs at least {MIN_INITIAL_SIZES} subset sizes (round 0 runs {MIN_INITIAL_SIZES}), "
+                f"got {len(self.budget.sizes)}"
+            )
+        return self
+
+    def race_settings(self) -> RaceSettings:
+        return RaceSettings(
+            epsilon=self.race.epsilon, delta=self.race.delta, max_compute_fraction=self.budget.max_compute_fraction
+        )
+
     @property
     def trial_ntk(self) -> NTKSpec:
         """The NTK settings of every trial: measured when asked for, else only if the method uses it."""
@@ -283,9 +326,11 @@ class LLMSelectionSpec(WireModel):
                 return candidate
         raise SpecError(f"candidate {name!r} is not in spec.candidates")
 
-    def trial_spec(self, name: str, sizes: list[int]) -> TrialSpec:
-        """The runner's spec for one trial of candidate `name` on `sizes`."""
+    def trial_spec(self, name: str, sizes: list[int], round: int = 0) -> TrialSpec:
+        """The runner's spec for one trial of candidate `name` on `sizes`; rounds after the first measure no NTK
+        (round 0 did)."""
         candidate = self.candidate(name)
+        ntk = self.trial_ntk if round == 0 else self.ntk.model_copy(update={"enabled": False})
         return TrialSpec(
             candidate=CandidateSpec.model_validate(candidate.model_dump(include=set(CandidateSpec.model_fields))),
             dataset=self.dataset,
@@ -293,7 +338,7 @@ class LLMSelectionSpec(WireModel):
             target_size=self.budget.target_size,
             seed=self.seed,
             training=self.training,
-            ntk=self.trial_ntk,
+            ntk=ntk,
             # The trial's own fits use the metric the selection ranks by: comparable across tokenizers.
             fit_metric="bitsPerByte",
         )
@@ -304,4 +349,8 @@ class LLMSelectionSpec(WireModel):
     def digest(self) -> str:
         """A fingerprint of the fields that may not change once a selection started (IMMUTABLE_FIELDS)."""
         fields = self.model_dump(mode="json", by_alias=True, include=set(IMMUTABLE_FIELDS))
+        if self.strategy == "fixed":
+            for name in RACE_ONLY_FIELDS:
+                fields.pop(name)
+            fields["budget"].pop("maxComputeFraction")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,7 +3,8 @@
 The operator and `lensllm select --local` both build the status only through these
 functions, so a selection run on a laptop and one run on a cluster end in the same
 document. Every update takes the current status and returns a new one; nothing here talks
-to Kubernetes or runs a model.
+to Kubernetes or runs a model. A race (spec.strategy race) adds `race`, one record per
+decided round, and each candidate's P(best), interval and elimination.
 """
 
 from datetime import datetime, timezone
@@ -13,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from lensllm.errors import LensLLMError
+from lensllm.science import racing
 from lensllm.science.curves import Curves
 from lensllm.science.laws import NTKSpectrum
 from lensllm.science.selectors import select
@@ -28,6 +30,8 @@ TERMINAL: tuple[str, ...] = ("Succeeded", "Failed")
 TERMINAL_PHASES: tuple[str, ...] = ("Complete", "Failed")
 # Jobs per trial: the first and the re-runs of Jobs that vanished (each attempt resumes what was saved).
 MAX_ATTEMPTS = 3
+# A race's rounds are bounded (RaceSettings.max_rounds), so is its record in the status.
+MAX_ROUNDS = racing.RaceSettings().max_rounds
 
 
 def now_iso() -> str:
@@ -87,11 +91,62 @@ class CandidateStatus(WireModel):
         default=None, description="Why it failed, or why its trial is not running yet (e.g. Unschedulable)."
     )
     message: str | None = Field(default=None, description="The detail of that reason.")
+    p_best: float | None = Field(
+        default=None, description="Strategy race: probability of being best at targetSize, after its last round."
+    )
+    interval: list[float] | None = Field(
+        default=None, max_length=2, description="Strategy race: prediction interval (90%) of the bits per byte at targetSize."
+    )
+    eliminated_in: int | None = Field(default=None, description="Strategy race: the round after which it was eliminated.")
+    elimination_reason: str | None = Field(default=None, description="Strategy race: why it was eliminated.")
+    lower_confidence: bool | None = Field(
+        default=None, description="Strategy race: ranked on fewer, smaller sizes than the survivors (it was eliminated)."
+    )
 
 
 class RankEntry(WireModel):
     candidate: str = Field(description="Candidate name.")
     predicted_loss: float = Field(description="Predicted bits per byte at targetSize.")
+    lower_confidence: bool | None = Field(
+        default=None, description="Strategy race: an eliminated candidate, ranked after the survivors."
+    )
+
+
+class Elimination(WireModel):
+    candidate: str = Field(description="Candidate name.")
+    reason: str = Field(description="Why it left the race.")
+
+
+class RoundRecord(WireModel):
+    """One round of a race: who ran which sizes, the law the assessment used, who left, and what it cost."""
+
+    round: int = Field(description="0 for the first round.")
+    sizes: dict[str, list[int]] = Field(description="Subset sizes each candidate ran in this round.")
+    law: str = Field(description="The law the candidates' predictions were drawn from (the one that fitted best).")
+    noise: dict[str, float] = Field(description="Pooled log-normal noise of each law's fits.")
+    eliminated: list[Elimination] = Field(default_factory=list, description="Candidates eliminated after this round.")
+    next_sizes: dict[str, list[int]] = Field(default_factory=dict, description="Sizes each survivor runs in the next round.")
+    compute_fraction: float = Field(
+        description="Compute spent after this round, as a fraction of fully fine-tuning every candidate."
+    )
+    stop: str | None = Field(
+        default=None, description="Why the race stopped after this round: confident, exhausted or computeCap."
+    )
+
+
+class RaceStatus(WireModel):
+    """Strategy race: every round decided so far and what the race spent."""
+
+    rounds: list[RoundRecord] = Field(default_factory=list, max_length=MAX_ROUNDS, description="Decided rounds, oldest first.")
+    stop: str | None = Field(
+        default=None, description="Why the race stopped: confident, exhausted, computeCap, noCandidateLeft or failed."
+    )
+    message: str | None = Field(default=None, description="Why the race could not be decided (stop: failed).")
+    compute_fraction: float = Field(
+        default=0.0,
+        description="Compute spent (subset size x parameters over measured points) over fully fine-tuning every candidate.",
+    )
+    fixed_budget_fraction: float = Field(description="What a fixed budget over the same subset sizes spends, on the same scale.")
 
 
 class Compute(WireModel):
@@ -117,6 +172,7 @@ class LLMSelectionStatus(WireModel):
     progress: str = Field(default="0/0", description="Candidates finished / total.")
     method: str | None = Field(default=None, description="Selector used for the ranking.")
     compute: Compute = Field(default_factory=Compute, description="Compute spent and the full fine-tuning estimate.")
+    race: RaceStatus | None = Field(default=None, description="Strategy race: its rounds and the compute it spent.")
     start_time: str | None = Field(default=None, description="When work started.")
     completion_time: str | None = Field(default=None, description="When the selection completed or failed.")
 
@@ -125,14 +181,18 @@ class LLMSelectionStatus(WireModel):
 
 
 def initial_status(spec: LLMSelectionSpec, generation: int | None, now: str) -> LLMSelectionStatus:
+    race = None
+    if spec.strategy == "race":
+        race = RaceStatus(fixed_budget_fraction=sum(spec.budget.sizes) / spec.budget.target_size)
     return LLMSelectionStatus(
         observed_generation=generation,
         phase="Running",
         candidates={c.name: CandidateStatus(model=c.model) for c in spec.candidates},
         progress=f"0/{len(spec.candidates)}",
-        method=spec.method,
+        method="race" if race else spec.method,
         spec_digest=spec.digest(),
         start_time=now,
+        race=race,
     )
 
 
@@ -179,7 +239,8 @@ def record_lost(status: LLMSelectionStatus, candidate: str, job_name: str, why: 
     if entry.state in TERMINAL:
         # A later attempt already ended it (its Job was created before this one's loss was written).
         return new
-    if sum(t.state == "Lost" for t in entry.trials) >= MAX_ATTEMPTS:
+    round_ = next((t.round for t in entry.trials if t.job_name == job_name), 0)
+    if sum(t.state == "Lost" and t.round == round_ for t in entry.trials) >= MAX_ATTEMPTS:
         entry.state, entry.reason = "Failed", "JobLost"
         entry.message = f"{MAX_ATTEMPTS} Jobs of this trial vanished before their result was read; the last: {why}"
         return _with_totals(new)
@@ -285,7 +346,91 @@ def _mean_scaled_total(values: list[float | None]) -> float | None:
 
 
 def all_finished(status: LLMSelectionStatus) -> bool:
-    return all(e.state in TERMINAL for e in status.candidates.values())
+    """Every candidate finished or failed, and a race has stopped (between rounds its candidates are all finished)."""
+    stopped = status.race is None or status.race.stop is not None
+    return stopped and all(e.state in TERMINAL for e in status.candidates.values())
+
+
+def record_round(status: LLMSelectionStatus, decision: racing.RoundDecision) -> LLMSelectionStatus:
+    """Fold a race's decision after a round into the status: assessments, eliminations, and who runs next."""
+    new = status.model_copy(deep=True)
+    for assessment in decision.assessments:
+        entry = new.candidates[assessment.name]
+        entry.predicted_loss, entry.p_best = assessment.predicted_loss, assessment.p_best
+        entry.interval = list(assessment.interval)
+    for out in decision.eliminated:
+        entry = new.candidates[out.name]
+        entry.eliminated_in, entry.elimination_reason, entry.lower_confidence = out.round, out.reason, True
+    next_sizes = {name: list(sizes) for name, sizes in decision.next_sizes.items() if sizes}
+    for name in next_sizes:
+        new.candidates[name].state = _state_in_round(new.candidates[name], decision.round + 1)
+    new.race.rounds.append(RoundRecord(
+        round=decision.round,
+        sizes={name: ran for name, entry in new.candidates.items() if (ran := _sizes_run(entry, decision.round))},
+        law=decision.law,
+        noise={law: value for law, value in decision.noise.items() if np.isfinite(value)},
+        eliminated=[Elimination(candidate=out.name, reason=out.reason) for out in decision.eliminated],
+        next_sizes=next_sizes,
+        compute_fraction=decision.compute_fraction,
+        stop=decision.stop,
+    ))
+    new.race.compute_fraction, new.race.stop = decision.compute_fraction, decision.stop
+    return new
+
+
+def end_race(status: LLMSelectionStatus, stop: str, message: str | None = None) -> LLMSelectionStatus:
+    """Stop a race that cannot go on: no candidate left in it, or its round could not be decided."""
+    new = status.model_copy(deep=True)
+    new.race.stop, new.race.message = stop, message
+    return new
+
+
+def _in_round(entry: CandidateStatus, round: int) -> list[TrialRecord]:
+    return [t for t in entry.trials if t.round == round and t.state != "Lost"]
+
+
+def _state_in_round(entry: CandidateStatus, round: int) -> CandidateState:
+    """The candidate's state as its trial of `round` stands (Pending before it exists)."""
+    trials = _in_round(entry, round)
+    return trials[-1].state if trials else "Pending"
+
+
+def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
+    """What the race knows of every candidate that measured something; a failed one is out of the race
+    from the round it failed in (its points still count as compute spent)."""
+    candidates = []
+    for name, entry in status.candidates.items():
+        if entry.parameters is None or not entry.points:
+            continue  # failed before measuring anything: it spent nothing the race counts
+        out = entry.eliminated_in
+        if entry.state == "Failed" and out is None:
+            out = max((t.round for t in entry.trials), default=0)
+        candidates.append(racing.RaceCandidate(
+            name=name,
+            params=float(entry.parameters),
+            sizes=tuple(p.size for p in entry.points),
+            losses=tuple(p.bits_per_byte for p in entry.points),
+            zero_shot=entry.zero_shot.bits_per_byte if entry.zero_shot else None,
+            eliminated_in=out,
+        ))
+    return candidates
+
+
+def compute_fraction(status: LLMSelectionStatus, target: int) -> float:
+    """Compute spent so far (subset size x parameters over measured points) over fully fine-tuning every candidate
+    that measured something: the race's measure, for any strategy."""
+    candidates = race_candidates(status)
+    return racing.compute_fraction(candidates, target) if candidates else 0.0
+
+
+def rounds_started(status: LLMSelectionStatus) -> int:
+    """Rounds that have launched a trial (1 for a fixed budget once it started)."""
+    return 1 + max((t.round for e in status.candidates.values() for t in e.trials), default=-1)
+
+
+def _sizes_run(entry: CandidateStatus, round: int) -> list[int]:
+    trials = _in_round(entry, round)
+    return trials[-1].sizes if trials else []
 
 
 def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int | None, now: str) -> LLMSelectionStatus:
@@ -346,7 +491,9 @@ def _spectrum(ntk: NTKSummary | None) -> NTKSpectrum | None:
 
 
 def rank(status: LLMSelectionStatus, spec: LLMSelectionSpec) -> LLMSelectionStatus:
-    """Rank the succeeded candidates with the spec's selector."""
+    """Rank the succeeded candidates with the spec's selector, or, for a race, by its last assessments."""
+    if status.race is not None:
+        return _race_rank(status)
     curves, spectra = selection_curves(status)
     selection = select(spec.method, curves, spec.budget.target_size, ntk=spectra)
     scores = selection.predicted_loss if selection.predicted_loss is not None else selection.scores
@@ -359,4 +506,26 @@ def rank(status: LLMSelectionStatus, spec: LLMSelectionSpec) -> LLMSelectionStat
     new.ranking = [RankEntry(candidate=curves.models[i], predicted_loss=float(scores[i])) for i in selection.order]
     new.best = new.ranking[0].candidate
     new.method = spec.method
+    return new
+
+
+def _race_rank(status: LLMSelectionStatus) -> LLMSelectionStatus:
+    """Survivors by predicted loss, then the eliminated candidates by their last prediction (racing.rank)."""
+    if status.race.message:
+        raise LensLLMError(status.race.message)
+    entries = {n: e for n, e in status.candidates.items() if e.state == "Succeeded" and e.p_best is not None}
+    if not entries:
+        raise LensLLMError("no candidate succeeded, nothing to rank")
+    candidates = [racing.RaceCandidate(n, 1.0, (), (), eliminated_in=e.eliminated_in) for n, e in entries.items()]
+    # The assessment's round and largest size do not enter the ranking.
+    latest = {n: racing.Assessment(n, 0, 0, e.predicted_loss, tuple(e.interval), e.p_best) for n, e in entries.items()}
+    new = status.model_copy(deep=True)
+    ranked = racing.rank(candidates, latest)
+    for place in ranked:
+        entry = new.candidates[place.name]
+        entry.rank, entry.lower_confidence = place.rank, place.lower_confidence
+    new.ranking = [
+        RankEntry(candidate=p.name, predicted_loss=p.predicted_loss, lower_confidence=p.lower_confidence) for p in ranked
+    ]
+    new.best = new.ranking[0].candidate
     return new

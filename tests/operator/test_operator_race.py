@@ -1,0 +1,84 @@
+"""A race run by the real operator against the emulated API server: rounds of trial Jobs, an operator restart."""
+
+from collections import Counter
+
+import pytest
+from cluster import wait_for
+from demo_selection import demo_models, selection_manifest
+from selections import GROUP, PLURAL, VERSION, comparable, create, run_locally, stand_in_selection, wait_for_phase
+from stand_in_trial import read_ledger
+
+# Every size up to 256 is affordable on the demo's 1,024 examples; elimination at P(best) < 5%, a stop at >= 99%.
+RACE = {"strategy": "race", "budget": {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0},
+        "race": {"epsilon": 0.05, "delta": 0.01}, "parallelism": 3}
+
+
+def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
+    demo_world, namespace, kubelet, start_operator, custom, tmp_path
+):
+    operator = start_operator()
+    doc = selection_manifest(demo_world, demo_models(demo_world), name="race", **RACE)
+    create(custom, namespace, doc)
+    status = wait_for_phase(custom, namespace, "race", "Complete", "Failed")
+    assert status.phase == "Complete", status.conditions
+    assert status.best == "tiny-llama" and status.ranking[-1].candidate == "tiny-gpt2"
+    rounds = status.race.rounds
+    assert len(rounds) >= 2 and "tiny-gpt2" in [e.candidate for e in rounds[0].eliminated]
+    gpt2 = status.candidates["tiny-gpt2"]
+    assert [(t.round, t.sizes, t.state) for t in gpt2.trials] == [(0, [16, 32, 64, 128], "Succeeded")]
+    assert gpt2.lower_confidence and gpt2.eliminated_in == 0
+    llama = status.candidates["tiny-llama"]
+    assert [(t.round, t.sizes) for t in llama.trials] == [(0, [16, 32, 64, 128]), (1, [256])]
+    assert all(t.job_name.startswith(f"race-tiny-llama-r{t.round}-") for t in llama.trials)
+    assert status.race.compute_fraction < status.race.fixed_budget_fraction
+
+    assert operator.sample("lensllm_selection_rounds", namespace=namespace, selection="race") == len(rounds)
+    assert operator.sample("lensllm_selection_compute_fraction", namespace=namespace, selection="race") == pytest.approx(
+        status.race.compute_fraction
+    )
+    cluster_status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "race")["status"]
+    assert comparable(run_locally(doc, tmp_path)) == comparable(cluster_status)
+
+
+# Stand-in curves (tests/support/stand_in_trial.py): model-h is far behind from the first sizes on, model-a and
+# model-b stay close for two rounds; model-b is the best at the target (1.26 bits per byte against 1.50 and 2.15).
+STAND_IN_RACE = {"strategy": "race", "budget": {"subsetSizes": [16, 32, 64, 128, 256, 512], "targetSize": 8192,
+                                                "maxComputeFraction": 1.0},
+                 "race": {"epsilon": 0.05, "delta": 0.01}, "parallelism": 3}
+
+
+def jobs_of(batch, namespace: str, selection: str) -> list:
+    return [j for j in batch.list_namespaced_job(namespace).items if j.metadata.name.startswith(f"{selection}-")]
+
+
+def complete(job) -> bool:
+    return any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+
+
+def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_and_measures_no_size_twice(
+    namespace, stand_in, start_operator, custom, batch
+):
+    models = ("model-a", "model-b", "model-h")
+    operator = start_operator()
+    create(custom, namespace, stand_in_selection("steady", *models, **STAND_IN_RACE))
+    create(custom, namespace, stand_in_selection("restarted", *models, **STAND_IN_RACE))
+    wait_for(lambda: len(jobs_of(batch, namespace, "restarted")) == 3, "the restarted selection's round-0 Jobs", timeout=60)
+    operator.process.kill()
+    wait_for(lambda: all(map(complete, jobs_of(batch, namespace, "restarted"))),
+             "round 0 to finish while the operator is down", timeout=60)
+    operator.process.start()
+    steady, restarted = (wait_for_phase(custom, namespace, name, "Complete", "Failed") for name in ("steady", "restarted"))
+    assert steady.phase == restarted.phase == "Complete", (steady.conditions, restarted.conditions)
+
+    rounds = restarted.race.rounds
+    assert [[e.candidate for e in r.eliminated] for r in rounds] == [["model-h"], [], ["model-a"]]
+    assert rounds[0].next_sizes == {"model-a": [256], "model-b": [256]} and restarted.race.stop == "exhausted"
+    assert restarted.best == "model-b" and [r.candidate for r in restarted.ranking] == ["model-b", "model-a", "model-h"]
+    assert [t.round for t in restarted.candidates["model-h"].trials] == [0]
+    written = {name: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["status"]
+               for name in ("steady", "restarted")}
+    assert comparable(written["restarted"]) == comparable(written["steady"])
+
+    measured = Counter((entry["pod"].split("-")[0], entry["model"], entry["size"]) for entry in read_ledger(stand_in.ledger))
+    assert measured and max(measured.values()) == 1, measured
+    assert sum(1 for selection, model, _ in measured if selection == "restarted" and model == "/models/model-h") == 4

@@ -1,0 +1,191 @@
+"""A race through the plan and the status: rounds, eliminations, restarts, and the ranking they end in.
+
+The trials are law-shaped curves with a little seeded measurement noise; the race decides for
+real (racing.decide), nothing is forced.
+"""
+
+import numpy as np
+import pytest
+
+from lensllm.science.laws import rectified_loss
+from lensllm.selection import status as st
+from lensllm.selection.plan import Trial, advance, next_trials
+from lensllm.selection.spec import LLMSelectionSpec
+from lensllm.trial.result import Evaluation, Resources, SizePoint, TrainingStats, TrialResult
+
+SIZES = [64, 128, 256, 512, 1024, 2048]
+TARGET = 100_000
+NOW = "2026-01-01T00:00:00Z"
+# Two candidates close at the target, one far behind from the first sizes on.
+LAWS = {"close-a": (200, 40, 0.5, 0.9), "close-b": (210, 40, 0.5, 0.9), "far": (200, 40, 0.5, 3.0)}
+
+
+def race_spec(**changes) -> LLMSelectionSpec:
+    return LLMSelectionSpec.model_validate({
+        "candidates": [{"name": n, "model": f"org/{n}"} for n in LAWS],
+        "dataset": {"source": "d.jsonl", "textField": "text"},
+        "budget": {"subsetSizes": SIZES, "targetSize": TARGET, "maxComputeFraction": 1.0},
+        "strategy": "race",
+        "race": {"epsilon": 0.05, "delta": 0.01},
+        "maxFailedCandidates": 1,
+        **changes,
+    })
+
+
+def evaluation(bpb: float) -> Evaluation:
+    return Evaluation(loss=bpb, loss_per_example=bpb * 9, bits_per_byte=bpb, examples=8, tokens=80, seconds=1.0, flops=1.0)
+
+
+def measured(name: str, size: int) -> float:
+    """The candidate's law at `size` with 1% noise that depends only on (candidate, size)."""
+    noise = np.random.default_rng([sorted(LAWS).index(name), size]).standard_normal()
+    return float(rectified_loss(np.array([float(size)]), *LAWS[name])[0] * np.exp(0.01 * noise))
+
+
+def result(name: str, sizes: tuple[int, ...]) -> TrialResult:
+    points = [SizePoint(size=s, test=evaluation(measured(name, s)),
+                        train=TrainingStats(steps=1, tokens=s, final_loss=1.0, seconds=0.1, flops=1e6 * s)) for s in sizes]
+    resources = Resources(device="cpu", dtype="float32", parameters=10**6, trainable_parameters=10**6,
+                          peak_memory_bytes=1, peak_memory_kind="processRss")
+    return TrialResult(status="Succeeded", zero_shot=evaluation(3.0), points=points, seconds=1.0, resources=resources)
+
+
+Status = st.LLMSelectionStatus
+
+
+def run_round(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = ()) -> Status:
+    return advance(spec, run_trials(spec, status, failing))
+
+
+def run_trials(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = ()) -> Status:
+    """Every trial the plan asks for now, run to its end; the round is left undecided."""
+    for trial in next_trials(spec, status):
+        job = f"sel-{trial.candidate}-r{trial.round}"
+        record = st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running")
+        status = st.mark_trial(status, trial.candidate, record)
+        if trial.candidate in failing:
+            status = st.record_failure(status, trial.candidate, job, "ResultMissing", "no termination message")
+        else:
+            status = st.record_result(status, spec, trial.candidate, job, result(trial.candidate, trial.sizes), gpus=0)
+    return status
+
+
+def run_race(spec: LLMSelectionSpec) -> Status:
+    status = st.initial_status(spec, 1, NOW)
+    while next_trials(spec, status):
+        status = run_round(spec, status)
+    assert st.all_finished(status)
+    return st.finalize(status, spec, 1, NOW)
+
+
+def test_round_zero_runs_every_candidate_on_the_first_four_sizes():
+    spec = race_spec()
+    assert next_trials(spec, st.initial_status(spec, 1, NOW)) == [Trial(name, 0, tuple(SIZES[:4])) for name in LAWS]
+
+
+def test_the_far_candidate_leaves_after_round_zero_and_the_others_run_only_their_new_sizes():
+    status = run_race(race_spec())
+    rounds = status.race.rounds
+    assert [e.candidate for e in rounds[0].eliminated] == ["far"]
+    assert "P(best)" in rounds[0].eliminated[0].reason
+    assert rounds[0].next_sizes == {"close-a": [1024], "close-b": [1024]}
+    assert [r.sizes for r in rounds[1:]] == [{"close-a": [1024], "close-b": [1024]}, {"close-a": [2048], "close-b": [2048]}]
+    assert status.race.stop == "exhausted" and rounds[-1].stop == "exhausted"
+    far = status.candidates["far"]
+    assert (far.eliminated_in, far.lower_confidence, [p.size for p in far.points]) == (0, True, SIZES[:4])
+    assert [t.job_name for t in far.trials] == ["sel-far-r0"]
+    for name in ("close-a", "close-b"):
+        assert [p.size for p in status.candidates[name].points] == SIZES  # nested: no size measured twice
+        assert [t.sizes for t in status.candidates[name].trials] == [SIZES[:4], [1024], [2048]]
+
+
+def test_the_race_ranks_survivors_first_and_spends_less_than_the_fixed_budget():
+    status = run_race(race_spec())
+    assert status.phase == "Complete" and status.method == "race"
+    assert [r.candidate for r in status.ranking][-1] == "far"
+    assert [r.lower_confidence for r in status.ranking] == [False, False, True]
+    assert status.best in ("close-a", "close-b")
+    for entry in status.candidates.values():
+        low, high = entry.interval
+        assert low <= entry.predicted_loss <= high and 0.0 <= entry.p_best <= 1.0
+    fixed = sum(SIZES) / TARGET
+    assert status.race.fixed_budget_fraction == pytest.approx(fixed)
+    assert status.race.compute_fraction == pytest.approx((2 * sum(SIZES) + sum(SIZES[:4])) / (3 * TARGET))
+    assert status.race.compute_fraction < fixed
+
+
+def test_the_race_stops_before_a_round_it_cannot_pay_for():
+    status = run_race(race_spec(budget={"subsetSizes": SIZES, "targetSize": TARGET, "maxComputeFraction": 0.015}))
+    (only,) = status.race.rounds
+    assert only.stop == "computeCap" and only.next_sizes == {} and [e.candidate for e in only.eliminated] == ["far"]
+    assert status.race.compute_fraction == pytest.approx(3 * sum(SIZES[:4]) / (3 * TARGET))
+
+
+def test_a_decided_round_is_recomputed_identically_and_never_decided_twice():
+    """An operator that restarts before writing the decision makes the same one; one that wrote it moves on."""
+    spec = race_spec()
+    started = st.initial_status(spec, 1, NOW)
+    ended = run_round(spec, started)
+    again = run_round(spec, started)
+    assert ended == again and len(ended.race.rounds) == 1
+    assert advance(spec, ended) == ended  # round 1 has not run: nothing to decide
+    assert [t.round for t in next_trials(spec, ended)] == [1, 1]
+
+
+def test_a_candidate_that_fails_leaves_the_race_and_the_ranking():
+    spec = race_spec()
+    status = run_round(spec, st.initial_status(spec, 1, NOW), failing=("close-b",))
+    assert status.race.rounds[0].next_sizes.keys() <= {"close-a"}
+    while next_trials(spec, status):
+        status = run_round(spec, status)
+    status = st.finalize(status, spec, 1, NOW)
+    assert status.phase == "Complete" and "close-b" not in [r.candidate for r in status.ranking]
+    assert status.conditions[0].reason == "CandidatesFailed"
+
+
+def test_a_race_with_no_candidate_left_fails_with_the_reason():
+    spec = race_spec(maxFailedCandidates=3)
+    status = run_round(spec, st.initial_status(spec, 1, NOW), failing=tuple(LAWS))
+    assert status.race.stop == "noCandidateLeft" and st.all_finished(status)
+    ended = st.finalize(status, spec, 1, NOW)
+    assert ended.phase == "Failed" and "no candidate succeeded" in ended.conditions[-1].message
+
+
+def test_a_fixed_selection_keeps_one_round_over_every_size():
+    spec = race_spec(strategy="fixed")
+    status = st.initial_status(spec, 1, NOW)
+    assert status.race is None and status.method == spec.method
+    assert next_trials(spec, status) == [Trial(name, 0, tuple(SIZES)) for name in LAWS]
+    assert advance(spec, status) is status
+
+
+def test_a_race_that_cannot_weigh_a_candidate_s_compute_fails_naming_it():
+    spec = race_spec()
+    status = st.initial_status(spec, 1, NOW)
+    for trial in next_trials(spec, status):
+        job = f"sel-{trial.candidate}-r0"
+        record = st.TrialRecord(job_name=job, sizes=list(trial.sizes), state="Running")
+        status = st.mark_trial(status, trial.candidate, record)
+        measured_result = result(trial.candidate, trial.sizes)
+        if trial.candidate == "close-b":
+            measured_result = measured_result.model_copy(update={"resources": None})
+        status = st.record_result(status, spec, trial.candidate, job, measured_result, gpus=0)
+    status = advance(spec, status)
+    assert status.race.stop == "failed" and next_trials(spec, status) == [] and st.all_finished(status)
+    ended = st.finalize(status, spec, 1, NOW)
+    assert ended.phase == "Failed" and ended.reason == "RankingFailed"
+    assert ended.conditions[-1].message.startswith("close-b: no parameter count")
+
+
+def test_a_next_round_job_adopted_before_its_round_was_written_is_neither_relaunched_nor_forgotten():
+    """The pass that decided round 0 created round 1's Jobs, then its status write failed: the next pass adopts
+    the Jobs (collect records them) and decides round 0 again; the adopted trials stand for round 1."""
+    spec = race_spec()
+    undecided = run_trials(spec, st.initial_status(spec, 1, NOW))
+    job = st.TrialRecord(job_name="sel-close-a-r1", round=1, sizes=[1024], state="Running")
+    adopted = st.mark_trial(undecided, "close-a", job)
+    assert adopted.candidates["close-a"].state == "Succeeded"  # its round-0 state, until the round is decided
+    decided = advance(spec, adopted)
+    assert decided.race.rounds == advance(spec, undecided).race.rounds
+    assert (decided.candidates["close-a"].state, decided.candidates["close-b"].state) == ("Running", "Pending")
+    assert next_trials(spec, decided) == [Trial("close-b", 1, (1024,))]

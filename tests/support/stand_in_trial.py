@@ -67,8 +67,9 @@ def ntk_summary(spec: TrialSpec) -> NTKSummary | None:
 
 def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
               on_progress: Callable[[dict], None] | None = None,
-              on_checkpoint: Callable[[TrialResult], None] | None = None) -> TrialResult:
-    """The recipe's interface (lensllm.trial.recipe.run_trial) over the synthetic curve."""
+              on_checkpoint: Callable[[TrialResult], None] | None = None,
+              device_memory: int | None = None) -> TrialResult:
+    """The recipe's interface (lensllm.trial.recipe.run_trial) over the synthetic curve (no device: no memory plan)."""
     started = time.perf_counter()
     kept = [point for point in (resume.points if resume else []) if point.size in spec.subset_sizes]
     result = TrialResult(status="Running", candidate=spec.candidate.model, target_size=spec.target_size, spec=spec,

@@ -102,6 +102,8 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
         if record.state in (*st.TERMINAL, "Lost"):
             continue
         state = job_state(job, pods)
+        if record.state == "Running" and state == "Queued" and not pods and not (job.get("spec") or {}).get("suspend"):
+            continue  # between an evicted pod and the Job controller's replacement: still running, nothing to time out
         status = st.mark_trial(status, candidate, record.model_copy(update={"state": state if state not in st.TERMINAL else "Running"}))
         if state in st.TERMINAL:
             status = _read_result(ctx, cluster, status, candidate, job, pods, effects)
@@ -127,9 +129,11 @@ def _read_result(
     message = termination_message(pods)
     failed = _failed_condition(job)
     if message is None and not pods and failed is None:
-        # Complete, but its pods were collected before the result was read: run it again; the
-        # new attempt resumes from the saved result (or starts afresh without a work volume).
-        return st.record_lost(status, candidate, name, f"Job {name} finished but its pods are gone, result unread")
+        # Complete, but its pod went before the result was read (an eviction as the runner exited,
+        # pod garbage collection). Delete the Job: once it is gone the trial is lost and its next
+        # attempt resumes from the saved result, never while two Jobs of the trial exist.
+        effects.later(kube.delete_job, cluster.namespace, name)
+        return status
     result = _parsed(message)
     if result is not None:
         status = st.record_result(status, cluster.spec, candidate, name, result, gpus, seconds=seconds or None)
@@ -173,24 +177,32 @@ def _watch_unfinished(
     status = st.mark_waiting(status, candidate, *(holdup or (None, None)))
     if holdup and holdup[0] != before:
         effects.later(kopf.warn, cluster.body, reason=holdup[0], message=f"candidate {candidate}: {holdup[1]}")
-    since = _pending_since(job, suspended, holdup)
+    since, what = _pending_since(job, pods, suspended, holdup)
     timeout = cluster.spec.pending_timeout_seconds or ctx.config.pending_timeout_seconds
     if since is None or started(pods) or (cluster.now - since).total_seconds() <= timeout:
         return status
     reason, why = holdup or ("PendingTimeout", "no pod of it has started")
     name = job["metadata"]["name"]
-    status = st.record_failure(status, candidate, name, reason, f"not started {timeout}s after Job {name} was created: {why}")
+    status = st.record_failure(status, candidate, name, reason, f"not started {timeout}s after {what} was created: {why}")
     effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, 0.0, 0.0)
     effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate} failed: not started within {timeout}s: {why}")
     return status
 
 
-def _pending_since(job: Body, suspended: bool, holdup: tuple[str, str] | None) -> datetime | None:
-    """Since when the trial should have started: a queued Job waits as long as Kueue needs, unless Kueue refuses it."""
+def _pending_since(
+    job: Body, pods: list[Body], suspended: bool, holdup: tuple[str, str] | None
+) -> tuple[datetime | None, str]:
+    """Since when the trial should have started, and what was created then: its newest pod (a replacement for an
+    evicted one waits from its own creation, not the Job's), else the Job. A queued Job waits as long as Kueue
+    needs, unless Kueue refuses it."""
+    name = job["metadata"]["name"]
     if suspended:
         inadmissible = holdup is not None and holdup[0] == "KueueInadmissible"
-        return parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None
-    return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
+        return (parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None), f"Job {name}"
+    if pods:
+        newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return parse_time(newest["metadata"].get("creationTimestamp")), f"pod {newest['metadata']['name']} of Job {name}"
+    return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp")), f"Job {name}"
 
 
 def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:

@@ -345,6 +345,17 @@ def test_the_ttl_controller_deletes_finished_jobs_and_their_pods(core: client.Co
     assert not core.list_namespaced_pod(namespace).items
 
 
+def test_the_ttl_controller_also_collects_a_job_whose_ttl_is_set_after_it_finished(
+        core: client.CoreV1Api, batch: client.BatchV1Api, kubelet: Kubelet, namespace: str) -> None:
+    batch.create_namespaced_job(namespace, job_body("late", ["true"]))
+    wait_for(lambda: finished(batch, namespace, "late"), "the Job to finish")
+    time.sleep(0.5)
+    assert [job.metadata.name for job in batch.list_namespaced_job(namespace).items] == ["late"]  # no TTL: kept
+    batch.patch_namespaced_job("late", namespace, {"spec": {"ttlSecondsAfterFinished": 0}})
+    wait_for(lambda: not batch.list_namespaced_job(namespace).items, "the TTL controller", timeout=5)
+    assert not core.list_namespaced_pod(namespace).items
+
+
 def test_count_rules_and_the_backoff_limit(batch: client.BatchV1Api, kubelet: Kubelet, namespace: str) -> None:
     policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                         {"action": "Count", "onExitCodes": {"operator": "In", "values": [3]}},

@@ -25,9 +25,10 @@ def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them_with_the_same
 ):
     operator = start_operator()
     # One GPU requested per trial (the emulated kubelet runs them on the CPU): GPU seconds are then counted.
-    # A 64-example NTK probe: its spectrum no longer fits a 4 KiB termination message whole.
+    # A 64-example NTK probe (asked for: the default method does not use it): its spectrum no longer fits a 4 KiB
+    # termination message whole.
     doc = selection_manifest(demo_world, demo_models(demo_world), name="trio", resources={"nvidia.com/gpu": 1},
-                             ntk={"probeSize": 64, "enabled": True})
+                             ntk={"enabled": True, "probeSize": 64})
     create(custom, namespace, doc)
     status = wait_for_phase(custom, namespace, "trio", "Complete", "Failed")
     assert status.phase == "Complete", status.conditions

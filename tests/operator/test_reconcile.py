@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import kopf
@@ -80,22 +80,34 @@ def result_message() -> str:
     return result.to_termination_message()
 
 
-def finish_job(kube, namespace: str, job: str, message: str) -> None:
-    """What the kubelet and the Job controller report for a trial that ran and succeeded."""
+def stamp(seconds_ago: float = 0.0) -> str:
+    """An API server timestamp, `seconds_ago` before now."""
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_pod(kube, namespace: str, job: str, suffix: str, state: dict, phase: str = "Running", conditions=()) -> str:
+    """A pod the Job controller made for `job`, as the kubelet reports it (`state`: the runner container's)."""
     core, batch = kubernetes.client.CoreV1Api(kube.api), kubernetes.client.BatchV1Api(kube.api)
     body = batch.read_namespaced_job(job, namespace)
     labels = {**body.spec.template.metadata.labels, "job-name": job}
     pod = core.create_namespaced_pod(namespace, {
-        "metadata": {"name": f"{job[:50]}-pod", "labels": labels,
+        "metadata": {"name": f"{job[:50]}-{suffix}", "labels": labels,
                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": body.metadata.uid}]},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "runner", "image": "runner"}]},
     })
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+        "phase": phase, "conditions": list(conditions),
+        "containerStatuses": [{"name": "runner", "image": "runner", "imageID": "", "ready": phase == "Running",
+                               "restartCount": 0, "state": state}]}})
+    return pod.metadata.name
+
+
+def finish_job(kube, namespace: str, job: str, message: str) -> None:
+    """What the kubelet and the Job controller report for a trial that ran and succeeded."""
+    now = stamp()
     terminated = {"exitCode": 0, "reason": "Completed", "message": message, "startedAt": now, "finishedAt": now}
-    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {"phase": "Succeeded", "containerStatuses": [
-        {"name": "runner", "image": "runner", "imageID": "", "ready": False, "restartCount": 0,
-         "state": {"terminated": terminated}}]}})
-    batch.patch_namespaced_job_status(job, namespace, {"status": {
+    run_pod(kube, namespace, job, "pod", {"terminated": terminated}, "Succeeded")
+    kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(job, namespace, {"status": {
         "succeeded": 1, "completionTime": now,
         "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}})
 
@@ -293,3 +305,71 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.
     backoffs = settings.networking.error_backoffs
     assert list(itertools.islice(backoffs, 50))[-1] == 30 and list(itertools.islice(backoffs, 3)) == [1, 1, 2]
+
+
+def evict(kube, namespace: str, pod: str) -> None:
+    """The Eviction API: DisruptionTarget, then the pod is deleted (the Job's podFailurePolicy ignores it)."""
+    kube.server.call(lambda: kube.emulator.evict(namespace, pod))
+
+
+def jobs_of(kube, namespace: str) -> list[str]:
+    return sorted(job.metadata.name for job in kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items)
+
+
+def test_an_evicted_trial_waits_for_its_replacement_pod_however_long_its_job_has_run(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "evicted", pendingTimeoutSeconds=60)
+    batch = kubernetes.client.BatchV1Api(kube.api)
+    reconcile_once(ctx, namespace, "evicted")
+    job = only_job(kube, namespace)
+    # The Job has run for two hours when its pod is evicted: far past the pending timeout.
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"startTime": stamp(7200), "active": 1}})
+    first = run_pod(kube, namespace, job, "first", {"running": {"startedAt": stamp(7200)}})
+    reconcile_once(ctx, namespace, "evicted")
+    assert status_of(custom, namespace, "evicted").candidates["a"].state == "Running"
+
+    evict(kube, namespace, first)
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"active": None}})
+    for _ in range(2):  # between the evicted pod and its replacement there is no pod at all
+        reconcile_once(ctx, namespace, "evicted")
+        entry = status_of(custom, namespace, "evicted").candidates["a"]
+        assert entry.state == "Running" and [(t.job_name, t.state) for t in entry.trials] == [(job, "Running")], entry
+        assert jobs_of(kube, namespace) == [job]
+
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+    replacement = run_pod(kube, namespace, job, "second", {"waiting": {"reason": "ContainerCreating"}}, "Pending",
+                          [unschedulable])  # the evicting workload took the node
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"active": 1}})
+    reconcile_once(ctx, namespace, "evicted")
+    entry = status_of(custom, namespace, "evicted").candidates["a"]
+    assert (entry.state, entry.reason) == ("Queued", "Unschedulable"), entry
+    assert jobs_of(kube, namespace) == [job]
+
+    kubernetes.client.CoreV1Api(kube.api).delete_namespaced_pod(replacement, namespace)
+    finish_job(kube, namespace, job, result_message())
+    reconcile_once(ctx, namespace, "evicted")
+    status = status_of(custom, namespace, "evicted")
+    assert status.phase == "Complete" and [(t.job_name, t.state) for t in status.candidates["a"].trials] == [(job, "Succeeded")]
+
+
+def test_a_job_that_finished_with_its_pod_evicted_is_deleted_before_the_trial_runs_again(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "unread")
+    batch = kubernetes.client.BatchV1Api(kube.api)
+    reconcile_once(ctx, namespace, "unread")
+    job = only_job(kube, namespace)
+    pod = run_pod(kube, namespace, job, "only", {"running": {"startedAt": stamp()}})
+    # The runner exits 0 as its pod is evicted: the Job counts the success, the pod and its result message are gone.
+    evict(kube, namespace, pod)
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"succeeded": 1, "completionTime": stamp(), "conditions": [
+        {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": stamp()}]}})
+
+    reconcile_once(ctx, namespace, "unread")
+    assert jobs_of(kube, namespace) == [], "a second Job of the trial while the first still exists"
+    reconcile_once(ctx, namespace, "unread")  # the finished Job is gone: the next attempt resumes from the work volume
+    (again,) = jobs_of(kube, namespace)
+    trials = status_of(custom, namespace, "unread").candidates["a"].trials
+    assert [(t.job_name, t.attempt, t.state) for t in trials] == [(job, 0, "Lost"), (again, 1, "Queued")]
+
+    finish_job(kube, namespace, again, result_message())
+    reconcile_once(ctx, namespace, "unread")
+    assert status_of(custom, namespace, "unread").phase == "Complete"

@@ -6,7 +6,8 @@ creates its Pod (template labels plus `job-name`, an ownerReference to the Job) 
 order (`onExitCodes` and `onPodConditions`; actions FailJob, Ignore - not counted against backoffLimit, as for
 DisruptionTarget -, and Count), honours `suspend` and `activeDeadlineSeconds`, reports status and conditions
 (SuccessCriteriaMet/FailureTarget before Complete/Failed, as Kubernetes 1.31+), and deletes finished Jobs after
-`ttlSecondsAfterFinished` (0 included) with Foreground propagation, as the TTL controller does.
+`ttlSecondsAfterFinished` (0 included, set before or after the Job finished) with Foreground propagation, as the
+TTL controller does.
 
 Simplified: one pod per Job (parallelism and completions are taken as 1), no retry back-off delay by default, the
 job-tracking finalizer is not simulated.
@@ -14,6 +15,7 @@ job-tracking finalizer is not simulated.
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -48,6 +50,7 @@ class JobState:
     conditions: list[Body] = field(default_factory=list)
     active_pod: str | None = None
     task: asyncio.Task[None] | None = None
+    updated: asyncio.Event = field(default_factory=asyncio.Event)  # set on every event of the Job
 
 
 class JobController:
@@ -77,6 +80,7 @@ class JobController:
             state = self._jobs[key] = JobState(job)
             state.task = self._kubelet.spawn(self._control(state))
         state.job = job
+        state.updated.set()
         await self._follow_suspend(state)
 
     async def _follow_suspend(self, state: JobState) -> None:
@@ -113,10 +117,21 @@ class JobController:
             await self._delete_active_pod(state)
             outcome = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
         await self._finish(state, *outcome)
-        ttl = state.job["spec"].get("ttlSecondsAfterFinished")
-        if ttl is not None:
-            await asyncio.sleep(ttl)
-            await self._client.request("DELETE", object_path(state.job), propagationPolicy="Foreground")
+        await self._expire(state, asyncio.get_running_loop().time())
+
+    async def _expire(self, state: JobState, finished: float) -> None:
+        """The TTL-after-finished controller: delete the Job ttlSecondsAfterFinished after it finished, a TTL set
+        (or changed) after it finished included, as the real controller does on every update of a finished Job."""
+        loop = asyncio.get_running_loop()
+        while True:
+            state.updated.clear()
+            ttl = state.job["spec"].get("ttlSecondsAfterFinished")
+            left = None if ttl is None else finished + ttl - loop.time()
+            if left is not None and left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.updated.wait(), left)
+        await self._client.request("DELETE", object_path(state.job), propagationPolicy="Foreground")
 
     async def _attempts(self, state: JobState) -> tuple[str, str, str]:
         """Start pods until one succeeds, a FailJob rule matches, or counted failures exceed backoffLimit."""

@@ -223,6 +223,8 @@ class Kubelet:
         self._server.emulator.pod_logs[key] = log  # read by the emulator for pods/log (a dict write is atomic)
         declared = {var["name"] for var in container.get("env") or []}  # the node's own variables stay as they are
         env = {name: remap(value, mounts) if name in declared else value for name, value in env.items()}
+        if key in self._gone:  # deleted while its environment was read: a kubelet starts no container for it
+            return None
         started = now()
         process = await self._start_process(self._argv(container, env, mounts), env, workdir, log)
         code = 128 if process is None else await self._follow_process(pod, container, process, started)
@@ -236,6 +238,8 @@ class Kubelet:
         """Count the running process, report it Running, arm its faults, and wait for its exit code."""
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         self._running[key] = process
+        if key in self._gone:  # deleted while its process was starting: the deletion found nothing to stop
+            self._signal(process, signal.SIGKILL)
         self.runs[pod["metadata"]["labels"].get("job-name", key[1])] += 1
         self.max_concurrency = max(self.max_concurrency, len(self._running))
         running = self._pod_status(pod, "Running", container, {"running": {"startedAt": started}})

@@ -19,6 +19,7 @@ import copy
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -40,10 +41,13 @@ pytestmark = pytest.mark.fuzz
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
 STAND_IN = Path(stand_in_trial.__file__)
 # The platform team's policy (allowed tolerations, token Secrets, writable caches) is no part of a manifest's
-# validity: the operator runs with the most permissive one, and a refusal that still names a policy ("is not
-# allowed", e.g. a runner image outside the allowed repositories) is counted apart, not as a disagreement.
+# validity: the operator runs with the most permissive one, and a refusal that still names a policy (e.g. a runner
+# image outside the allowed repositories) is counted apart, not as a disagreement.
 PERMISSIVE = {"LENSLLM_ALLOWED_TOLERATION_KEYS": "*", "LENSLLM_ALLOWED_TOKEN_SECRETS": "*",
               "LENSLLM_ALLOW_WRITABLE_MODEL_CACHE": "true"}
+# How the operator's policy words a refusal (operator/lensllm_operator/policy.py): "is not an allowed runner image",
+# "is not allowed", "which this operator does not allow".
+POLICY_REFUSAL = re.compile(r"is not (an )?allowed|does not allow")
 MEMORY_LIMIT = 1 << 30  # bytes a CLI fed YAML-only hostility may take before it counts as blown up
 SITE = """import importlib.util, sys
 class StandInRecipe:
@@ -82,17 +86,27 @@ def create_namespace(kube: Cluster, name: str) -> str:
         return name
 
 
-def api_verdict(kube: Cluster, namespace: str, document: dict[str, Any]) -> tuple[str, str]:
-    """admitted, or refused with the server's message (raw HTTP: the kubernetes client checks types itself)."""
+def api_verdict(kube: Cluster, namespace: str, document: dict[str, Any]) -> tuple[str, str, bool]:
+    """admitted, or refused with the server's message (raw HTTP: the kubernetes client checks types itself); and
+    whether the server pruned fields the schema does not know from what it stored."""
     url = f"{kube.url}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     request = urllib.request.Request(url, method="POST", data=json.dumps(document).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10):
-            return "admitted", ""
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return "admitted", "", pruned(document, json.loads(response.read()))
     except urllib.error.HTTPError as err:
         body = json.loads(err.read())
-        return f"refused {err.code}", body.get("message", "")
+        return f"refused {err.code}", body.get("message", ""), False
+
+
+def pruned(sent: Any, stored: Any) -> bool:
+    """Whether some key of `sent` is missing from `stored` (the server added defaults, so only missing keys count)."""
+    if isinstance(sent, dict) and isinstance(stored, dict):
+        return any(key not in stored or pruned(value, stored[key]) for key, value in sent.items())
+    if isinstance(sent, list) and isinstance(stored, list) and len(sent) == len(stored):
+        return any(pruned(a, b) for a, b in zip(sent, stored))
+    return False
 
 
 def run_cli(argv: list[str], isolated: bool) -> tuple[int | str, str]:
@@ -195,10 +209,10 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
         check_cli(tally, tally.trial, "run-trial", case, code, stderr)
         if case.document is None:
             return
-        verdict, message = api_verdict(kube, namespace, copy.deepcopy(case.document))
+        verdict, message, unknown_fields = api_verdict(kube, namespace, copy.deepcopy(case.document))
         tally.count(tally.api, verdict.split()[0])
         if verdict == "admitted":
-            admitted[namespace] = (case, case.document["metadata"]["name"])
+            admitted[namespace] = (case, case.document["metadata"]["name"], unknown_fields)
         elif not any(part in message for part in ("spec", "metadata")) or not one_line(message):
             tally.problems.append(f"API [{case.hostility}]: {verdict} without naming the field: {message!r}")
         elif local_accepts[namespace]:
@@ -213,14 +227,14 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
         tally.problems[:40])
 
 
-def check_operator(kube: Cluster, operator: Any, admitted: dict[str, tuple[Case, str]],
+def check_operator(kube: Cluster, operator: Any, admitted: dict[str, tuple[Case, str, bool]],
                    local_accepts: dict[str, bool], tally: Tally) -> None:
     """Every admitted selection gets a phase; a Failed one names the field; the operator raises nothing."""
     custom = kubernetes.client.CustomObjectsApi(kube.api)
 
     def phases() -> dict[str, dict[str, Any]]:
         return {namespace: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-                .get("status") or {} for namespace, (_, name) in admitted.items()}
+                .get("status") or {} for namespace, (_, name, _) in admitted.items()}
 
     try:
         statuses = wait_for(lambda: (s := phases()) and all(v.get("phase") for v in s.values()) and s,
@@ -228,16 +242,19 @@ def check_operator(kube: Cluster, operator: Any, admitted: dict[str, tuple[Case,
     except AssertionError:
         statuses = phases()
     for namespace, status in statuses.items():
-        case = admitted[namespace][0]
+        case, _, unknown_fields = admitted[namespace]
         failed = [c for c in status.get("conditions") or [] if c.get("type") == "Failed"]
         cluster_accepts = bool(status.get("phase")) and not any(c.get("reason") == "InvalidSpec" for c in failed)
-        policy = any("is not allowed" in c.get("message", "") for c in failed)
+        policy = any(POLICY_REFUSAL.search(c.get("message", "")) for c in failed)
         tally.count(tally.operator, "refused by policy" if policy else status.get("phase") or "no status")
         if not status.get("phase"):
             tally.problems.append(f"operator [{case.hostility}]: no status after 120 s in {namespace}")
         elif failed and not one_line(failed[-1].get("message", "")):
             tally.problems.append(f"operator [{case.hostility}]: Failed without a one-line reason: {failed[-1]}")
-        if status.get("phase") and not policy and cluster_accepts != local_accepts[namespace]:
+        # A field the schema does not know is pruned by a server that was not asked for strict field validation;
+        # kubectl asks for it (--validate=strict, its default) and is refused, as local mode refuses it.
+        agree = cluster_accepts == local_accepts[namespace] or (unknown_fields and not local_accepts[namespace])
+        if status.get("phase") and not policy and not agree:
             tally.problems.append(f"cluster {'accepts' if cluster_accepts else 'refuses'} what local mode "
                                   f"{'accepts' if local_accepts[namespace] else 'refuses'} [{case.hostility}]: "
                                   f"{(failed[-1].get('message') if failed else status.get('phase'))}")

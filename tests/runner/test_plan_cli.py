@@ -26,7 +26,7 @@ def selection(tmp_path: Path, method: str) -> Path:
             "dataset": {"source": "data", "inputField": "input", "targetField": "target"},
             "budget": {"baseSize": 1000, "doublings": 4, "targetSize": 200000},
             "training": {"method": method, "batchSize": 8, "maxSeqLength": 1024},
-            "ntk": {"probeSize": 64},
+            "ntk": {"probeSize": 64, "enabled": True},  # the default method would not measure it
         },
     }
     path = tmp_path / f"{method}.yaml"

@@ -23,7 +23,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-.venv/bin/python -m pytest
+# One worker per core, whole files to a worker (their module fixtures, e.g. an emulated cluster, are built once).
+.venv/bin/python -m pytest -n "$(nproc)" --dist loadfile
 # Here the reliability suites run at a size that keeps the whole script under 20 minutes on 2 cores;
 # `scripts/reliability_figures.py` runs them at full size (50 chaos runs, 500 bad manifests, 100 selections
 # x 10 candidates) and prints the figures. Set the knobs to run the full size here too.

@@ -193,8 +193,8 @@ def test_graceful_deletion_reports_the_end_before_the_pod_goes(kube: Cluster, co
     batch.create_namespaced_job(namespace, job_body("slow", NEVER, backoffLimit=0))
     wait_for(lambda: kubelet.running == 1, "the pod to run")
     (pod,) = pods_of(core, namespace, "slow")
-    core.delete_namespaced_pod(pod.metadata.name, namespace)
-    marked = core.read_namespaced_pod(pod.metadata.name, namespace)
+    # What the delete answers (the pod marked for deletion): a read after it can lose the race with the kubelet.
+    marked = core.delete_namespaced_pod(pod.metadata.name, namespace)
     assert marked.metadata.deletion_timestamp and marked.metadata.deletion_grace_period_seconds == 30
     events = watch_events(kube, f"/api/v1/namespaces/{namespace}/pods", 20, timeout=10, until="DELETED",
                           resourceVersion=marked.metadata.resource_version)

@@ -189,3 +189,17 @@ def test_a_next_round_job_adopted_before_its_round_was_written_is_neither_relaun
     assert decided.race.rounds == advance(spec, undecided).race.rounds
     assert (decided.candidates["close-a"].state, decided.candidates["close-b"].state) == ("Running", "Pending")
     assert next_trials(spec, decided) == [Trial("close-b", 1, (1024,))]
+
+
+def test_progress_names_the_round_while_survivors_start_again():
+    spec = race_spec()
+    status = st.initial_status(spec, 1, NOW)
+    shown = []
+    while next_trials(spec, status):
+        status = run_trials(spec, status)
+        shown.append(status.progress)
+        status = advance(spec, status)
+        shown.append(status.progress)
+    # Round 0 ends with all three done; "far" is out, the two others start round 1 and finish it, then round 2.
+    assert shown == ["3/3 round 0", "1/3 round 1", "3/3 round 1", "1/3 round 2", "3/3 round 2", "3/3"]
+    assert st.finalize(status, spec, 1, NOW).progress == "3/3"

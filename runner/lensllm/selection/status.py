@@ -169,7 +169,8 @@ class LLMSelectionStatus(WireModel):
     candidates: dict[str, CandidateStatus] = Field(default_factory=dict, description="Per-candidate status by name.")
     ranking: list[RankEntry] = Field(default_factory=list, description="Succeeded candidates, predicted best first.")
     best: str | None = Field(default=None, description="The predicted best candidate.")
-    progress: str = Field(default="0/0", description="Candidates finished / total.")
+    progress: str = Field(default="0/0", description="Candidates finished / total; while a race runs, then its round "
+                          "(e.g. '9/16 round 1': survivors start again in each round).")
     method: str | None = Field(default=None, description="Selector used for the ranking.")
     compute: Compute = Field(default_factory=Compute, description="Compute spent and the full fine-tuning estimate.")
     race: RaceStatus | None = Field(default=None, description="Strategy race: its rounds and the compute it spent.")
@@ -321,8 +322,7 @@ def _full_finetune_estimate(result: TrialResult, spec: LLMSelectionSpec, gpus: i
 
 def _with_totals(status: LLMSelectionStatus) -> LLMSelectionStatus:
     entries = status.candidates.values()
-    done = sum(1 for e in entries if e.state in TERMINAL)
-    status.progress = f"{done}/{len(status.candidates)}"
+    status.progress = _progress(status)
     full = [e.full_finetune_flops for e in entries]
     full_gpu = [e.full_finetune_gpu_seconds for e in entries]
     flops = sum(e.flops for e in entries)
@@ -337,6 +337,16 @@ def _with_totals(status: LLMSelectionStatus) -> LLMSelectionStatus:
     if status.compute.full_finetune_flops:
         status.compute.fraction_of_full = flops / status.compute.full_finetune_flops
     return status
+
+
+def _progress(status: LLMSelectionStatus) -> str:
+    """Candidates finished / total; a race names its round, since its survivors start again each round and
+    the count drops when one begins."""
+    done = sum(1 for e in status.candidates.values() if e.state in TERMINAL)
+    counted = f"{done}/{len(status.candidates)}"
+    if status.race is None or status.race.stop is not None:
+        return counted
+    return f"{counted} round {len(status.race.rounds)}"
 
 
 def _mean_scaled_total(values: list[float | None]) -> float | None:
@@ -375,14 +385,14 @@ def record_round(status: LLMSelectionStatus, decision: racing.RoundDecision) -> 
         stop=decision.stop,
     ))
     new.race.compute_fraction, new.race.stop = decision.compute_fraction, decision.stop
-    return new
+    return _with_totals(new)
 
 
 def end_race(status: LLMSelectionStatus, stop: str, message: str | None = None) -> LLMSelectionStatus:
     """Stop a race that cannot go on: no candidate left in it, or its round could not be decided."""
     new = status.model_copy(deep=True)
     new.race.stop, new.race.message = stop, message
-    return new
+    return _with_totals(new)
 
 
 def _in_round(entry: CandidateStatus, round: int) -> list[TrialRecord]:

@@ -95,6 +95,7 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     llama = race.candidates["tiny-llama"]
     assert [t.sizes for t in llama.trials] == [[16, 32, 64, 128], [256]]  # nested: round 1 ran only the new size
     assert llama.ntk is not None and llama.p_best > 0.9
+    assert llama.zero_shot == fixed.candidates["tiny-llama"].zero_shot  # round 0's: round 1 did not measure it again
     assert race.race.compute_fraction < race.race.fixed_budget_fraction == pytest.approx(496 / 1024)
     assert race.compute.flops < fixed.compute.flops
 

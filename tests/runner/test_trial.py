@@ -33,6 +33,20 @@ def test_every_architecture_learns_from_zero_shot_to_the_largest_size(
     assert doc["resources"]["trainableParameters"] == doc["resources"]["parameters"]
 
 
+def test_a_trial_told_not_to_measure_the_zero_shot_loss_measures_the_same_points_without_it(
+    tiny_models, task_dir, trial_run, spec_template
+):
+    """What a race's later rounds ask for: the same fine-tunes, one evaluation fewer, fits on the points alone."""
+    spec = spec_template(tiny_models["llama"], task_dir, ntk={"enabled": False})
+    measured = trial_run(spec).doc
+    run = trial_run({**spec, "measureZeroShot": False})
+    doc = run.doc
+    assert (run.code, doc["status"], doc.get("zeroShot")) == (0, "Succeeded", None)
+    assert [e["event"] for e in run.events] == ["plan", "size", "size", "size"]
+    assert without_timings(doc["points"]) == without_timings(measured["points"])
+    assert all(f["predictedLoss"] > 0 and f["error"] is None for f in doc["fits"])
+
+
 def test_size_points_record_cost_and_tokenizer_free_losses(tiny_models, task_dir, trial_run, spec_template):
     doc = trial_run(spec_template(tiny_models["llama"], task_dir)).doc
     params = doc["resources"]["parameters"]

@@ -151,10 +151,11 @@ def test_race_settings_change_the_digest_of_a_race_only():
     assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
 
 
-def test_trials_after_the_first_round_measure_no_ntk():
+def test_trials_after_the_first_round_measure_no_ntk_and_no_zero_shot_loss():
     selection = LLMSelectionSpec.model_validate(spec(ntk={"enabled": True}))
-    assert selection.trial_spec("a", [100], round=0).ntk.enabled
-    assert not selection.trial_spec("a", [800], round=1).ntk.enabled
+    first, later = selection.trial_spec("a", [100], round=0), selection.trial_spec("a", [800], round=1)
+    assert first.ntk.enabled and first.measure_zero_shot
+    assert not later.ntk.enabled and not later.measure_zero_shot
 
 
 def test_a_candidate_added_after_the_start_gets_no_trial_and_no_key_error():

@@ -328,8 +328,8 @@ class LLMSelectionSpec(WireModel):
         raise SpecError(f"candidate {name!r} is not in spec.candidates")
 
     def trial_spec(self, name: str, sizes: list[int], round: int = 0) -> TrialSpec:
-        """The runner's spec for one trial of candidate `name` on `sizes`; rounds after the first measure no NTK
-        (round 0 did)."""
+        """The runner's spec for one trial of candidate `name` on `sizes`; rounds after the first measure neither
+        the NTK nor the zero-shot loss (round 0 did, on the same model and test set)."""
         candidate = self.candidate(name)
         ntk = self.trial_ntk if round == 0 else self.ntk.model_copy(update={"enabled": False})
         return TrialSpec(
@@ -340,6 +340,7 @@ class LLMSelectionSpec(WireModel):
             seed=self.seed,
             training=self.training,
             ntk=ntk,
+            measure_zero_shot=round == 0,
             # The trial's own fits use the metric the selection ranks by: comparable across tokenizers.
             fit_metric="bitsPerByte",
         )

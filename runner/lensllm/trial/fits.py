@@ -21,21 +21,23 @@ METRICS = {"loss": "loss", "lossPerExample": "loss_per_example", "bitsPerByte": 
 
 
 def fit_all(
-    zero_shot: Evaluation, points: list[SizePoint], *, target: int, metric: str, ntk: NTKSummary | None
+    zero_shot: Evaluation | None, points: list[SizePoint], *, target: int, metric: str, ntk: NTKSummary | None
 ) -> list[LawFit]:
-    """One `LawFit` per method; lensllm and default use the NTK spectrum when there is one."""
+    """One `LawFit` per method; lensllm and default use the NTK spectrum when there is one, and the laws the
+    zero-shot loss when it was measured."""
     field = METRICS[metric]
     sizes = np.array([p.size for p in points], dtype=float)
     losses = np.array([[getattr(p.test, field) for p in points]])
+    zero = None if zero_shot is None else np.array([getattr(zero_shot, field)])
     spectrum = None if ntk is None else NTKSpectrum(np.array(ntk.eigenvalues), np.array(ntk.projections_sq), ntk.eta)
-    return [_fit(method, sizes, losses, getattr(zero_shot, field), target, spectrum) for method in METHODS]
+    return [_fit(method, sizes, losses, zero, target, spectrum) for method in METHODS]
 
 
-def _fit(method: str, sizes: np.ndarray, losses: np.ndarray, zero_shot: float, target: int, spectrum) -> LawFit:
+def _fit(method: str, sizes: np.ndarray, losses: np.ndarray, zero_shot: np.ndarray | None, target: int, spectrum) -> LawFit:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LawWarning)
         try:
-            curves = Curves(models=("candidate",), sizes=sizes, losses=losses, zero_shot=np.array([zero_shot]))
+            curves = Curves(models=("candidate",), sizes=sizes, losses=losses, zero_shot=zero_shot)
             selection = select(method, curves, target, ntk=[spectrum])
         except LensLLMError as err:
             return LawFit(method=method, error=str(err))

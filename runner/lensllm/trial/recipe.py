@@ -150,7 +150,7 @@ class TrialRecipe:
         """Zero-shot loss, NTK, then one fresh fine-tune per size not done yet, then the fits."""
         result = self.result
         result.resources = self.resources()  # a failed trial still tells what it ran on
-        if result.zero_shot is None:
+        if result.zero_shot is None and self.spec.measure_zero_shot:
             result.zero_shot = self.evaluate()
             self.on_progress({"event": "zeroShot", **_wire(result.zero_shot)})
         result.plan = self.plan

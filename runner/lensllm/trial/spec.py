@@ -229,6 +229,12 @@ class TrialSpec(WireModel):
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Fine-tuning settings.")
     ntk: NTKSpec = Field(default_factory=NTKSpec, description="Empirical NTK settings.")
+    measure_zero_shot: bool = Field(
+        default=True,
+        description="Measure the test loss before fine-tuning. A race's later rounds skip it: the candidate's first "
+        "trial measured it on the same model and test set. Without it the trial's own fits see the fine-tuned points "
+        "alone.",
+    )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output locations.")
 
     @field_validator("subset_sizes")

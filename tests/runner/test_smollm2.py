@@ -32,12 +32,12 @@ def test_lora_fine_tuning_lowers_the_test_loss_of_real_smollm2(smollm2_gguf, tas
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_memory_plan_of_smollm2_is_within_25_percent_of_the_measured_peaks(
-    smollm2_gguf, text_dir, spec_file, method
+    smollm2_dir, text_dir, spec_file, method
 ):
     """Each phase in its own process (bench/memory_plan_check.py): training, evaluation and the NTK."""
     path = spec_file(
         {
-            "candidate": {"model": str(smollm2_gguf.parent), "ggufFile": smollm2_gguf.name},
+            "candidate": {"model": str(smollm2_dir)},
             "dataset": {"source": str(text_dir), "textField": "text", "maxTestExamples": 32},
             "subsetSizes": [16],
             "targetSize": 1000,

@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from demo_selection import demo_models, selection_manifest
 
 from lensllm.cli.main import main
+from lensllm.cli.report import race_curves
 from lensllm.selection.status import LLMSelectionStatus
 
 
@@ -105,3 +107,15 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     report = capsys.readouterr().out
     assert f"race: {len(rounds)} rounds, stopped: {race.race.stop}" in report and "out in round 0" in report
     assert "256: tiny-llama" in report  # round 1: the survivor alone ran the next size
+
+    plotted = {row.name: row for row in race_curves(race)}
+    assert list(plotted["tiny-llama"].sizes) == [16, 32, 64, 128, 256]  # every round's points, not round 0's alone
+    assert list(plotted["tiny-gpt2"].sizes) == [16, 32, 64, 128] and plotted["tiny-gpt2"].eliminated_in == 0
+    for row in plotted.values():
+        assert row.law == race.race.rounds[-1 if row.eliminated_in is None else row.eliminated_in].law
+        low, high = row.interval
+        assert low <= row.predicted_loss <= high
+        assert np.allclose(row.curve(row.sizes), row.losses, rtol=0.1)  # the law's curve runs through its points
+    plot = tmp_path / "race.png"
+    assert main(["report", str(tmp_path / "race" / "selection.json"), "--plot", str(plot)]) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG")

@@ -1,6 +1,7 @@
 """Matplotlib figures for the CLI: benchmark metrics against budget or compute, and fitted curves."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -64,6 +65,48 @@ def plot_fits(
     ax.set_xlabel("fine-tuning examples")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{selection.method}: fitted curves (filled points were seen by the fit)")
+    ax.legend(fontsize="x-small", ncol=2, loc="best")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class RaceCurve:
+    """One candidate of a race as its last decided round saw it: every point it measured, the law's fitted
+    curve, and the prediction at the target with its interval."""
+
+    name: str
+    sizes: np.ndarray
+    losses: np.ndarray
+    law: str
+    curve: Callable[[np.ndarray], np.ndarray]
+    predicted_loss: float | None
+    interval: tuple[float, float] | None
+    eliminated_in: int | None
+
+
+def plot_race_fits(rows: Sequence[RaceCurve], target: float, path: Path) -> None:
+    """Each candidate's measured points (all rounds) and fitted curve, log-log; star and bar: the race's
+    prediction and its interval at the target; dashed: eliminated, with the round."""
+    fig, ax = plt.subplots(figsize=(10, 6.5), constrained_layout=True)
+    smallest = min(float(r.sizes.min()) for r in rows)
+    grid = np.geomspace(smallest, max(target, *(float(r.sizes.max()) for r in rows)), 200)
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(rows), 2)))
+    for row, color in zip(rows, colors):
+        out = row.eliminated_in is not None
+        label = f"{row.name} ({row.law}{f', out after round {row.eliminated_in}' if out else ''})"
+        ax.scatter(row.sizes, row.losses, s=18, color=color)
+        ax.plot(grid, row.curve(grid), color=color, lw=1.2, ls="--" if out else "-", label=label)
+        if row.predicted_loss is not None and row.interval is not None:
+            low, high = row.interval
+            ax.errorbar([target], [row.predicted_loss], yerr=[[row.predicted_loss - low], [high - row.predicted_loss]],
+                        fmt="*", ms=10, color=color, capsize=3)
+    ax.axvline(target, color="black", ls="--", lw=1, label=f"target {target:,.0f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("fine-tuning examples")
+    ax.set_ylabel("test bits per byte")
+    ax.set_title("race: measured points, each candidate's fitted law, prediction and 90% interval at the target")
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     fig.savefig(path, dpi=120)
     plt.close(fig)

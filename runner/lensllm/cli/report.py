@@ -116,16 +116,48 @@ def _ran(sizes: dict[str, list[int]]) -> list[str]:
 
 
 def plot_selection(status, spec, path: Path) -> None:
-    """Observed points and the ranking method's fitted curves of the succeeded candidates."""
-    from lensllm.cli.plots import plot_fits
+    """Observed points and the ranking method's fitted curves of the succeeded candidates; for a race, every
+    point each candidate measured and the law its last round fitted."""
+    from lensllm.cli.plots import plot_fits, plot_race_fits
     from lensllm.science.laws import LawWarning
     from lensllm.science.selectors import select
     from lensllm.selection.status import selection_curves
 
     if not status.ranking:
         raise LensLLMError("no candidate succeeded: nothing to plot")
+    if status.race is not None:
+        plot_race_fits(race_curves(status), spec.budget.target_size, path)
+        return
     curves, spectra = selection_curves(status)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)
         selection = select(spec.method, curves, spec.budget.target_size, ntk=spectra)
     plot_fits(curves, curves, selection, spec.budget.target_size, path, ylabel="test bits per byte")
+
+
+def race_curves(status) -> list:
+    """What a race plot shows of every candidate the race assessed (`lensllm.cli.plots.RaceCurve`)."""
+    import numpy as np
+
+    from lensllm.cli.plots import RaceCurve
+    from lensllm.science.fitting import family_loss
+    from lensllm.science.uncertainty import fit_law
+    from lensllm.selection.status import race_candidates
+
+    rounds = status.race.rounds
+    rows = []
+    for candidate in race_candidates(status):
+        entry = status.candidates[candidate.name]
+        decided = [r for r in rounds if candidate.name in r.sizes]
+        if not decided or entry.predicted_loss is None:
+            continue  # failed before a round assessed it
+        law = decided[-1].law
+        fit = fit_law(candidate.curve(), law)
+        rows.append(RaceCurve(
+            name=candidate.name, sizes=np.asarray(candidate.sizes, float), losses=np.asarray(candidate.losses),
+            law=law,
+            curve=lambda sizes, fit=fit: family_loss(sizes, fit.B, fit.F, fit.beta, fit.E),
+            predicted_loss=entry.predicted_loss, interval=tuple(entry.interval) if entry.interval else None,
+            eliminated_in=entry.eliminated_in,
+        ))
+    return rows

@@ -35,7 +35,7 @@ import numpy as np
 
 from lensllm.errors import CurveError, FitError
 from lensllm.science.checks import check_curve, check_positive
-from lensllm.science.fitting import family_loss, fit_family_many, refit_family_many
+from lensllm.science.fitting import FamilyFit, family_loss, fit_family, fit_family_many, refit_family_many
 
 MIN_FITTED_POINTS = 3
 # A perfect fit would make every bootstrap draw identical; real subset fine-tunes never
@@ -126,6 +126,13 @@ def predictive_distributions(
         found = _bootstrap(np.array(x), [curves[i].name for i in members], [fits[i] for i in members], LAWS[law], target, draws, seed, noise[law])
         out.update(zip(members, found))
     return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise)
+
+
+def fit_law(curve: MeasuredCurve, law: str) -> FamilyFit:
+    """One curve's fit under `law`, on the points that law sees: the curve a race's round bootstraps."""
+    spec = LAWS[law]
+    x, y = curve.points(spec.uses_zero_shot)
+    return fit_family(x, y, f_bounds=spec.f_bounds)
 
 
 def _fit_all(curves: Sequence[MeasuredCurve], law: _LawSpec) -> tuple[list, list, float]:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ PERMISSIVE = {"LENSLLM_ALLOWED_TOLERATION_KEYS": "*", "LENSLLM_ALLOWED_TOKEN_SEC
 # How the operator's policy words a refusal (operator/lensllm_operator/policy.py): "is not an allowed runner image",
 # "is not allowed", "which this operator does not allow".
 POLICY_REFUSAL = re.compile(r"is not (an )?allowed|does not allow")
+BATCH = 25  # admitted selections the operator holds at once before the suite checks and deletes them
 MEMORY_LIMIT = 1 << 30  # bytes a CLI fed YAML-only hostility may take before it counts as blown up
 SITE = """import importlib.util, sys
 class StandInRecipe:
@@ -177,6 +179,7 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
                                  "--metrics-port", str(metrics), "--liveness-port", str(liveness)],
                                 ready=f"http://127.0.0.1:{liveness}/healthz", timeout=60, env=PERMISSIVE)
     tally, admitted, local_accepts = Tally(), {}, {}
+    settle = settler(kube, admitted, local_accepts, tally)
     examples = int(os.environ.get("LENSLLM_FUZZ_EXAMPLES", "500"))
     # Running a valid manifest's trials costs seconds: the first few run to the end, the others stop at the reader.
     full_local_runs, local_runs = int(os.environ.get("LENSLLM_FUZZ_LOCAL_RUNS", "10")), [0]
@@ -213,13 +216,18 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
         tally.count(tally.api, verdict.split()[0])
         if verdict == "admitted":
             admitted[namespace] = (case, case.document["metadata"]["name"], unknown_fields)
+            settle(BATCH)
         elif not any(part in message for part in ("spec", "metadata")) or not one_line(message):
             tally.problems.append(f"API [{case.hostility}]: {verdict} without naming the field: {message!r}")
         elif local_accepts[namespace]:
             tally.problems.append(f"local mode ran what the API server refused [{case.hostility}]: {message}")
 
     each()
-    check_operator(kube, operator, admitted, local_accepts, tally)
+    settle(1)
+    tracebacks = operator.log.count("Traceback (most recent call last)")
+    tally.operator["exceptions"] = tracebacks
+    if tracebacks:
+        tally.problems.append(f"the operator logged {tracebacks} exceptions (see its log)")
     figures("fuzz", {"cases": tally.cases, "api": tally.api, "local": tally.local, "run_trial": tally.trial,
                      "operator": tally.operator, "problems": len(tally.problems)})
     assert tally.cases >= examples * 0.9, tally.cases
@@ -227,10 +235,26 @@ def test_bad_manifests_are_refused_naming_the_field_or_run(kube: Cluster, operat
         tally.problems[:40])
 
 
-def check_operator(kube: Cluster, operator: Any, admitted: dict[str, tuple[Case, str, bool]],
-                   local_accepts: dict[str, bool], tally: Tally) -> None:
-    """Every admitted selection gets a phase; a Failed one names the field; the operator raises nothing."""
+def settler(kube: Cluster, admitted: dict[str, tuple[Case, str, bool]], local_accepts: dict[str, bool],
+            tally: Tally) -> Callable[[int], None]:
+    """`settle(n)`: once n selections wait for the operator, check them, then delete them. Left in place, every
+    admitted selection that runs stays in the operator's resync for the rest of the suite, and a case took
+    seconds more with each hundred before it."""
     custom = kubernetes.client.CustomObjectsApi(kube.api)
+
+    def settle(batch: int) -> None:
+        if len(admitted) < batch:
+            return
+        check_operator(custom, admitted, local_accepts, tally)
+        for namespace, (_, name, _) in admitted.items():
+            custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        admitted.clear()
+    return settle
+
+
+def check_operator(custom: kubernetes.client.CustomObjectsApi, admitted: dict[str, tuple[Case, str, bool]],
+                   local_accepts: dict[str, bool], tally: Tally) -> None:
+    """Every admitted selection gets a phase; a Failed one names the field."""
 
     def phases() -> dict[str, dict[str, Any]]:
         return {namespace: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -258,7 +282,3 @@ def check_operator(kube: Cluster, operator: Any, admitted: dict[str, tuple[Case,
             tally.problems.append(f"cluster {'accepts' if cluster_accepts else 'refuses'} what local mode "
                                   f"{'accepts' if local_accepts[namespace] else 'refuses'} [{case.hostility}]: "
                                   f"{(failed[-1].get('message') if failed else status.get('phase'))}")
-    tracebacks = operator.log.count("Traceback (most recent call last)")
-    tally.operator["exceptions"] = tracebacks
-    if tracebacks:
-        tally.problems.append(f"the operator logged {tracebacks} exceptions (see its log)")

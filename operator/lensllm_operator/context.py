@@ -21,6 +21,8 @@ class Context:
     waiting: set[tuple[str, str]] = field(default_factory=set)  # selections with a reconciliation waiting for the lock
     failures: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (namespace, name, kind) -> streak
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # Active Jobs with no pod (uid -> first seen so): no object records since when a replacement is owed.
+    podless_since: dict[str, datetime] = field(default_factory=dict)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())

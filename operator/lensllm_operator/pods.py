@@ -52,6 +52,12 @@ def running(pods: list[Body]) -> bool:
     return any("running" in (_runner(pod).get("state") or {}) for pod in pods)
 
 
+def finished_at(pod: Body) -> datetime | None:
+    """When the runner of `pod` ended; None while it has not."""
+    terminated = (_runner(pod).get("state") or {}).get("terminated")
+    return parse_time(terminated.get("finishedAt")) if terminated else None
+
+
 def run_seconds(pods: list[Body], now: datetime) -> float:
     """Seconds the runner container ran, over all the trial's pods (retries and evicted ones too)."""
     total = 0.0

@@ -26,7 +26,7 @@ from lensllm_operator.context import Context, Effects
 from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, gpus_of
 from lensllm_operator.names import job_name
 from lensllm_operator.pods import (
-    diagnose, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
+    diagnose, finished_at, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
 )
 
 Body = dict[str, Any]
@@ -103,7 +103,10 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
             continue
         state = job_state(job, pods)
         if record.state == "Running" and state == "Queued" and not pods and not (job.get("spec") or {}).get("suspend"):
-            continue  # between an evicted pod and the Job controller's replacement: still running, nothing to time out
+            # Between an evicted pod and the Job controller's replacement: still running, unless none comes.
+            status = _watch_podless(ctx, cluster, status, candidate, job, effects)
+            continue
+        ctx.podless_since.pop(job["metadata"]["uid"], None)
         status = st.mark_trial(status, candidate, record.model_copy(update={"state": state if state not in st.TERMINAL else "Running"}))
         if state in st.TERMINAL:
             status = _read_result(ctx, cluster, status, candidate, job, pods, effects)
@@ -177,32 +180,70 @@ def _watch_unfinished(
     status = st.mark_waiting(status, candidate, *(holdup or (None, None)))
     if holdup and holdup[0] != before:
         effects.later(kopf.warn, cluster.body, reason=holdup[0], message=f"candidate {candidate}: {holdup[1]}")
-    since, what = _pending_since(job, pods, suspended, holdup)
-    timeout = cluster.spec.pending_timeout_seconds or ctx.config.pending_timeout_seconds
-    if since is None or started(pods) or (cluster.now - since).total_seconds() <= timeout:
+    since, what, idle = _pending_since(job, pods, suspended, holdup)
+    timeout = _pending_timeout(ctx, cluster)
+    if since is None or running(pods) or (cluster.now - since).total_seconds() <= timeout:
         return status
-    reason, why = holdup or ("PendingTimeout", "no pod of it has started")
-    name = job["metadata"]["name"]
-    status = st.record_failure(status, candidate, name, reason, f"not started {timeout}s after {what} was created: {why}")
+    reason, why = holdup or ("PendingTimeout", idle)
+    return _fail_unstarted(ctx, cluster, status, candidate, job, reason, f"not started {timeout}s after {what}", why, effects)
+
+
+def _watch_podless(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, effects: Effects
+) -> st.LLMSelectionStatus:
+    """Fail a running trial whose Job has had no pod for the pending timeout: its pod went (evicted, deleted) and
+    the Job controller's replacement was refused (a ResourceQuota, a webhook). The wait counts from when this
+    process first saw the Job without a pod, so a restart only makes it wait longer."""
+    uid, name = job["metadata"]["uid"], job["metadata"]["name"]
+    since = ctx.podless_since.setdefault(uid, cluster.now)
+    timeout = _pending_timeout(ctx, cluster)
+    if (cluster.now - since).total_seconds() <= timeout:
+        return status
+    ctx.podless_since.pop(uid)
+    why = (f"no pod replaced its last one (a ResourceQuota or an admission webhook refusing pods shows in "
+           f"`kubectl describe job {name}`)")
+    return _fail_unstarted(ctx, cluster, status, candidate, job, "PendingTimeout", f"no pod for {timeout}s", why, effects)
+
+
+def _pending_timeout(ctx: Context, cluster: Cluster) -> int:
+    return cluster.spec.pending_timeout_seconds or ctx.config.pending_timeout_seconds
+
+
+def _fail_unstarted(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, reason: str, what: str,
+    why: str, effects: Effects,
+) -> st.LLMSelectionStatus:
+    status = st.record_failure(status, candidate, job["metadata"]["name"], reason, f"{what}: {why}")
     effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, 0.0, 0.0)
-    effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate} failed: not started within {timeout}s: {why}")
+    effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate} failed: {what}: {why}")
     return status
 
 
 def _pending_since(
     job: Body, pods: list[Body], suspended: bool, holdup: tuple[str, str] | None
-) -> tuple[datetime | None, str]:
-    """Since when the trial should have started, and what was created then: its newest pod (a replacement for an
-    evicted one waits from its own creation, not the Job's), else the Job. A queued Job waits as long as Kueue
-    needs, unless Kueue refuses it."""
+) -> tuple[datetime | None, str, str]:
+    """Since when the trial should be running, what happened then, and what has not happened since.
+
+    Its newest pod: from its creation while it has not ended (a replacement for an evicted pod waits from its own
+    creation, not the Job's); from its end once it ended with no pod after it, since the Job controller then owes
+    a replacement, which a ResourceQuota or an admission webhook may refuse for good (only the Job's FailedCreate
+    events say so). Without pods, the Job. A queued Job waits as long as Kueue needs, unless Kueue refuses it.
+    """
     name = job["metadata"]["name"]
+    not_started = "no pod of it has started"
     if suspended:
         inadmissible = holdup is not None and holdup[0] == "KueueInadmissible"
-        return (parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None), f"Job {name}"
+        since = parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None
+        return since, f"Job {name} was created", not_started
     if pods:
         newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        return parse_time(newest["metadata"].get("creationTimestamp")), f"pod {newest['metadata']['name']} of Job {name}"
-    return parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp")), f"Job {name}"
+        pod = f"pod {newest['metadata']['name']} of Job {name}"
+        if (ended := finished_at(newest)) is not None:
+            return ended, f"{pod} ended", (f"no pod replaced it (a ResourceQuota or an admission webhook refusing "
+                                           f"pods shows in `kubectl describe job {name}`)")
+        return parse_time(newest["metadata"].get("creationTimestamp")), f"{pod} was created", not_started
+    since = parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
+    return since, f"Job {name} was created", not_started
 
 
 def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:

@@ -130,3 +130,19 @@ def test_a_work_volume_that_never_binds_is_shown_and_fails_the_candidate(namespa
     assert "unbound immediate PersistentVolumeClaims" in entry.message
     status = wait_for_phase(custom, namespace, "unbound", "Failed", timeout=TIMEOUT)
     assert status.candidates["model-a"].reason == "Unschedulable" and stand_in.runs == {}
+
+
+def test_an_evicted_trial_whose_replacement_pod_a_quota_refuses_fails_after_the_pending_timeout(
+    kube, namespace, core, stand_in, start_operator, custom
+):
+    """The Job stays active with no pod (its pod creates refused: FailedCreate in Kubernetes) after the eviction."""
+    start_operator()
+    create(custom, namespace, stand_in_selection("quota", workVolume=work_claim(core, namespace), pendingTimeoutSeconds=4))
+    first = wait_for(lambda: read_ledger(stand_in.ledger), "a size measured", timeout=TIMEOUT)[0]["pod"]
+    refused = kube.faults.fail(403, verb="create", resource="pods", subresource="", namespace=namespace)
+    core.create_namespaced_pod_eviction(first, namespace, {"metadata": {"name": first, "namespace": namespace}})
+    status = wait_for_phase(custom, namespace, "quota", "Complete", "Failed", timeout=TIMEOUT)
+    entry = status.candidates["model-a"]
+    assert (status.phase, entry.state, entry.reason) == ("Failed", "Failed", "PendingTimeout"), entry
+    assert entry.message.startswith("no pod for 4s: no pod replaced its last one") and "kubectl describe job" in entry.message
+    assert refused.failed >= 2 and len({e["pod"] for e in read_ledger(stand_in.ledger)}) == 1

@@ -316,13 +316,20 @@ def jobs_of(kube, namespace: str) -> list[str]:
     return sorted(job.metadata.name for job in kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items)
 
 
-def test_an_evicted_trial_waits_for_its_replacement_pod_however_long_its_job_has_run(kube, namespace, ctx, custom):
-    create_selection(custom, namespace, "evicted", pendingTimeoutSeconds=60)
-    batch = kubernetes.client.BatchV1Api(kube.api)
-    reconcile_once(ctx, namespace, "evicted")
+def job_of_two_hours(kube, namespace: str, ctx, custom, name: str, status: dict) -> str:
+    """The only Job of a new selection (pending timeout 60 s), reported as started two hours ago."""
+    create_selection(custom, namespace, name, pendingTimeoutSeconds=60)
+    reconcile_once(ctx, namespace, name)
     job = only_job(kube, namespace)
+    kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(
+        job, namespace, {"status": {"startTime": stamp(7200), **status}})
+    return job
+
+
+def test_an_evicted_trial_waits_for_its_replacement_pod_however_long_its_job_has_run(kube, namespace, ctx, custom):
+    batch = kubernetes.client.BatchV1Api(kube.api)
     # The Job has run for two hours when its pod is evicted: far past the pending timeout.
-    batch.patch_namespaced_job_status(job, namespace, {"status": {"startTime": stamp(7200), "active": 1}})
+    job = job_of_two_hours(kube, namespace, ctx, custom, "evicted", {"active": 1})
     first = run_pod(kube, namespace, job, "first", {"running": {"startedAt": stamp(7200)}})
     reconcile_once(ctx, namespace, "evicted")
     assert status_of(custom, namespace, "evicted").candidates["a"].state == "Running"
@@ -350,6 +357,23 @@ def test_an_evicted_trial_waits_for_its_replacement_pod_however_long_its_job_has
     reconcile_once(ctx, namespace, "evicted")
     status = status_of(custom, namespace, "evicted")
     assert status.phase == "Complete" and [(t.job_name, t.state) for t in status.candidates["a"].trials] == [(job, "Succeeded")]
+
+
+def test_a_failed_pod_that_nothing_replaces_fails_the_trial_a_pending_timeout_after_it_ended(kube, namespace, ctx, custom):
+    job = job_of_two_hours(kube, namespace, ctx, custom, "unreplaced", {"failed": 1})
+    ended = {"exitCode": 1, "reason": "Error", "startedAt": stamp(7200), "finishedAt": stamp(30)}
+    pod = run_pod(kube, namespace, job, "first", {"terminated": ended}, "Failed")
+    reconcile_once(ctx, namespace, "unreplaced")  # 30 s without a replacement: the Job controller may back off
+    assert status_of(custom, namespace, "unreplaced").candidates["a"].state != "Failed"
+
+    ended["finishedAt"] = stamp(90)  # a quota refused every replacement for 90 s
+    kubernetes.client.CoreV1Api(kube.api).patch_namespaced_pod_status(pod, namespace, {"status": {
+        "containerStatuses": [{"name": "runner", "image": "runner", "imageID": "", "ready": False, "restartCount": 0,
+                               "state": {"terminated": ended}}]}})
+    reconcile_once(ctx, namespace, "unreplaced")
+    entry = status_of(custom, namespace, "unreplaced").candidates["a"]
+    assert (entry.state, entry.reason) == ("Failed", "PendingTimeout"), entry
+    assert entry.message.startswith(f"not started 60s after pod {pod} of Job {job} ended: no pod replaced it")
 
 
 def test_a_job_that_finished_with_its_pod_evicted_is_deleted_before_the_trial_runs_again(kube, namespace, ctx, custom):

@@ -10,6 +10,7 @@ each request the emulator serves is checked against them before it is handled:
     faults.fail(409, verb="patch", subresource="status", calls={1, 3})   # the 1st and 3rd matching calls
     faults.fail(504, verb="create", resource="jobs", times=1, commit=True)  # written, but the answer is lost
     faults.fail(410, verb="watch", resource="jobs", times=1)             # the watch's resourceVersion expired
+    faults.fail(403, verb="create", resource="pods", subresource="")      # a ResourceQuota refuses every new pod
     faults.compact()                                                      # forget the watch history up to now
     faults.drop_watches(resource="jobs")                                  # end the open Job watches
     faults.gc_delay = 2.0                                                 # dependents go 2 s after their owner
@@ -28,6 +29,7 @@ from typing import NamedTuple
 
 # Codes a rule may inject, and the Status reason and message a real API server answers with.
 REASONS = {
+    403: ("Forbidden", "exceeded quota: gpu, requested: nvidia.com/gpu=1, used: nvidia.com/gpu=8, limited: nvidia.com/gpu=8"),
     409: ("Conflict", "the object has been modified; please apply your changes to the latest version and try again"),
     410: ("Expired", "too old resource version"),
     429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),

@@ -7,7 +7,8 @@ order (`onExitCodes` and `onPodConditions`; actions FailJob, Ignore - not counte
 DisruptionTarget -, and Count), honours `suspend` and `activeDeadlineSeconds`, reports status and conditions
 (SuccessCriteriaMet/FailureTarget before Complete/Failed, as Kubernetes 1.31+), and deletes finished Jobs after
 `ttlSecondsAfterFinished` (0 included, set before or after the Job finished) with Foreground propagation, as the
-TTL controller does.
+TTL controller does. A refused pod create (e.g. `faults.fail(403, verb="create", resource="pods", subresource="")`, a ResourceQuota)
+is retried without counting as a failure, leaving the Job active with no pod.
 
 Simplified: one pod per Job (parallelism and completions are taken as 1), no retry back-off delay by default, the
 job-tracking finalizer is not simulated.
@@ -20,8 +21,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from api_client import Body, ControllerClient, object_path
+from api_client import ApiRefused, Body, ControllerClient, object_path
 from kube_emulator import now
+
+CREATE_RETRY_SECONDS = 0.5  # Kubernetes backs off from 10 s; the emulator keeps tests short
 
 
 class PodOutcome(NamedTuple):
@@ -158,7 +161,7 @@ class JobController:
     async def _attempt(self, state: JobState) -> PodOutcome:
         """One pod, created through the API and run by the kubelet until it ends or is deleted."""
         meta = state.job["metadata"]
-        pod = await self._client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/pods", pod_for(state.job))
+        pod = await self._create_pod(state)
         if pod is None:
             return PodOutcome(None, "", [])
         self.pods_created[meta["name"]] += 1
@@ -170,6 +173,16 @@ class JobController:
         finally:
             state.active_pod = None
             await self._client.patch_status(state.job, {"active": None})
+
+    async def _create_pod(self, state: JobState) -> Body | None:
+        """POST the Job's next pod; a refusal (a ResourceQuota, a webhook) is a FailedCreate event in Kubernetes,
+        retried with a backoff and never counted against backoffLimit: the Job stays active without a pod."""
+        path = f"/api/v1/namespaces/{state.job['metadata']['namespace']}/pods"
+        while True:
+            try:
+                return await self._client.request("POST", path, pod_for(state.job))
+            except ApiRefused:
+                await asyncio.sleep(CREATE_RETRY_SECONDS)
 
     async def _finish(self, state: JobState, kind: str, reason: str, message: str) -> None:
         """The interim condition (SuccessCriteriaMet or FailureTarget), then the final one, as Kubernetes 1.31+."""

@@ -126,6 +126,8 @@ def fault_error(rule: FaultRule, request: RequestInfo) -> kmock.KubernetesError:
     details: dict[str, Any] = {"name": request.name or "", "kind": request.resource}
     if rule.code == 409:
         message = f'Operation cannot be fulfilled on {request.resource} "{request.name or ""}": {message}'
+    if rule.code == 403:
+        message = f'{request.resource} "{request.name or ""}" is forbidden: {message}'
     if rule.code == 429:
         details["retryAfterSeconds"] = RETRY_AFTER_SECONDS
     return api_error(rule.code, reason, message, **details)

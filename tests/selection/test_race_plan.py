@@ -203,3 +203,11 @@ def test_progress_names_the_round_while_survivors_start_again():
     # Round 0 ends with all three done; "far" is out, the two others start round 1 and finish it, then round 2.
     assert shown == ["3/3 round 0", "1/3 round 1", "3/3 round 1", "1/3 round 2", "3/3 round 2", "3/3"]
     assert st.finalize(status, spec, 1, NOW).progress == "3/3"
+
+
+def test_each_round_predicts_with_one_of_the_laws_the_spec_allows():
+    both = run_race(race_spec()).race.rounds
+    alone = run_race(race_spec(race={"epsilon": 0.05, "delta": 0.01, "laws": ["lensllm"]})).race.rounds
+    # The zero-shot point of these curves (3.0 for all) is off their laws, so the vanilla law fits them better.
+    assert {r.law for r in both} == {"vanilla"} and all(set(r.noise) == {"lensllm", "vanilla"} for r in both)
+    assert {r.law for r in alone} == {"lensllm"} and all(set(r.noise) == {"lensllm"} for r in alone)

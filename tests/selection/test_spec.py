@@ -149,6 +149,16 @@ def test_race_settings_change_the_digest_of_a_race_only():
     assert race.digest() != base.digest()
     assert LLMSelectionSpec.model_validate(spec(strategy="race", race={"delta": 0.1})).digest() != race.digest()
     assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
+    assert race.digest() == "7d0216b9f8a9617e"  # main at 8bf178f, before spec.race.laws existed
+    assert race.race_settings().laws == ("lensllm", "vanilla")
+    vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
+    assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
+
+
+@pytest.mark.parametrize("laws", [[], ["vanilla", "vanilla"], ["rectified"]])
+def test_race_laws_must_be_distinct_known_laws(laws):
+    with pytest.raises(ValidationError, match="race.laws"):
+        LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": laws}))
 
 
 def test_trials_after_the_first_round_measure_no_ntk_and_no_zero_shot_loss():

@@ -51,6 +51,7 @@ IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "traini
 # With the fixed strategy these decide nothing that is measured; leaving them out of the digest
 # keeps the digests of selections started before they existed (an operator upgrade fails none).
 RACE_ONLY_FIELDS = ("strategy", "race")
+DEFAULT_RACE_LAWS = tuple(RaceSettings().laws)
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -171,6 +172,21 @@ class RaceSpec(WireModel):
     delta: float = Field(
         default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta."
     )
+    laws: list[Literal["lensllm", "vanilla"]] = Field(
+        default_factory=lambda: list(DEFAULT_RACE_LAWS),
+        min_length=1,
+        max_length=2,
+        description="Laws the race may predict with; after each round it uses the one whose fits leave the smaller "
+        "residual. [vanilla] for curves that level off soon after a flat start (docs/benchmarks.md: the LensBench "
+        "tables, where the LENSLLM law misleads the race).",
+    )
+
+    @field_validator("laws")
+    @classmethod
+    def _distinct(cls, laws: list[str]) -> list[str]:
+        if len(set(laws)) != len(laws):
+            raise ValueError(f"laws must be distinct, got {laws}")
+        return laws
 
 
 class RunnerSettings(WireModel):
@@ -311,7 +327,8 @@ class LLMSelectionSpec(WireModel):
 
     def race_settings(self) -> RaceSettings:
         return RaceSettings(
-            epsilon=self.race.epsilon, delta=self.race.delta, max_compute_fraction=self.budget.max_compute_fraction
+            epsilon=self.race.epsilon, delta=self.race.delta, max_compute_fraction=self.budget.max_compute_fraction,
+            laws=tuple(self.race.laws),
         )
 
     @property
@@ -355,4 +372,6 @@ class LLMSelectionSpec(WireModel):
             for name in RACE_ONLY_FIELDS:
                 fields.pop(name)
             fields["budget"].pop("maxComputeFraction")
+        elif tuple(self.race.laws) == DEFAULT_RACE_LAWS:
+            fields["race"].pop("laws")  # as for the fields above: races started before it existed keep their digest
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

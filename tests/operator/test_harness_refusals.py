@@ -2,7 +2,7 @@
 
 Pod specs (tests/support/pod_validation.py): unparsable quantities and wrongly typed fields cannot be decoded (400),
 negative or inconsistent quantities, fractional GPUs, mount-path clashes, unknown volumes and malformed tolerations
-are invalid (422). Custom objects: `spec: null` (422, not a 500), and the CRD's CEL rules
+are invalid (422). Custom objects: `spec: null` (422, not a 500), a value twice in a set list, and the CRD's CEL rules
 (tests/support/cel_rules.py), transition rules such as `self == oldSelf` included.
 """
 
@@ -32,6 +32,7 @@ GADGET_SPEC: dict[str, Any] = {
         "model": {"type": "string",
                   "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "model is immutable"}]},
         "size": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"},
     },
 }
 
@@ -172,6 +173,12 @@ def test_cel_rules_refuse_violating_creates_with_their_message(gadgets: client.C
     _, _, said = error_of(lambda: create_gadget(gadgets, namespace, {"parts": ["ok", "far-too-long"]}))
     assert 'spec.parts: Invalid value: "object": parts are at most 8 characters: far-too-long' in said
     assert create_gadget(gadgets, namespace, {"min": 1, "model": "a"})["spec"] == {"min": 1, "max": 10, "model": "a"}
+
+
+def test_a_set_list_with_a_value_twice_is_422_naming_the_repeat(gadgets: client.CustomObjectsApi, namespace: str) -> None:
+    code, reason, said = error_of(lambda: create_gadget(gadgets, namespace, {"tags": ["a", "b", "a"]}))
+    assert (code, reason) == (422, "Invalid") and 'spec.tags[2]: Duplicate value: "a"' in said
+    assert create_gadget(gadgets, namespace, {"tags": ["a", "b"]})["spec"]["tags"] == ["a", "b"]
 
 
 def test_cel_transition_rules_make_fields_immutable(gadgets: client.CustomObjectsApi, namespace: str) -> None:

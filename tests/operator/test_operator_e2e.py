@@ -102,6 +102,11 @@ def test_an_invalid_spec_is_refused_by_the_schema_or_fails_with_invalid_spec(
     with pytest.raises(ApiException) as refused:
         create(custom, namespace, wrong_type)
     assert refused.value.status == 422 and "parallelism" in refused.value.body
+    same_law_twice = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="laws", strategy="race",
+                                        race={"laws": ["vanilla", "vanilla"]})
+    with pytest.raises(ApiException) as refused:
+        create(custom, namespace, same_law_twice)
+    assert refused.value.status == 422 and 'spec.race.laws[1]: Duplicate value: \\"vanilla\\"' in refused.value.body
 
     twins = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="twins")
     twins["spec"]["candidates"].append(dict(twins["spec"]["candidates"][0]))

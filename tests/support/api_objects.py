@@ -121,6 +121,8 @@ def to_json_schema(schema: Body) -> Body:
             out[key] = [to_json_schema(sub) for sub in out[key]]
     if out.pop("x-kubernetes-int-or-string", False):
         out["type"] = ["integer", "string"]
+    if out.pop("x-kubernetes-list-type", None) == "set":
+        out["uniqueItems"] = True
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
         if "enum" in out:
@@ -158,6 +160,9 @@ def schema_error(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         missing = next(name for name in error.validator_value if name not in error.instance)
         return f"{field_path([*error.absolute_path, missing])}: Required value"
+    if error.validator == "uniqueItems":
+        again = next(i for i, item in enumerate(error.instance) if item in error.instance[:i])
+        return f"{field_path([*error.absolute_path, again])}: Duplicate value: {json.dumps(error.instance[again])}"
     return f"{field or '<root>'}: Invalid value: {json.dumps(error.instance)}: {error.message}"
 
 

@@ -176,6 +176,7 @@ class RaceSpec(WireModel):
         default_factory=lambda: list(DEFAULT_RACE_LAWS),
         min_length=1,
         max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # the API server refuses a law named twice
         description="Laws the race may predict with; after each round it uses the one whose fits leave the smaller "
         "residual. [vanilla] for curves that level off soon after a flat start (docs/benchmarks.md: the LensBench "
         "tables, where the LENSLLM law misleads the race).",

@@ -187,10 +187,24 @@ class TrialResult(WireModel):
             text = _compact(doc)
             if len(text.encode()) <= limit:
                 return text
-        while doc["points"] and len(_compact(doc).encode()) > limit:
-            doc["points"].pop(0)
-            doc["message"] = _clip(f"{_dropped_note(self, doc)} {self.message or ''}".strip(), 256)
-        return _compact(doc)
+        return _compact(self._newest_points_that_fit(doc, limit))
+
+    def _newest_points_that_fit(self, doc: dict[str, Any], limit: int) -> dict[str, Any]:
+        """`doc` with as many of its newest points as fit in `limit` bytes, and a message saying how many went.
+        A binary search over how many to keep: dropping them one by one re-serialised the document each time,
+        minutes for a trial of thousands of sizes."""
+        points = doc["points"]
+
+        def keeping(n: int) -> dict[str, Any]:
+            kept = {**doc, "points": points[len(points) - n:]}
+            kept["message"] = _clip(f"{_dropped_note(self, kept)} {self.message or ''}".strip(), 256)
+            return kept
+
+        low, high = 0, len(points) - 1  # all of them did not fit
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if len(_compact(keeping(middle)).encode()) <= limit else (low, middle - 1)
+        return keeping(low)
 
 
 def _compact(doc: dict[str, Any]) -> str:

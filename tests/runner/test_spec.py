@@ -58,6 +58,7 @@ def test_ntk_eta_defaults_to_the_training_learning_rate():
     [
         ({"subsetSizes": [200, 100]}, "subsetSizes: sizes must be strictly increasing"),
         ({"subsetSizes": []}, "subsetSizes:"),
+        ({"subsetSizes": list(range(1, 66)), "targetSize": 1000}, "subsetSizes: List should have at most 64 items"),
         ({"targetSize": 300}, "targetSize 300 is below the largest subset size 400"),
         ({"training__learningRate": 0}, "training.learningRate: Input should be greater than 0"),
         ({"training__method": "qlora"}, "training.method:"),
@@ -168,6 +169,19 @@ def test_termination_message_leaves_out_only_the_oldest_points_when_nothing_else
     kept = [p.size for p in compact.points]
     assert kept == [p.size for p in result.points][-len(kept) :]
     assert len(kept) < 40 and "oldest points left out" in compact.message
+
+
+def test_termination_message_of_thousands_of_points_keeps_as_many_of_the_newest_as_fit():
+    bulky = _bulky_result(40, 8)
+    points = [p.model_copy(update={"size": i + 1}) for i, p in enumerate(bulky.points * 75)]
+    result = bulky.model_copy(update={"points": points})
+    message = result.to_termination_message()
+    compact = TrialResult.model_validate_json(message)
+    kept = [p.size for p in compact.points]
+    assert 0 < len(kept) < 3000 and kept == [p.size for p in result.points][-len(kept) :]
+    one_point = len(json.dumps(compact.model_dump(mode="json", by_alias=True, exclude_none=True)["points"][0]))
+    assert len(message.encode()) <= 4096 < len(message.encode()) + one_point + 1  # no room for one more
+    assert f"{3000 - len(kept)} oldest points left out" in compact.message
 
 
 def test_small_result_goes_to_the_termination_log_unchanged():

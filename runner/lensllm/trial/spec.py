@@ -17,6 +17,9 @@ from pydantic.alias_generators import to_camel
 # CRD whose rules could cost too much on unbounded strings.
 NAME_LIMIT = 512
 TEMPLATE_LIMIT = 4096
+# Each size is a fine-tune from the pre-trained weights: far more than any learning curve needs (a selection
+# allows 16), and a bound on what one spec can make a GPU do.
+MAX_TRIAL_SIZES = 64
 
 
 class WireModel(BaseModel):
@@ -213,7 +216,9 @@ class TrialSpec(WireModel):
     candidate: CandidateSpec = Field(description="The pre-trained model.")
     dataset: DatasetSpec = Field(description="The downstream task data.")
     subset_sizes: list[int] = Field(
-        min_length=1, description="Training subset sizes, strictly increasing; each subset contains the smaller ones."
+        min_length=1,
+        max_length=MAX_TRIAL_SIZES,
+        description="Training subset sizes, strictly increasing; each subset contains the smaller ones.",
     )
     target_size: int = Field(
         ge=1, description="Training-set size whose loss the laws predict (usually the full dataset)."

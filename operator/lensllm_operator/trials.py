@@ -200,9 +200,12 @@ def _watch_podless(
     if (cluster.now - since).total_seconds() <= timeout:
         return status
     ctx.podless_since.pop(uid)
-    why = (f"no pod replaced its last one (a ResourceQuota or an admission webhook refusing pods shows in "
-           f"`kubectl describe job {name}`)")
+    why = f"no pod replaced its last one {_refused_pods_hint(name)}"
     return _fail_unstarted(ctx, cluster, status, candidate, job, "PendingTimeout", f"no pod for {timeout}s", why, effects)
+
+
+def _refused_pods_hint(job: str) -> str:
+    return f"(a ResourceQuota or an admission webhook refusing pods shows in `kubectl describe job {job}`)"
 
 
 def _pending_timeout(ctx: Context, cluster: Cluster) -> int:
@@ -239,8 +242,7 @@ def _pending_since(
         newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
         pod = f"pod {newest['metadata']['name']} of Job {name}"
         if (ended := finished_at(newest)) is not None:
-            return ended, f"{pod} ended", (f"no pod replaced it (a ResourceQuota or an admission webhook refusing "
-                                           f"pods shows in `kubectl describe job {name}`)")
+            return ended, f"{pod} ended", f"no pod replaced it {_refused_pods_hint(name)}"
         return parse_time(newest["metadata"].get("creationTimestamp")), f"{pod} was created", not_started
     since = parse_time((job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp"))
     return since, f"Job {name} was created", not_started

@@ -52,7 +52,9 @@ def jobs_of(batch, namespace: str, selection: str) -> list:
 
 
 def complete(job) -> bool:
-    return any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+    """Whether the Job controller marked it Complete (a Job it has not seen yet has no status at all)."""
+    conditions = job.status.conditions if job.status else None
+    return any(c.type == "Complete" and c.status == "True" for c in conditions or [])
 
 
 def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_and_measures_no_size_twice(

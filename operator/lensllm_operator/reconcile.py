@@ -116,7 +116,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
     if st.all_finished(status):
         status = st.finalize(status, spec, generation, st.now_iso())
-        effects.later(_announce, body, status)
+        effects.later(announce, body, status)
     status.observed_generation = generation
     if not await _write(body, raw, status):
         return False
@@ -241,8 +241,12 @@ def _running_gpu_seconds(cluster: Cluster) -> float:
     return total
 
 
-def _announce(body: Body, status: st.LLMSelectionStatus) -> None:
-    condition = status.conditions[-1]
+def announce(body: Body, status: st.LLMSelectionStatus) -> None:
+    """An Event for the terminal condition, and a warning for each caveat before it (failed candidates, laws
+    that disagree on the best)."""
+    *caveats, condition = status.conditions
+    for caveat in caveats:
+        kopf.warn(body, reason=caveat.reason, message=caveat.message)
     if status.phase == "Complete":
         kopf.info(body, reason="Complete", message=condition.message)
     else:

@@ -45,7 +45,7 @@ def test_race_csv_has_the_contract_header_and_one_row_per_seed(race_csv, capsys)
     code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "2", "--format", "csv"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0
-    assert list(rows[0]) == ["seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors"]
+    assert list(rows[0]) == ["seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors", "laws_agree"]
     assert [r["seed"] for r in rows] == ["0", "1"]
     for row in rows:
         assert row["selected"] == "late" and float(row["relacc"]) == 1.0

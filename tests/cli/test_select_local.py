@@ -102,11 +102,14 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     assert race.compute.flops < fixed.compute.flops
 
     capsys.readouterr()
-    monkeypatch.setenv("COLUMNS", "200")  # rows on one line each
+    monkeypatch.setenv("COLUMNS", "260")  # rows on one line each
     assert main(["report", str(tmp_path / "race" / "selection.json")]) == 0
     report = capsys.readouterr().out
     assert f"race: {len(rounds)} rounds, stopped: {race.race.stop}" in report and "out in round 0" in report
-    assert "256: tiny-llama" in report  # round 1: the survivor alone ran the next size
+    round_1 = "tiny-llama" if len(rounds[1].sizes) == 1 else f"{len(rounds[1].sizes)} candidates"
+    assert f"256: {round_1}" in report  # round 1: only the survivors ran, and only the next size
+    assert set(rounds[1].sizes) == {"tiny-llama", "tiny-opt"} - {e.candidate for e in rounds[0].eliminated}
+    assert "tiny-llama (every law)" in report and all(set(r.law_leaders) == {"lensllm", "vanilla"} for r in rounds)
 
     plotted = {row.name: row for row in race_curves(race)}
     assert list(plotted["tiny-llama"].sizes) == [16, 32, 64, 128, 256]  # every round's points, not round 0's alone

@@ -27,7 +27,7 @@ from lensllm_operator.config import OperatorConfig
 from lensllm_operator.context import Context
 from lensllm_operator.jobs import SELECTION_LABEL
 from lensllm_operator.metrics import OperatorMetrics
-from lensllm_operator.reconcile import MAX_UNEXPECTED_ERRORS, reconcile
+from lensllm_operator.reconcile import MAX_UNEXPECTED_ERRORS, announce, reconcile
 
 SIZES = [16, 32, 64]
 
@@ -397,3 +397,26 @@ def test_a_job_that_finished_with_its_pod_evicted_is_deleted_before_the_trial_ru
     finish_job(kube, namespace, again, result_message())
     reconcile_once(ctx, namespace, "unread")
     assert status_of(custom, namespace, "unread").phase == "Complete"
+
+
+def test_a_completed_selection_announces_each_caveat_as_a_warning_before_its_completion():
+    when = "2026-01-01T00:00:00Z"
+    status = LLMSelectionStatus.model_validate({"phase": "Complete", "conditions": [
+        {"type": "Degraded", "status": "True", "reason": "CandidatesFailed", "message": "failed: b", "lastTransitionTime": when},
+        {"type": "LawsAgree", "status": "False", "reason": "LawsDisagree", "lastTransitionTime": when,
+         "message": "the laws predict different best candidates (lensllm: a, vanilla: c)"},
+        {"type": "Complete", "status": "True", "reason": "Ranked", "message": "best: a", "lastTransitionTime": when},
+    ]})
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMSelection", "metadata": {"namespace": "ns", "name": "s", "uid": "u1"}}
+
+    async def scenario():
+        events = posting_events()
+        announce(kopf.Body(body), status)
+        return [events.get_nowait() for _ in range(events.qsize())]
+
+    posted = [(e.type, e.reason, e.message) for e in asyncio.run(scenario())]
+    assert posted == [
+        ("Warning", "CandidatesFailed", "failed: b"),
+        ("Warning", "LawsDisagree", "the laws predict different best candidates (lensllm: a, vanilla: c)"),
+        ("Normal", "Complete", "best: a"),
+    ]

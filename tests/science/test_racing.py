@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from lensllm.curves_io import read_curves
 from lensllm.errors import CurveError, FitError
 from lensllm.science.curves import Curves
 from lensllm.science.laws import rectified_loss
@@ -249,3 +250,23 @@ def test_every_law_set_honours_the_decision_contract(curves, laws):
     assert set(decision.next_sizes) == set(LAWS) - out
     assert decision.stop is None and all(sizes == (1600,) for sizes in decision.next_sizes.values())
     assert decision.compute_fraction == pytest.approx(compute_fraction(points, TARGET))
+
+
+def test_no_law_s_leader_is_eliminated_even_when_the_best_fitting_law_gives_it_no_chance(curves_dir):
+    """LensBench docstring: the LENSLLM law fits best, yet in round 1 its P(best) for the vanilla law's leader
+    is under epsilon; that candidate stays, and it is the true best after full fine-tuning."""
+    table = read_curves(curves_dir.parent / "lensbench" / "docstring.csv")
+    target = float(table.sizes[-1])
+    race = replay_race(table, target, RaceSettings(max_compute_fraction=0.3), seed=0)
+    protected = [
+        (d.round, name)
+        for d in race.decisions
+        for law, name in d.law_leaders.items()
+        if law != d.law and next(a.p_best for a in d.assessments if a.name == name) < race.settings.epsilon
+    ]
+    assert protected, "the race never had to keep a leader the best-fitting law gave no chance"
+    for d in race.decisions:
+        assert set(d.law_leaders) == {"lensllm", "vanilla"}
+        assert not set(d.law_leaders.values()) & {e.name for e in d.eliminated}
+    true = table.loss_at(target)
+    assert race.selected == table.models[int(np.argmin(true))] and race.laws_agree

@@ -1,12 +1,14 @@
 """Predictive distributions and P(best) (lensllm.science.uncertainty) on synthetic laws with known noise."""
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from lensllm.science.fitting import fit_family_many, refit_family_many
+from lensllm.science.fitting import family_loss, fit_family_many, refit_family_many
 from lensllm.science.laws import rectified_loss
-from lensllm.science.uncertainty import MIN_LOG_NOISE, MeasuredCurve, predictive_distributions, probability_best
+from lensllm.science.uncertainty import MIN_LOG_NOISE, MeasuredCurve, fit_law, predictive_distributions, probability_best
 
 SIZES = 100.0 * 2.0 ** np.arange(6)  # 100 .. 3,200
 TARGET = 102_400
@@ -58,6 +60,21 @@ def test_the_law_that_fits_the_curves_better_is_the_one_that_extrapolates():
     power = [MeasuredCurve(f"p{i}", SIZES, 30.0 * SIZES ** -(0.3 + 0.05 * i) + 0.5, zero_shot=20.0) for i in range(6)]
     chosen = predictive_distributions(power, TARGET, draws=20, seed=(0, 0))
     assert chosen.law == "vanilla" and chosen.noise["vanilla"] < chosen.noise["lensllm"]
+
+
+def test_each_law_names_the_candidate_its_own_fit_predicts_lowest():
+    """Two measured LensBench de-en curves (bits per byte, sizes 8 to 256) the laws rank differently: a model
+    trained from scratch whose curve is still steepening, and a pre-trained one that has slowed down."""
+    sizes = np.array([8.0, 16, 32, 64, 128, 256])
+    scratch = MeasuredCurve("llama-m-none-4k", sizes, np.array([5.202, 5.142, 5.070, 4.925, 4.602, 4.218]), zero_shot=5.314)
+    pretrained = MeasuredCurve("llama-xs-dict-4k", sizes, np.array([3.733, 3.668, 3.569, 3.445, 3.360, 3.317]), zero_shot=3.807)
+    assessed = predictive_distributions([scratch, pretrained], 2048, draws=20, seed=(0, 0))
+    predicted = {
+        law: {c.name: float(family_loss(2048.0, *astuple(fit_law(c, law))[:4])) for c in (scratch, pretrained)}
+        for law in ("lensllm", "vanilla")
+    }
+    assert assessed.leaders == {law: min(p, key=p.get) for law, p in predicted.items()}
+    assert assessed.leaders == {"lensllm": "llama-m-none-4k", "vanilla": "llama-xs-dict-4k"}, predicted
 
 
 def test_draws_are_fixed_by_the_seed_and_do_not_depend_on_the_other_candidates():

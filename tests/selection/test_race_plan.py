@@ -211,3 +211,23 @@ def test_each_round_predicts_with_one_of_the_laws_the_spec_allows():
     # The zero-shot point of these curves (3.0 for all) is off their laws, so the vanilla law fits them better.
     assert {r.law for r in both} == {"vanilla"} and all(set(r.noise) == {"lensllm", "vanilla"} for r in both)
     assert {r.law for r in alone} == {"lensllm"} and all(set(r.noise) == {"lensllm"} for r in alone)
+
+
+def test_each_round_names_each_law_s_leader_and_eliminates_none_of_them():
+    for record in run_race(race_spec()).race.rounds:
+        assert set(record.law_leaders) == {"lensllm", "vanilla"} and set(record.law_leaders.values()) <= set(record.sizes)
+        assert not set(record.law_leaders.values()) & {e.candidate for e in record.eliminated}
+
+
+def test_a_race_whose_laws_disagree_on_the_best_completes_with_that_caveat():
+    spec = race_spec()
+    finished = run_race(spec)
+    agree, split = finished.model_copy(deep=True), finished.model_copy(deep=True)
+    agree.race.rounds[-1].law_leaders = {"lensllm": "close-a", "vanilla": "close-a"}
+    split.race.rounds[-1].law_leaders = {"lensllm": "close-a", "vanilla": "close-b"}
+    assert [c.type for c in st.finalize(agree, spec, 1, NOW).conditions] == ["Complete"]
+    ended = st.finalize(split, spec, 1, NOW)
+    caveat, complete = ended.conditions
+    assert (caveat.type, caveat.status, caveat.reason, complete.type) == ("LawsAgree", "False", "LawsDisagree", "Complete")
+    assert "lensllm: close-a, vanilla: close-b" in caveat.message
+    assert ended.phase == "Complete" and ended.reason is None  # a caveat, not a degraded selection

@@ -6,7 +6,7 @@ table and the Markdown in docs/benchmarks.md cannot disagree.
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +15,9 @@ from lensllm.cli.render import _csv, _pct
 from lensllm.science.race_replay import QualityPoint, RaceReplay, pareto_front, undominated
 from lensllm.science.racing import RaceSettings
 
-RUNS_CSV_HEADER = ("seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors")
+RUNS_CSV_HEADER = (
+    "seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors", "laws_agree"
+)
 
 Section = tuple[str, list[str], list[list[str]]]
 
@@ -29,26 +31,33 @@ def describe(settings: RaceSettings) -> str:
     )
 
 
+def law_leaders_text(leaders: Mapping[str, str]) -> str:
+    """'A (every law)' when the laws agree, else 'lensllm: A; vanilla: B'."""
+    if len(leaders) > 1 and len(set(leaders.values())) == 1:
+        return f"{next(iter(leaders.values()))} (every law)"
+    return "; ".join(f"{law}: {name}" for law, name in leaders.items()) or "-"
+
+
 def runs_csv(runs: Sequence[RaceReplay]) -> str:
     return _csv([RUNS_CSV_HEADER] + [[getattr(r, k) for k in RUNS_CSV_HEADER] for r in runs])
 
 
 def _runs_section(runs: Sequence[RaceReplay]) -> Section:
-    header = ["seed", "rounds", "stop", "compute (%)", "RelAcc (%)", "PearCorr (%)", f"{100 * runs[0].settings.interval_level:g}% intervals holding the truth (%)", "selected", "survivors"]
+    header = ["seed", "rounds", "stop", "compute (%)", "RelAcc (%)", "PearCorr (%)", f"{100 * runs[0].settings.interval_level:g}% intervals holding the truth (%)", "selected", "survivors", "laws agree"]
     rows = [
-        [str(r.seed), str(r.rounds), r.stop, f"{100 * r.compute_fraction:.2f}", _pct(r.relacc), _pct(r.pearcorr), _pct(r.coverage), r.selected, str(r.survivors)]
+        [str(r.seed), str(r.rounds), r.stop, f"{100 * r.compute_fraction:.2f}", _pct(r.relacc), _pct(r.pearcorr), _pct(r.coverage), r.selected, str(r.survivors), "yes" if r.laws_agree else "no"]
         for r in runs
     ]
     n = len(runs)
     mean = {k: sum(getattr(r, k) for r in runs) / n for k in ("rounds", "compute_fraction", "relacc", "pearcorr", "coverage")}
     rows.append(
-        ["mean", f"{mean['rounds']:.1f}", "", f"{100 * mean['compute_fraction']:.2f}", _pct(mean["relacc"]), _pct(mean["pearcorr"]), _pct(mean["coverage"]), "", ""]
+        ["mean", f"{mean['rounds']:.1f}", "", f"{100 * mean['compute_fraction']:.2f}", _pct(mean["relacc"]), _pct(mean["pearcorr"]), _pct(mean["coverage"]), "", "", ""]
     )
     return f"Race ({describe(runs[0].settings)})", header, rows
 
 
 def _rounds_section(run: RaceReplay) -> Section:
-    header = ["round", "sizes up to", "candidates", "eliminated", "compute after (%)", "leader", "its P(best)", "law (pooled noise per law, log)"]
+    header = ["round", "sizes up to", "candidates", "eliminated", "compute after (%)", "leader", "its P(best)", "law (pooled noise per law, log)", "best by law"]
     rows = []
     for d in run.decisions:
         leader = max(d.assessments, key=lambda a: a.p_best)
@@ -62,6 +71,7 @@ def _rounds_section(run: RaceReplay) -> Section:
                 leader.name,
                 f"{leader.p_best:.3f}",
                 f"{d.law} (" + ", ".join(f"{law} {value:.4f}" for law, value in d.noise.items()) + ")",
+                law_leaders_text(d.law_leaders),
             ]
         )
     return f"Rounds of the race with seed {run.seed} (stopped: {run.stop})", header, rows
@@ -140,6 +150,7 @@ def _run_record(run: RaceReplay) -> dict:
                 "compute_fraction": d.compute_fraction,
                 "law": d.law,
                 "noise": d.noise,
+                "law_leaders": dict(d.law_leaders),
                 "assessments": [dataclasses.asdict(a) for a in d.assessments],
                 "eliminated": [dataclasses.asdict(e) for e in d.eliminated],
                 "next_sizes": {name: list(sizes) for name, sizes in d.next_sizes.items()},

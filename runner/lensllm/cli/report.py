@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lensllm.cli.race_render import law_leaders_text
 from lensllm.errors import LensLLMError
 
 
@@ -89,21 +90,24 @@ def _state(entry) -> str:
 
 
 def rounds_table(status) -> Table:
-    """Each round of a race: who ran which sizes, the law, who left, and the compute spent after it."""
+    """Each round of a race: who ran which sizes, the law, each law's leader, who left, and the compute spent after it;
+    the caption says why the race failed or that its laws disagree on the best."""
     race = status.race
     title = (f"race: {len(race.rounds)} rounds, stopped: {race.stop or 'not yet'}; compute {race.compute_fraction:.2%} of full "
              f"fine-tuning (a fixed budget over the same sizes: {race.fixed_budget_fraction:.2%})")
     table = Table(title=title)
-    for column, justify in (("round", "right"), ("ran", "left"), ("law", "left"), ("eliminated", "left"),
-                            ("compute", "right"), ("stop", "left")):
+    for column, justify in (("round", "right"), ("ran", "left"), ("law", "left"), ("best by law", "left"),
+                            ("eliminated", "left"), ("compute", "right"), ("stop", "left")):
         table.add_column(column, justify=justify)
     for record in race.rounds:
         ran = "; ".join(_ran(record.sizes))
-        table.add_row(str(record.round), ran, record.law, ", ".join(e.candidate for e in record.eliminated) or "-",
-                      f"{record.compute_fraction:.2%}", record.stop or "-")
-    if race.message:
-        table.caption = race.message
+        table.add_row(str(record.round), ran, record.law, law_leaders_text(record.law_leaders),
+                      ", ".join(e.candidate for e in record.eliminated) or "-", f"{record.compute_fraction:.2%}", record.stop or "-")
+    caveats = [race.message, *(c.message for c in status.conditions if c.type == "LawsAgree" and c.status == "False")]
+    if any(caveats):
+        table.caption = "\n".join(c for c in caveats if c)
     return table
+
 
 
 def _ran(sizes: dict[str, list[int]]) -> list[str]:

@@ -58,6 +58,11 @@ class RaceReplay:
         return str(self.decisions[-1].stop)
 
     @property
+    def laws_agree(self) -> bool:
+        """Whether every law's fit named the same best candidate in the last round."""
+        return self.decisions[-1].laws_agree
+
+    @property
     def survivors(self) -> int:
         return sum(r.eliminated_in is None for r in self.ranking)
 

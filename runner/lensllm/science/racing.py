@@ -7,8 +7,11 @@ measured (no size is ever run twice). After each round `decide` fits the survivo
 with the law that fits them best and bootstraps it (`lensllm.science.uncertainty`),
 computes each survivor's probability of being best at the target, P(best), and
 
-- eliminates every candidate with P(best) < epsilon (never the most likely one), recording
-  the round and the reason; an eliminated candidate never comes back;
+- eliminates every candidate with P(best) < epsilon, recording the round and the reason,
+  except the most likely one and each law's leader (the candidate a law's own fit predicts
+  best): P(best) comes from the law that fits best, and no law is trusted to eliminate what
+  another one ranks first (on the LensBench docstring table the LENSLLM law eliminated the
+  vanilla law's leader, the true best, after round 1); an eliminated candidate never comes back;
 - stops when one candidate has P(best) >= 1 - delta, when the schedule (at most
   `max_rounds` rounds) has no sizes left, or when the next round would push the compute spent past
   `max_compute_fraction` of fully fine-tuning every candidate (a point costs subset size x
@@ -120,6 +123,12 @@ class RoundDecision:
     next_compute_fraction: float = 0.0
     law: str = ""
     noise: Mapping[str, float] = field(default_factory=dict)
+    law_leaders: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def laws_agree(self) -> bool:
+        """Whether every law's fit predicts the same candidate best (so the pick does not hang on the law)."""
+        return len(set(self.law_leaders.values())) <= 1
 
 
 @dataclass(frozen=True)
@@ -186,10 +195,11 @@ def decide(
         for c, p, pb in zip(racing, assessed.predictive, p_best)
     )
     leader = int(np.argmax(p_best))
+    kept = {assessments[leader].name, *assessed.leaders.values()}
     out = tuple(
         Elimination(a.name, round, f"P(best) {a.p_best:.4f} < epsilon {settings.epsilon:g} after sizes up to {a.largest_size:,}")
-        for i, a in enumerate(assessments)
-        if a.p_best < settings.epsilon and i != leader
+        for a in assessments
+        if a.p_best < settings.epsilon and a.name not in kept
     )
     gone = {e.name for e in out}
     survivors = [c for c in racing if c.name not in gone]
@@ -207,6 +217,7 @@ def decide(
         next_compute_fraction=0.0 if stop else cost,
         law=assessed.law,
         noise=assessed.noise,
+        law_leaders=assessed.leaders,
     )
 
 

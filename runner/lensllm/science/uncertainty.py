@@ -22,7 +22,9 @@ zero-shot point is not resampled: it is measured on the fixed test set, not afte
 on a random subset.
 
 What the bootstrap does not see is the law being wrong far from the data; the intervals
-are conditional on the law, and docs/benchmarks.md measures how often they hold.
+are conditional on the law, and docs/benchmarks.md measures how often they hold. So each
+law also names its leader, the candidate its own fit predicts best: where the laws'
+leaders differ, the ranking hangs on which law is right, and the race keeps every leader.
 
 Called by `lensllm.science.racing`; pure and deterministic under the seed it is given.
 """
@@ -101,11 +103,13 @@ class Predictive:
 
 @dataclass(frozen=True)
 class Assessed:
-    """The predictive distributions of one round, the law they come from, and each law's pooled noise."""
+    """The predictive distributions of one round, the law they come from, each law's pooled noise, and
+    each law's leader (the candidate its fit predicts lowest at the target)."""
 
     predictive: list[Predictive]
     law: str
     noise: dict[str, float]
+    leaders: dict[str, str]
 
 
 def predictive_distributions(
@@ -125,7 +129,13 @@ def predictive_distributions(
     for x, members in _by_sizes(points).items():
         found = _bootstrap(np.array(x), [curves[i].name for i in members], [fits[i] for i in members], LAWS[law], target, draws, seed, noise[law])
         out.update(zip(members, found))
-    return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise)
+    leaders = {name: curves[_leader(fits_, target)].name for name, (_, fits_, _) in fitted.items()}
+    return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise, leaders)
+
+
+def _leader(fits: Sequence[FamilyFit], target: float) -> int:
+    """Index of the fit that predicts the lowest loss at `target` (ties: the first)."""
+    return int(np.argmin([family_loss(float(target), f.B, f.F, f.beta, f.E) for f in fits]))
 
 
 def fit_law(curve: MeasuredCurve, law: str) -> FamilyFit:

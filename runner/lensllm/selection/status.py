@@ -41,7 +41,7 @@ def now_iso() -> str:
 class Condition(WireModel):
     """A Kubernetes-style condition."""
 
-    type: str = Field(description="Condition type: Complete, Failed or Degraded.")
+    type: str = Field(description="Condition type: Complete, Failed, Degraded or LawsAgree (races).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -124,6 +124,10 @@ class RoundRecord(WireModel):
     sizes: dict[str, list[int]] = Field(description="Subset sizes each candidate ran in this round.")
     law: str = Field(description="The law the candidates' predictions were drawn from (the one that fitted best).")
     noise: dict[str, float] = Field(description="Pooled log-normal noise of each law's fits.")
+    law_leaders: dict[str, str] = Field(
+        default_factory=dict,
+        description="The candidate each law's own fit predicts best at the target; the race eliminates none of them.",
+    )
     eliminated: list[Elimination] = Field(default_factory=list, description="Candidates eliminated after this round.")
     next_sizes: dict[str, list[int]] = Field(default_factory=dict, description="Sizes each survivor runs in the next round.")
     compute_fraction: float = Field(
@@ -208,9 +212,11 @@ def fail(status: LLMSelectionStatus, reason: str, message: str, generation: int 
     return _ended(new, "Failed", _condition("Failed", reason, message, generation, now), now)
 
 
-def _condition(kind: str, reason: str, message: str, generation: int | None, now: str) -> Condition:
+def _condition(
+    kind: str, reason: str, message: str, generation: int | None, now: str, holds: Literal["True", "False"] = "True"
+) -> Condition:
     return Condition(
-        type=kind, status="True", reason=reason, message=message, last_transition_time=now, observed_generation=generation
+        type=kind, status=holds, reason=reason, message=message, last_transition_time=now, observed_generation=generation
     )
 
 
@@ -379,6 +385,7 @@ def record_round(status: LLMSelectionStatus, decision: racing.RoundDecision) -> 
         sizes={name: ran for name, entry in new.candidates.items() if (ran := _sizes_run(entry, decision.round))},
         law=decision.law,
         noise={law: value for law, value in decision.noise.items() if np.isfinite(value)},
+        law_leaders=dict(decision.law_leaders),
         eliminated=[Elimination(candidate=out.name, reason=out.reason) for out in decision.eliminated],
         next_sizes=next_sizes,
         compute_fraction=decision.compute_fraction,
@@ -458,9 +465,24 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
     conditions = []
     if failed:
         conditions.append(_condition("Degraded", "CandidatesFailed", f"failed: {', '.join(failed)}", generation, now))
+    if (split := _laws_split(new)) is not None:
+        conditions.append(_condition("LawsAgree", "LawsDisagree", split, generation, now, holds="False"))
     message = f"best: {new.best} (predicted {new.ranking[0].predicted_loss:.4f} bits/byte at {spec.budget.target_size})"
     new.conditions = conditions
     return _ended(new, "Complete", _condition("Complete", "Ranked", message, generation, now), now)
+
+
+def _laws_split(status: LLMSelectionStatus) -> str | None:
+    """For a race whose laws name different leaders in its last round: who each law predicts best."""
+    if status.race is None or not status.race.rounds:
+        return None
+    leaders = status.race.rounds[-1].law_leaders
+    if len(set(leaders.values())) <= 1:
+        return None
+    named = ", ".join(f"{law}: {name}" for law, name in leaders.items())
+    return (f"the laws predict different best candidates ({named}); the ranking follows "
+            f"{status.race.rounds[-1].law}, which fitted the curves better, so the pick hangs on that law "
+            "extrapolating well (docs/benchmarks.md)")
 
 
 def _ended(status: LLMSelectionStatus, phase: Phase, condition: Condition, now: str) -> LLMSelectionStatus:

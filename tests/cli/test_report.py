@@ -1,0 +1,41 @@
+"""`lensllm report`'s race table: each law's leader per round, and the caveat when the laws disagree."""
+
+from rich.console import Console
+
+from lensllm.cli.report import rounds_table
+from lensllm.selection.status import LLMSelectionStatus
+
+
+def race_status(last_leaders: dict[str, str], conditions: list[dict]) -> LLMSelectionStatus:
+    rounds = [
+        {"round": 0, "sizes": {"a": [8, 16, 32, 64], "b": [8, 16, 32, 64], "c": [8, 16, 32, 64]}, "law": "lensllm",
+         "noise": {"lensllm": 0.01, "vanilla": 0.02}, "lawLeaders": {"lensllm": "a", "vanilla": "a"},
+         "eliminated": [{"candidate": "c", "reason": "P(best) 0.0010 < epsilon 0.01 after sizes up to 64"}],
+         "computeFraction": 0.05},
+        {"round": 1, "sizes": {"a": [128], "b": [128]}, "law": "lensllm", "noise": {"lensllm": 0.01, "vanilla": 0.02},
+         "lawLeaders": last_leaders, "computeFraction": 0.08, "stop": "exhausted"},
+    ]
+    return LLMSelectionStatus.model_validate({
+        "phase": "Complete", "conditions": conditions,
+        "race": {"rounds": rounds, "stop": "exhausted", "computeFraction": 0.08, "fixedBudgetFraction": 0.12},
+    })
+
+
+def rendered(status: LLMSelectionStatus) -> str:
+    console = Console(width=250, record=True)
+    console.print(rounds_table(status))
+    return console.export_text()
+
+
+def test_rounds_name_the_common_leader_when_the_laws_agree():
+    complete = {"type": "Complete", "status": "True", "reason": "Ranked", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    text = rendered(race_status({"lensllm": "a", "vanilla": "a"}, [complete]))
+    assert text.count("a (every law)") == 2 and "disagree" not in text and "predict different" not in text
+
+
+def test_the_laws_disagreement_is_named_per_round_and_in_the_caption():
+    split = {"type": "LawsAgree", "status": "False", "reason": "LawsDisagree", "lastTransitionTime": "2026-01-01T00:00:00Z",
+             "message": "the laws predict different best candidates (lensllm: a, vanilla: b); the ranking follows lensllm"}
+    text = rendered(race_status({"lensllm": "a", "vanilla": "b"}, [split]))
+    assert "a (every law)" in text and "lensllm: a; vanilla: b" in text
+    assert "the laws predict different best candidates (lensllm: a, vanilla: b)" in " ".join(text.split())

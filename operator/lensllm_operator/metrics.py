@@ -90,6 +90,13 @@ class OperatorMetrics:
             ["namespace", "selection"],
             registry=registry,
         )
+        self.laws_agree = Gauge(
+            "lensllm_selection_laws_agree",
+            "For a race, 1 when every law's fit predicted the same best candidate in its latest round, 0 when they "
+            "disagree (the ranking then hangs on the law; the selection completes with LawsAgree=False).",
+            ["namespace", "selection"],
+            registry=registry,
+        )
         self.predicted_loss = Gauge(
             "lensllm_candidate_predicted_loss",
             "Predicted loss of a candidate at the selection's target size.",
@@ -159,6 +166,13 @@ class OperatorMetrics:
         self.compute_fraction.labels(namespace=namespace, selection=name).set(compute_fraction)
         self.rounds.labels(namespace=namespace, selection=name).set(rounds)
 
+    def set_laws_agree(self, namespace: str, name: str, agree: bool | None) -> None:
+        """`agree` None (a fixed budget, or a race before its first decided round) exports no series."""
+        if agree is None:
+            _remove(self.laws_agree, namespace, name)
+        else:
+            self.laws_agree.labels(namespace=namespace, selection=name).set(int(agree))
+
     def set_trials(self, namespace: str, name: str, queued: int, running: int) -> None:
         self.trials_current.labels(namespace=namespace, selection=name, state="queued").set(queued)
         self.trials_current.labels(namespace=namespace, selection=name, state="running").set(running)
@@ -177,17 +191,20 @@ class OperatorMetrics:
         self._phases.pop((namespace, name), None)
         self._accounted.pop((namespace, name), None)
         for state in TRIAL_STATES:
-            try:
-                self.trials_current.remove(namespace, name, state)
-            except KeyError:
-                pass
-        for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds, self.compute_fraction, self.rounds):
-            try:
-                gauge.remove(namespace, name)
-            except KeyError:
-                pass
+            _remove(self.trials_current, namespace, name, state)
+        for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds, self.compute_fraction, self.rounds,
+                      self.laws_agree):
+            _remove(gauge, namespace, name)
         self._refresh_phases()
 
     def _refresh_phases(self) -> None:
         for phase in PHASES:
             self.selections.labels(phase=phase).set(sum(1 for p in self._phases.values() if p == phase))
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    """Drop the series of `gauge` with these label values, if it has one."""
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass

@@ -266,4 +266,5 @@ def _export(ctx: Context, body: Body, status: st.LLMSelectionStatus, running_gpu
     target = ((body.get("spec") or {}).get("budget") or {}).get("targetSize")
     if isinstance(target, int) and target > 0:  # absent only from a spec refused as invalid
         ctx.metrics.set_progress(namespace, name, st.compute_fraction(status, target), st.rounds_started(status))
+    ctx.metrics.set_laws_agree(namespace, name, st.laws_agree(status))
 

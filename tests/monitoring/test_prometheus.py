@@ -167,7 +167,8 @@ def test_every_dashboard_query_returns_series_for_a_finished_selection(
 
 
 def run_selection(kube: Cluster, namespace: str) -> dict[str, Any]:
-    """A selection with two candidates that succeed and one that fails, on one GPU each (GPU-seconds count)."""
+    """A selection with two candidates that succeed and one that fails, on one GPU each (GPU-seconds count); a race
+    of one round (four sizes: round 0 takes them all), so the race's panels have series too."""
     manifest = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMSelection", "metadata": {"name": "watched"},
         "spec": {
@@ -175,7 +176,7 @@ def run_selection(kube: Cluster, namespace: str) -> dict[str, Any]:
                            {"name": "gone", "model": "/models/missing"}],
             "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target"},
             "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
-            "ntk": {"probeSize": 8}, "maxFailedCandidates": 1, "resources": {"nvidia.com/gpu": 1},
+            "ntk": {"probeSize": 8}, "maxFailedCandidates": 1, "resources": {"nvidia.com/gpu": 1}, "strategy": "race",
         },
     }
     custom = kubernetes.client.CustomObjectsApi(kube.api)

@@ -24,12 +24,24 @@ def test_a_deleted_selection_leaves_no_series_behind():
     metrics.set_costs("ns", "a", 100.0, 5000.0)
     metrics.set_trials("ns", "a", queued=1, running=2)
     metrics.set_progress("ns", "a", 0.03, 3)
+    metrics.set_laws_agree("ns", "a", False)
     assert 'candidate="gpt2"' in exposition(metrics)
     assert 'lensllm_selection_rounds{namespace="ns",selection="a"} 3.0' in exposition(metrics)
     metrics.forget("ns", "a")
     text = exposition(metrics)
     assert 'selection="a"' not in text
     assert 'lensllm_selections_current{phase="Complete"} 0.0' in text
+
+
+def test_laws_agree_is_exported_for_races_only():
+    metrics = OperatorMetrics(CollectorRegistry())
+    metrics.set_laws_agree("ns", "race", True)
+    metrics.set_laws_agree("ns", "split", False)
+    metrics.set_laws_agree("ns", "fixed", None)
+    text = exposition(metrics)
+    assert 'lensllm_selection_laws_agree{namespace="ns",selection="race"} 1.0' in text
+    assert 'lensllm_selection_laws_agree{namespace="ns",selection="split"} 0.0' in text
+    assert 'selection="fixed"' not in text
 
 
 def test_failed_trials_count_their_real_duration_and_gpu_time_by_reason():

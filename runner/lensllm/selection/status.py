@@ -472,13 +472,19 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
     return _ended(new, "Complete", _condition("Complete", "Ranked", message, generation, now), now)
 
 
-def _laws_split(status: LLMSelectionStatus) -> str | None:
-    """For a race whose laws name different leaders in its last round: who each law predicts best."""
+def laws_agree(status: LLMSelectionStatus) -> bool | None:
+    """For a race, whether every law named the same leader in its latest decided round (None before one, or for
+    a fixed budget)."""
     if status.race is None or not status.race.rounds:
         return None
-    leaders = status.race.rounds[-1].law_leaders
-    if len(set(leaders.values())) <= 1:
+    return len(set(status.race.rounds[-1].law_leaders.values())) <= 1
+
+
+def _laws_split(status: LLMSelectionStatus) -> str | None:
+    """For a race whose laws name different leaders in its last round: who each law predicts best."""
+    if laws_agree(status) is not False:
         return None
+    leaders = status.race.rounds[-1].law_leaders
     named = ", ".join(f"{law}: {name}" for law, name in leaders.items())
     return (f"the laws predict different best candidates ({named}); the ranking follows "
             f"{status.race.rounds[-1].law}, which fitted the curves better, so the pick hangs on that law "

@@ -44,7 +44,9 @@ def test_an_oom_killed_trial_fails_with_its_reason_its_real_duration_and_gpu_tim
     namespace, stand_in, start_operator, custom
 ):
     operator = start_operator()
-    stand_in.faults.add("oom-kill", after=0.5)
+    # Pod times have whole-second resolution: a pod killed 0.5 s in could start and end within one second and
+    # count 0 s. Killed 1.1 s in, each pod counts at least 1 s, and still dies before its four sizes (0.3 s each).
+    stand_in.faults.add("oom-kill", after=1.1)
     create(custom, namespace, stand_in_selection("hungry", backoffLimit=1, resources={"nvidia.com/gpu": 2}))
     status = wait_for_phase(custom, namespace, "hungry", "Complete", "Failed", timeout=TIMEOUT)
     entry = status.candidates["model-a"]

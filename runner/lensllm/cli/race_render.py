@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lensllm.cli.render import _csv, _pct
 from lensllm.science.race_replay import QualityPoint, RaceReplay, pareto_front, undominated
-from lensllm.science.racing import RaceSettings
+from lensllm.science.racing import RaceSettings, leaders_agree
 
 RUNS_CSV_HEADER = (
     "seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors", "laws_agree"
@@ -33,7 +33,7 @@ def describe(settings: RaceSettings) -> str:
 
 def law_leaders_text(leaders: Mapping[str, str]) -> str:
     """'A (every law)' when the laws agree, else 'lensllm: A; vanilla: B'."""
-    if len(leaders) > 1 and len(set(leaders.values())) == 1:
+    if len(leaders) > 1 and leaders_agree(leaders):
         return f"{next(iter(leaders.values()))} (every law)"
     return "; ".join(f"{law}: {name}" for law, name in leaders.items()) or "-"
 

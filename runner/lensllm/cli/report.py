@@ -109,7 +109,6 @@ def rounds_table(status) -> Table:
     return table
 
 
-
 def _ran(sizes: dict[str, list[int]]) -> list[str]:
     """'16,32,64,128: 3 candidates' per distinct set of sizes; the candidate's name when it ran alone."""
     groups: dict[tuple[int, ...], list[str]] = {}

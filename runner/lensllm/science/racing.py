@@ -127,8 +127,12 @@ class RoundDecision:
 
     @property
     def laws_agree(self) -> bool:
-        """Whether every law's fit predicts the same candidate best (so the pick does not hang on the law)."""
-        return len(set(self.law_leaders.values())) <= 1
+        return leaders_agree(self.law_leaders)
+
+
+def leaders_agree(law_leaders: Mapping[str, str]) -> bool:
+    """Whether every law's fit predicts the same candidate best (so the pick does not hang on the law)."""
+    return len(set(law_leaders.values())) <= 1
 
 
 @dataclass(frozen=True)

@@ -477,7 +477,7 @@ def laws_agree(status: LLMSelectionStatus) -> bool | None:
     a fixed budget)."""
     if status.race is None or not status.race.rounds:
         return None
-    return len(set(status.race.rounds[-1].law_leaders.values())) <= 1
+    return racing.leaders_agree(status.race.rounds[-1].law_leaders)
 
 
 def _laws_split(status: LLMSelectionStatus) -> str | None:

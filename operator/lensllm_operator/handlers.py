@@ -6,7 +6,6 @@ hints: the resync loop (`resync.py`, started here) reconciles every unfinished s
 interval. No handler needs a finalizer: deleting a selection never waits for the operator.
 """
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from lensllm.selection.spec import GROUP, KIND, PLURAL, VERSION
 from lensllm_operator import kube
 from lensllm_operator.jobs import SELECTION_LABEL
 from lensllm_operator.reconcile import reconcile
-from lensllm_operator.resync import Unfinished, resync_forever
+from lensllm_operator.resync import Resync
 
 
 @kopf.on.startup()
@@ -42,16 +41,14 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, log
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lensllm.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lensllm.io")
     memo.ctx.metrics.serve(memo.ctx.config.metrics_port)
-    memo.selections, memo.resync = Unfinished(), None
+    memo.resync = Resync()
     logger.info("metrics on :%d/metrics, resync every %gs", memo.ctx.config.metrics_port, memo.ctx.config.resync_seconds)
 
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     """When the operator stops, stop the resync loop."""
-    if memo.resync is not None:
-        memo.resync.cancel()
-        await asyncio.gather(memo.resync, return_exceptions=True)
+    await memo.resync.stop()
 
 
 class ErrorBackoffs:
@@ -92,9 +89,8 @@ async def selection_event(
 
     A watch event rather than a delete handler: that would need a finalizer on every selection.
     """
-    if memo.resync is None:
-        # Started from a handler, not at start-up: its task inherits kopf's context for posting Events.
-        memo.resync = asyncio.create_task(resync_forever(memo.ctx, memo.selections, memo.ctx.config.resync_seconds, logger))
-    memo.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
+    # Started from a handler, not at start-up: its task inherits kopf's context for posting Events.
+    memo.resync.start_once(memo.ctx, logger)
+    memo.resync.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if type == "DELETED":
         memo.ctx.metrics.forget(namespace, name)

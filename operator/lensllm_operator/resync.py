@@ -47,6 +47,28 @@ class Unfinished:
         self.not_before[key] = time.monotonic() + seconds
 
 
+@dataclass
+class Resync:
+    """The operator's one resync loop and the selections it serves.
+
+    kopf hands every object's handlers a shallow copy of the operator's memo: an attribute set on
+    one copy is seen neither by the handlers of other selections nor by the cleanup at shutdown.
+    So the loop lives in this object, created once at start-up and shared by every copy.
+    """
+
+    selections: Unfinished = field(default_factory=Unfinished)
+    task: asyncio.Task[None] | None = None
+
+    def start_once(self, ctx: Context, logger: logging.Logger) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(resync_forever(ctx, self.selections, ctx.config.resync_seconds, logger))
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
 async def resync_forever(ctx: Context, selections: Unfinished, interval: float, logger: logging.Logger) -> None:
     """Reconcile every unfinished selection, wait `interval` seconds, again; until cancelled at shutdown."""
     limit = asyncio.Semaphore(CONCURRENCY)

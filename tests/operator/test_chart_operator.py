@@ -12,8 +12,6 @@ from demo_selection import demo_models, selection_manifest
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lensllm"
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
-# Requests made by the operator: kopf's own client, and the one in lensllm_operator.kube.
-OPERATOR_AGENTS = ("kopf/", "lensllm-operator/")
 
 
 def render(values: dict) -> list[dict]:
@@ -86,10 +84,9 @@ def test_the_charts_operator_runs_a_selection_using_exactly_the_access_its_rbac_
 
     used = {
         (c.verb, c.group, c.resource + (f"/{c.subresource}" if c.subresource else ""))
-        for c in kube.api_calls
-        if c.user_agent.startswith(OPERATOR_AGENTS)
+        for c in kube.operator_calls()
     }
-    assert all(c.namespace == namespace for c in kube.api_calls if c.user_agent.startswith(OPERATOR_AGENTS))
+    assert all(c.namespace == namespace for c in kube.operator_calls())
     rules = granted(objects, "Role")
     assert used <= rules, f"the chart misses {sorted(used - rules)}"
     assert rules - used <= documented_exceptions(), f"the chart grants unused {sorted(rules - used - documented_exceptions())}"

@@ -2,10 +2,13 @@
 or by a TTL, pods that cannot start, names of any length, Jobs that are not ours, specs edited while running."""
 
 import time
+from collections import Counter
 
 import kubernetes
 from cluster import wait_for
-from selections import GROUP, PLURAL, VERSION, create, events_of, selection_status, stand_in_selection, wait_for_phase
+from selections import (
+    GROUP, PLURAL, VERSION, create, events_of, selection_status, stand_in_kubelet, stand_in_selection, wait_for_phase,
+)
 
 from lensllm.selection.plan import Trial
 from lensllm_operator.names import job_name
@@ -268,3 +271,25 @@ def test_a_new_attempt_waits_for_the_deleted_jobs_pod_to_stop_so_no_size_is_meas
     assert status.phase == "Complete", status.conditions
     measured = Counter(entry["size"] for entry in read_ledger(stand_in.ledger))
     assert set(measured) == set(SIZES) and max(measured.values()) == 1, measured
+
+
+def test_the_resync_reads_each_running_selection_once_a_second_however_many_there_are_and_sigterm_stops_at_once(
+    kube, namespace, start_operator, custom, tmp_path
+):
+    """One resync loop for the operator: kopf gives each selection's handlers a copy of the memo, and a loop started
+    per copy multiplied the reconciles by the number of selections and outlived the shutdown by kopf's 5 s grace."""
+    running = [f"busy-{index}" for index in range(6)]
+    with stand_in_kubelet(kube, tmp_path, size_seconds=60):
+        operator = start_operator()  # resync every second
+        for name in running:
+            create(custom, namespace, stand_in_selection(name, "model-a"))
+        wait_for(lambda: all(getattr(selection_status(custom, namespace, n), "phase", None) == "Running" for n in running),
+                 "every selection to be Running")
+        time.sleep(2)
+        since, window = len(kube.api_calls), 4.0
+        time.sleep(window)
+        reads = Counter(c.resource for c in kube.operator_calls(since) if c.verb == "get")["llmselections"]
+        assert reads <= len(running) * (window + 1), reads
+        started = time.monotonic()
+        assert operator.process.terminate(timeout=10) == 0
+        assert time.monotonic() - started < 2.0

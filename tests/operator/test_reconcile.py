@@ -6,6 +6,7 @@ single calls fail by wrapping the operator's own API functions (`lensllm_operato
 """
 
 import asyncio
+import copy
 import itertools
 import json
 import logging
@@ -294,12 +295,17 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
 
     async def start_and_stop():
         await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
-        await handlers.selection_event(type=None, namespace="ns", name="s", status={}, memo=memo,
-                                       logger=logging.getLogger(__name__))
+        # kopf gives each object's handlers its own shallow copy of the memo.
+        for name in ("s", "t"):
+            await handlers.selection_event(type=None, namespace="ns", name=name, status={}, memo=copy.copy(memo),
+                                           logger=logging.getLogger(__name__))
+        loops = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "resync_forever"]
         await handlers.operator_cleanup(memo=memo)
+        return loops
 
-    asyncio.run(start_and_stop())
-    assert memo.resync.cancelled() and memo.selections.due(now=0.0) == [("ns", "s")]
+    loops = asyncio.run(start_and_stop())
+    assert loops == [memo.resync.task] and memo.resync.task.cancelled()
+    assert sorted(memo.resync.selections.due(now=0.0)) == [("ns", "s"), ("ns", "t")]
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.

@@ -24,10 +24,10 @@ from typing import Any
 
 import kubernetes
 from api_faults import ApiFaults
+from cluster import OPERATOR_AGENTS
 from kube_emulator import JournalEntry
 from stand_in_trial import read_ledger
 
-OPERATOR_AGENTS = ("kopf/", "lensllm-operator/")
 SIZES = [16, 32, 64, 128]
 CANDIDATES = ("model-a", "model-b", "model-c")
 CANDIDATE_LABEL = "lensllm.io/candidate"

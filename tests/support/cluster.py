@@ -32,6 +32,8 @@ from kubelet import OFFLINE, Kubelet
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 CRD_DIR = REPO / "crds"
+# Requests made by the operator: kopf's own client, and the one in lensllm_operator.kube.
+OPERATOR_AGENTS = ("kopf/", "lensllm-operator/")
 T = TypeVar("T")
 
 
@@ -78,6 +80,10 @@ class Cluster:
     def api_calls(self) -> list[ApiCall]:
         """Every resource request so far as (verb, group, resource, subresource, namespace), oldest first."""
         return list(self.server.emulator.api_calls)
+
+    def operator_calls(self, since: int = 0) -> list[ApiCall]:
+        """The requests the operator made, from the `since`-th request of `api_calls` on."""
+        return [c for c in self.api_calls[since:] if c.user_agent.startswith(OPERATOR_AGENTS)]
 
     def load_crds(self, *paths: Path) -> None:
         """Create the CustomResourceDefinitions in these YAML files, as `kubectl apply -f` would."""

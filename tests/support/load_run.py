@@ -26,7 +26,6 @@ from lensllm.selection.spec import LLMSelectionSpec
 
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
 FAST_TRIAL = Path(__file__).with_name("fast_trial.py")
-OPERATOR_AGENTS = ("kopf/", "lensllm-operator/")
 SELECTION_LABEL, CANDIDATE_LABEL = "lensllm.io/selection", "lensllm.io/candidate"
 
 
@@ -103,7 +102,7 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
         trials_before = children_cpu_seconds()
         names = [f"load-{index:03d}" for index in range(selections)]
         flood = apply_and_wait(kube, custom, namespace, names, candidates, timeout)
-        operator_calls = [c for c in kube.api_calls[calls_before:] if c.user_agent.startswith(OPERATOR_AGENTS)]
+        operator_calls = kube.operator_calls(since=calls_before)
         figures = {
             "selections": selections, "candidates": candidates,
             "idle_jobs_created_seconds": round(idle["jobs_created"][0], 3),

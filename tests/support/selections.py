@@ -4,8 +4,10 @@ wait for their phase, read metrics, and compare a cluster's status with local mo
 `start_operator` and `custom` are fixtures, registered by tests/operator/conftest.py.
 """
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 import urllib.request
 from pathlib import Path
 
@@ -118,21 +120,30 @@ def run_locally(doc: dict, tmp_path: Path) -> dict:
 STAND_IN = Path(__file__).with_name("stand_in_trial.py")
 
 
-@pytest.fixture
-def stand_in(kube, tmp_path):
+@contextlib.contextmanager
+def stand_in_kubelet(kube, directory: Path, size_seconds: float) -> Iterator:
     """A kubelet whose `lensllm` is the stand-in trial (tests/support/stand_in_trial.py): the real runner around a
-    synthetic curve, 0.3 s per size, every measured size written to `stand_in.ledger`."""
+    synthetic curve, `size_seconds` per size, every measured size written to `kubelet.ledger`."""
     from kubelet import Kubelet
     from stand_in_trial import LEDGER, SIZE_SECONDS
 
-    ledger = tmp_path / "ledger.jsonl"
-    kubelet = Kubelet(kube.server, tmp_path / "pods", env={LEDGER: str(ledger), SIZE_SECONDS: "0.3"},
+    ledger = directory / "ledger.jsonl"
+    kubelet = Kubelet(kube.server, directory / "pods", env={LEDGER: str(ledger), SIZE_SECONDS: str(size_seconds)},
                       commands={"lensllm": [sys.executable, str(STAND_IN)]})
     kubelet.ledger = ledger
-    yield kubelet
-    kubelet.stop()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
     if kubelet.errors:
         pytest.fail(f"the emulated kubelet failed: {kubelet.errors!r}")
+
+
+@pytest.fixture
+def stand_in(kube, tmp_path):
+    """The stand-in kubelet at 0.3 s per size."""
+    with stand_in_kubelet(kube, tmp_path, 0.3) as kubelet:
+        yield kubelet
 
 
 def stand_in_selection(name: str, *models: str, **spec) -> dict:

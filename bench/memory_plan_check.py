@@ -72,15 +72,19 @@ def measure(spec_path: Path, phase: str, size: int | None) -> dict:
 
 
 def warm_up_lazy_imports() -> None:
-    """Use torch.func, autograd, AdamW and LAPACK once on tiny inputs before the baseline is taken.
+    """Import the model-loading code and peft, and use torch.func, autograd, AdamW and LAPACK once on
+    tiny inputs, before the baseline is taken.
 
-    Their first use imports Python modules and loads libraries (torch.func alone grows the
-    resident set by ~75 MiB of code, numpy's BLAS allocates its buffers): host memory the plan
-    does not predict, because it is no tensor and no GPU holds it.
+    The runner imports these on first use (torch.func alone grows the resident set by ~75 MiB of
+    code, peft and transformers' model loading by ~30 MiB, numpy's BLAS allocates its buffers):
+    host memory the plan does not predict, because it is no tensor and no GPU holds it.
     """
     import numpy as np
     import torch
     from torch.func import grad_and_value
+
+    import peft  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
 
     np.linalg.eigh(np.eye(2))
     weight = torch.ones(4, requires_grad=True)

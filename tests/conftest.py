@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-# Tests run models offline (no hub here), and child processes find the venv's `lensllm`.
-os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+# Tests run models offline (no hub here), and child processes find the venv's `lensllm`. Every trial process
+# (local mode's, the emulated kubelet's) computes on one thread: pytest runs one worker per core, and two
+# threads per process ran 5-9x slower on the 2-core CI machines.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
 os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
 
 REPO = Path(__file__).resolve().parents[1]

@@ -75,6 +75,11 @@ def _local_spec(run: LocalRun, trial: Trial) -> dict:
     return spec
 
 
+def _threads_per_trial(workers: int) -> str:
+    """OMP_NUM_THREADS of each trial: the user's own setting, else the cores shared out among the workers."""
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
+
+
 def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock) -> tuple[TrialResult | None, tuple[str, str]]:
     trial_id = _trial_id(run, trial)
     base = run.out / "trials" / trial_id
@@ -83,7 +88,7 @@ def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.
     spec_path.write_text(json.dumps(_local_spec(run, trial), indent=2))
     command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
                "--termination-log", str(compact_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // run.workers))}
+    env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
     with lock:
         progress(trial.candidate, {"event": "started"})
     with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:

@@ -282,8 +282,7 @@ def trial_process():
 
     def run(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", *map(str, args)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
 
     return run
 

@@ -1,6 +1,8 @@
+import pytest
 import torch
+from transformers import get_linear_schedule_with_warmup
 
-from lensllm.trial.optim import adamw, fp32_masters, grads_to_masters_, masters_to_weights_
+from lensllm.trial.optim import adamw, fp32_masters, grads_to_masters_, linear_warmup_then_decay, masters_to_weights_
 
 CPU = torch.device("cpu")
 GRADIENT = torch.linspace(-1, 1, 64)
@@ -37,3 +39,18 @@ def test_small_updates_move_bfloat16_weights_as_they_move_float32_ones():
 def test_float32_weights_are_their_own_masters():
     weight = torch.zeros(3, requires_grad=True)
     assert fp32_masters([weight])[0] is weight
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 1), (0, 7), (3, 10), (10, 10), (1, 64)])
+def test_the_schedule_is_transformers_linear_warmup_then_decay_step_for_step(warmup, total):
+    def rates(schedule) -> list[float]:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-4)
+        scheduler = schedule(optimizer, warmup, total)
+        seen = []
+        for _ in range(total + 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert rates(linear_warmup_then_decay) == rates(get_linear_schedule_with_warmup)

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("selection", type=Path, metavar="SELECTION.yaml", help="an LLMSelection manifest")
     p.add_argument("--local", action="store_true", required=True, help="run here instead of on a cluster")
-    p.add_argument("--workers", type=int, default=1, help="trials to run at once (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="trials to run at once (default 1); each computes on cores/N threads unless OMP_NUM_THREADS is set")
     p.add_argument("--out", type=Path, help="output folder (default lensllm-out/<selection name>)")
     p.set_defaults(run=run)
 

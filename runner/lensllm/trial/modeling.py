@@ -9,7 +9,6 @@ import resource
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
@@ -99,6 +98,8 @@ def enable_gradient_checkpointing_(model) -> None:
 
 def apply_lora(model, lora: LoraSpec, *, seq2seq: bool):
     """Wrap the model with peft LoRA adapters; only the adapters stay trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model  # imported here: 3 s of start-up a full fine-tune skips
+
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

@@ -16,7 +16,6 @@ from collections.abc import Callable
 import datasets
 import torch
 import transformers
-from transformers import get_linear_schedule_with_warmup
 
 from lensllm.trial.data import load_task_rows
 from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, make_batch, token_budget_batches
@@ -42,7 +41,7 @@ from lensllm.trial.modeling import (
     training_flops,
 )
 from lensllm.trial.ntk import measure_kernel, scoped_parameters, spectrum
-from lensllm.trial.optim import adamw, fp32_masters, grads_to_masters_, masters_to_weights_
+from lensllm.trial.optim import adamw, fp32_masters, grads_to_masters_, linear_warmup_then_decay, masters_to_weights_
 from lensllm.trial.result import Evaluation, NTKSummary, Resources, SizePoint, TrainingStats, TrialResult
 from lensllm.trial.spec import TrialSpec
 
@@ -185,7 +184,7 @@ class TrialRecipe:
         optimizer = adamw(masters, lr=self.learning_rate, weight_decay=self.weight_decay, device=self.device)
         step_examples = self.batch_size * self.accumulation
         total_steps = math.ceil(size / step_examples) * self.epochs
-        scheduler = get_linear_schedule_with_warmup(optimizer, round(self.warmup_ratio * total_steps), total_steps)
+        scheduler = linear_warmup_then_decay(optimizer, round(self.warmup_ratio * total_steps), total_steps)
         lengths = [len(e.input_ids) for e in examples]
         start, steps, tokens, positions = time.perf_counter(), 0, 0, 0
         self.model.train()

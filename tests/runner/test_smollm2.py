@@ -43,7 +43,7 @@ def test_memory_plan_of_smollm2_is_within_25_percent_of_the_measured_peaks(
             "targetSize": 1000,
             "device": "cpu",
             "training": {"method": method, "batchSize": 8, "maxSeqLength": 128},
-            "ntk": {"probeSize": 8},
+            "ntk": {"probeSize": 4},
         }
     )
     script = Path(__file__).resolve().parents[2] / "bench" / "memory_plan_check.py"

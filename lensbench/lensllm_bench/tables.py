@@ -3,7 +3,8 @@
 Per task, in OUT/tables/:
 - `TASK.csv`: the `lensllm bench` curves format, bits per byte with seed 0 (what one
   selection run sees): `model`, `0` (zero-shot), one column per subset size, then the
-  ground-truth column (the full training set, the largest size), `size`, `family`;
+  ground-truth column (the full training set, the largest size), `size`, `family`, `uniform`
+  (what a uniform guess over the model's vocabulary scores on the test set, bits per byte);
 - `TASK.ntk.json`: the ground-truth size and every model's NTK summary, as the runner
   measured it (`lensllm.curves_io` reads it next to the CSV);
 - `TASK.points.csv`: every measurement, all seeds and metrics, for noise estimates.
@@ -12,6 +13,7 @@ And `zoo.csv`: how every model was made.
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from lensllm_bench.measure import point_path
@@ -36,11 +38,12 @@ def write_tables(out: Path, tasks: list[str], zoo: list[ZooModel], budget) -> No
         params.update({name: doc["resources"]["parameters"] for name, doc in base.items()})
         with open(folder / f"{task}.csv", "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["model", "0", *sizes, "size", "family"])
+            writer.writerow(["model", "0", *sizes, "size", "family", "uniform"])
             for m in zoo:
                 curve = [_load(point_path(results, task, m.name, 0, s))["point"]["test"]["bitsPerByte"] for s in sizes]
-                zero = base[m.name]["zeroShot"]["bitsPerByte"]
-                writer.writerow([m.name, _g(zero), *map(_g, curve), params[m.name], m.family])
+                zero = base[m.name]["zeroShot"]
+                row = [m.name, _g(zero["bitsPerByte"]), *map(_g, curve), params[m.name], m.family, _g(_uniform(zero, m))]
+                writer.writerow(row)
         ntk = {m.name: _ntk(base[m.name]["ntk"]) for m in zoo}
         doc = {"format": FORMAT, "target": target, "metric": "bitsPerByte", "models": ntk}
         (folder / f"{task}.ntk.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -50,6 +53,14 @@ def write_tables(out: Path, tasks: list[str], zoo: list[ZooModel], budget) -> No
         writer.writerow(["model", "family", "width", "depth", "vocab", "corpus", "pretrain_steps", "parameters"])
         for m in zoo:
             writer.writerow([m.name, m.family, m.width, m.depth, m.vocab, m.corpus, m.steps, params[m.name]])
+
+
+def _uniform(zero_shot: dict, model: ZooModel) -> float:
+    """A uniform guess's bits per byte on the test set. Results written before the runner recorded it give it
+    through the zero-shot point itself: both are per token over the same tokens and bytes, so they scale alike."""
+    if "uniformBitsPerByte" in zero_shot:
+        return zero_shot["uniformBitsPerByte"]
+    return zero_shot["bitsPerByte"] * math.log(model.vocab) / zero_shot["loss"]
 
 
 def _target(results: Path, task: str, model: str) -> int:

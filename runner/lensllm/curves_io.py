@@ -19,7 +19,7 @@ from lensllm.errors import CurveError, CurvesFileError
 from lensllm.science.curves import Curves
 from lensllm.science.laws import NTKSpectrum
 
-OPTIONAL_COLUMNS = ("size", "family")
+OPTIONAL_COLUMNS = ("size", "family", "uniform")
 # {"format": NTK_FORMAT, "target": N, "metric": ..., "models": {model: {"eta", "eigenvalues", "projectionsSq", ...}}}
 NTK_FORMAT = "lensbench-ntk/1"
 NTK_SUFFIX = ".ntk.json"
@@ -54,6 +54,7 @@ def read_curves(path: str | Path, *, stdin_text: str | None = None) -> Curves:
             families=_optional_text(header, body, "family"),
             ntk=ntk,
             target_size=target,
+            uniform=_optional_numbers(name, header, body, "uniform"),
         )
     except CurveError as err:
         raise CurvesFileError(f"{beside if target is not None else name}: {err}") from None

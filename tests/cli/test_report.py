@@ -1,8 +1,9 @@
-"""`lensllm report`'s race table: each law's leader per round, and the caveat when the laws disagree."""
+"""`lensllm report`'s tables: each law's leader per round, the caveat when the laws disagree, and which candidates
+learn the task from scratch."""
 
 from rich.console import Console
 
-from lensllm.cli.report import rounds_table
+from lensllm.cli.report import ranking_table, rounds_table
 from lensllm.selection.status import LLMSelectionStatus
 
 
@@ -21,9 +22,9 @@ def race_status(last_leaders: dict[str, str], conditions: list[dict]) -> LLMSele
     })
 
 
-def rendered(status: LLMSelectionStatus) -> str:
+def rendered(status: LLMSelectionStatus, table=rounds_table) -> str:
     console = Console(width=250, record=True)
-    console.print(rounds_table(status))
+    console.print(table(status))
     return console.export_text()
 
 
@@ -39,3 +40,15 @@ def test_the_laws_disagreement_is_named_per_round_and_in_the_caption():
     text = rendered(race_status({"lensllm": "a", "vanilla": "b"}, [split]))
     assert "a (every law)" in text and "lensllm: a; vanilla: b" in text
     assert "the laws predict different best candidates (lensllm: a, vanilla: b)" in " ".join(text.split())
+
+
+def test_a_candidate_no_better_than_a_uniform_guess_before_fine_tuning_is_marked_as_learning_from_scratch():
+    def candidate(zero_shot: float) -> dict:
+        return {"model": "m", "state": "Succeeded",
+                "zeroShot": {"size": 0, "loss": 7.0, "bitsPerByte": zero_shot, "lossPerExample": 70.0, "uniformBitsPerByte": 5.28}}
+
+    status = LLMSelectionStatus.model_validate(
+        {"phase": "Complete", "candidates": {"random": candidate(5.31), "pretrained": candidate(3.81)}}
+    )
+    text = rendered(status, lambda s: ranking_table(s, 2048))
+    assert "5.3100 (from scratch)" in text and "3.8100 (from scratch)" not in text and "3.8100" in text

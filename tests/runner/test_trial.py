@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -74,6 +75,9 @@ def test_text_field_trial_scores_every_token(tiny_models, text_dir, trial_run, s
     assert run.code == 0
     assert doc["zeroShot"]["tokens"] == sum(len(tokenizer(t)["input_ids"]) for t in texts)
     assert doc["points"][-1]["test"]["loss"] < doc["zeroShot"]["loss"]
+    # A uniform guess loses ln(vocabulary) nats on every scored token, over the same bytes.
+    zero, vocab = doc["zeroShot"], json.loads((tiny_models["gpt2"] / "config.json").read_text())["vocab_size"]
+    assert zero["uniformBitsPerByte"] == pytest.approx(zero["bitsPerByte"] * math.log(vocab) / zero["loss"])
 
 
 def test_pretrained_model_beats_its_random_init_twin_at_every_size(

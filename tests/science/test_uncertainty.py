@@ -114,3 +114,25 @@ def test_refitting_from_a_nearby_start_finds_the_global_fit():
     np.testing.assert_allclose(
         rectified_loss(np.array([TARGET]), *refit.T), rectified_loss(np.array([TARGET]), *global_.T), rtol=1e-5
     )
+
+
+def test_a_candidate_learning_from_scratch_is_predicted_by_the_law_that_predicts_it_worst():
+    """The same two de-en curves with what a uniform guess scores (bits per byte): the randomly initialised model
+    sits at it (5.314 against 5.284) and gets the more pessimistic law's prediction; the pre-trained one (3.807)
+    keeps the better-fitting law's. The truth at 2,048: 3.691 and 3.156 bits per byte."""
+    sizes = np.array([8.0, 16, 32, 64, 128, 256])
+    scratch_losses = np.array([5.202, 5.142, 5.070, 4.925, 4.602, 4.218])
+    pretrained = MeasuredCurve("llama-xs-dict-4k", sizes, np.array([3.733, 3.668, 3.569, 3.445, 3.360, 3.317]),
+                               zero_shot=3.807, uniform=5.284)
+    unknown = MeasuredCurve("llama-m-none-4k", sizes, scratch_losses, zero_shot=5.314)
+    scratch = MeasuredCurve("llama-m-none-4k", sizes, scratch_losses, zero_shot=5.314, uniform=5.284)
+    assert scratch.learns_from_scratch and not pretrained.learns_from_scratch and not unknown.learns_from_scratch
+
+    def predicted(curves, laws=("lensllm", "vanilla")) -> dict[str, float]:
+        return {p.name: p.loss for p in predictive_distributions(curves, 2048, draws=50, seed=(0, 0), laws=laws).predictive}
+
+    plain, flagged = predicted([unknown, pretrained]), predicted([scratch, pretrained])
+    per_law = {law: predicted([scratch, pretrained], laws=(law,)) for law in ("lensllm", "vanilla")}
+    assert flagged["llama-xs-dict-4k"] == plain["llama-xs-dict-4k"]
+    assert flagged["llama-m-none-4k"] == max(p["llama-m-none-4k"] for p in per_law.values())
+    assert plain["llama-m-none-4k"] < plain["llama-xs-dict-4k"] < flagged["llama-m-none-4k"]

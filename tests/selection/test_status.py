@@ -102,3 +102,20 @@ def test_more_failures_than_allowed_fail_the_selection(spec):
 def test_the_status_document_round_trips_through_json(spec):
     status = st.finalize(run_all(spec), spec, 1, NOW)
     assert st.LLMSelectionStatus.model_validate(status.dump()) == status
+
+
+def test_the_race_learns_what_a_uniform_guess_scores_from_the_zero_shot_point_only(spec):
+    status = st.initial_status(spec, 1, NOW)
+    law, zero = LAWS["steep"]
+    measured = result(law, zero)
+    measured.zero_shot.uniform_bits_per_byte = 14.0
+    for point in measured.points:
+        point.test.uniform_bits_per_byte = 14.0
+    status = st.mark_trial(status, "steep", st.TrialRecord(job_name="j", sizes=SIZES, state="Running"))
+    status = st.record_result(status, spec, "steep", "j", measured, gpus=1)
+    entry = status.candidates["steep"]
+    assert entry.zero_shot.uniform_bits_per_byte == 14.0
+    assert all(p.uniform_bits_per_byte is None for p in entry.points)  # said once, on the zero-shot point
+    entry.parameters = 1_000  # what the race counts compute with (the result's resources, left out above)
+    (candidate,) = st.race_candidates(status)
+    assert (candidate.zero_shot, candidate.uniform) == (14.1, 14.0) and candidate.curve().learns_from_scratch

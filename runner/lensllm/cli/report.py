@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lensllm.cli.race_render import law_leaders_text
 from lensllm.errors import LensLLMError
+from lensllm.science.uncertainty import learns_from_scratch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +72,7 @@ def ranking_table(status, target: int) -> Table:
             name,
             f"{entry.predicted_loss:.4f}" if entry.predicted_loss is not None else "-",
             f"{entry.points[-1].bits_per_byte:.4f}" if entry.points else "-",
-            f"{entry.zero_shot.bits_per_byte:.4f}" if entry.zero_shot else "-",
+            _zero_shot(entry),
             _state(entry),
         ]
         if race:
@@ -79,6 +80,16 @@ def ranking_table(status, target: int) -> Table:
             cells[3:3] = [interval, f"{entry.p_best:.3f}" if entry.p_best is not None else "-"]
         table.add_row(*cells)
     return table
+
+
+def _zero_shot(entry) -> str:
+    """The zero-shot bits per byte, marked when it is no better than a uniform guess (the race's from-scratch rule)."""
+    if entry.zero_shot is None:
+        return "-"
+    cell = f"{entry.zero_shot.bits_per_byte:.4f}"
+    if learns_from_scratch(entry.zero_shot.bits_per_byte, entry.zero_shot.uniform_bits_per_byte):
+        cell += " (from scratch)"
+    return cell
 
 
 def _state(entry) -> str:

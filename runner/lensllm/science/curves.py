@@ -21,7 +21,9 @@ class Curves:
     `losses[i, j]` belongs to `models[i]` at `sizes[j]`; `zero_shot[i]` is the loss
     before any fine-tuning; `params[i]` the parameter count; `ntk[i]` the NTK spectrum
     measured at the pre-trained weights (None where it was not); `target_size` the size
-    whose column is the ground truth, when the table says (LensBench tables do). All optional.
+    whose column is the ground truth, when the table says (LensBench tables do); `uniform[i]`
+    what a uniform guess over the model's vocabulary scores on the test set, in the losses'
+    unit (LensBench tables have it: it tells which models learn the task from scratch). All optional.
     """
 
     models: tuple[str, ...]
@@ -32,6 +34,7 @@ class Curves:
     families: tuple[str, ...] | None = None
     ntk: tuple[NTKSpectrum | None, ...] | None = None
     target_size: float | None = None
+    uniform: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sizes = check_sizes(self.sizes)
@@ -46,6 +49,8 @@ class Curves:
             object.__setattr__(self, "zero_shot", self._column(self.zero_shot, "zero_shot"))
         if self.params is not None:
             object.__setattr__(self, "params", self._column(self.params, "params"))
+        if self.uniform is not None:
+            object.__setattr__(self, "uniform", self._column(self.uniform, "uniform"))
         if self.ntk is not None and len(self.ntk) != len(self.models):
             raise CurveError(f"ntk needs one spectrum (or None) per model ({len(self.models)}), got {len(self.ntk)}")
         if self.target_size is not None and self.target_size not in sizes:
@@ -72,6 +77,7 @@ class Curves:
             params=self.params,
             families=self.families,
             ntk=self.ntk,
+            uniform=self.uniform,
         )
 
     def loss_at(self, size: float) -> np.ndarray:

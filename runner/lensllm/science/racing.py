@@ -82,13 +82,16 @@ class RaceCandidate:
     losses: tuple[float, ...]
     zero_shot: float | None = None
     eliminated_in: int | None = None
+    uniform: float | None = None  # a uniform guess's loss, in the losses' unit (MeasuredCurve.learns_from_scratch)
 
     @property
     def in_race(self) -> bool:
         return self.eliminated_in is None
 
     def curve(self) -> MeasuredCurve:
-        return MeasuredCurve(self.name, np.asarray(self.sizes, float), np.asarray(self.losses, float), self.zero_shot)
+        return MeasuredCurve(
+            self.name, np.asarray(self.sizes, float), np.asarray(self.losses, float), self.zero_shot, self.uniform
+        )
 
 
 @dataclass(frozen=True)

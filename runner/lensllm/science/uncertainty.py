@@ -26,6 +26,13 @@ are conditional on the law, and docs/benchmarks.md measures how often they hold.
 law also names its leader, the candidate its own fit predicts best: where the laws'
 leaders differ, the ranking hangs on which law is right, and the race keeps every leader.
 
+One kind of candidate makes the laws wrong in a known direction: one with nothing of the task's
+language to transfer, whose zero-shot loss is no better than a uniform guess over its vocabulary
+(random weights, or pre-training on unrelated text). It learns from scratch, and on the subsets
+its curve is flat and then drops steeply; a law extends that drop far past the data, while such
+a model levels off long before the target (LensBench, docs/benchmarks.md). Such a candidate is
+predicted by whichever law predicts it worst.
+
 Called by `lensllm.science.racing`; pure and deterministic under the seed it is given.
 """
 
@@ -43,6 +50,9 @@ MIN_FITTED_POINTS = 3
 # A perfect fit would make every bootstrap draw identical; real subset fine-tunes never
 # repeat to better than this (log-space standard deviation, about 0.2%).
 MIN_LOG_NOISE = 2e-3
+# A zero-shot loss at or above this share of a uniform guess's: nothing to transfer. On the LensBench zoo the
+# randomly initialised models sit at 1.00, those pre-trained on unrelated text at 1.0 to 1.6, the rest at 0.55 to 0.95.
+FROM_SCRATCH_RATIO = 0.98
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,13 @@ class _LawSpec:
 LAWS = {"lensllm": _LawSpec((0.0, np.inf), True), "vanilla": _LawSpec((0.0, 0.0), False)}
 
 
+def learns_from_scratch(zero_shot: float | None, uniform: float | None) -> bool:
+    """Whether a zero-shot loss is no better than a uniform guess's (`uniform`): nothing of the task to transfer."""
+    if zero_shot is None or uniform is None:
+        return False
+    return zero_shot >= FROM_SCRATCH_RATIO * uniform
+
+
 @dataclass(frozen=True)
 class MeasuredCurve:
     """One candidate's measured points: losses after fine-tuning on `sizes` examples, and the zero-shot loss."""
@@ -67,6 +84,11 @@ class MeasuredCurve:
     sizes: np.ndarray
     losses: np.ndarray
     zero_shot: float | None = None
+    uniform: float | None = None  # a uniform guess's loss on the same test set, in the losses' unit
+
+    @property
+    def learns_from_scratch(self) -> bool:
+        return learns_from_scratch(self.zero_shot, self.uniform)
 
     def points(self, with_zero_shot: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The (size, loss) points a law is fitted to, the zero-shot loss first as size 0 when asked and known."""
@@ -124,13 +146,28 @@ def predictive_distributions(
     fitted = {law: _fit_all(curves, LAWS[law]) for law in laws}
     noise = {law: pooled for law, (_, _, pooled) in fitted.items()}
     law = min(laws, key=lambda name: noise[name])  # ties keep the order given
-    points, fits, _ = fitted[law]
-    out: dict[int, np.ndarray] = {}
-    for x, members in _by_sizes(points).items():
-        found = _bootstrap(np.array(x), [curves[i].name for i in members], [fits[i] for i in members], LAWS[law], target, draws, seed, noise[law])
-        out.update(zip(members, found))
+    everyone = set(range(len(curves)))
+    out = _draws(curves, fitted[law], LAWS[law], noise[law], everyone, target, draws, seed)
+    from_scratch = {i for i, c in enumerate(curves) if c.learns_from_scratch}
+    if from_scratch:
+        by_law = {other: _draws(curves, fitted[other], LAWS[other], noise[other], from_scratch, target, draws, seed)
+                  for other in laws if other != law}
+        for i in from_scratch:
+            out[i] = max([out[i], *(found[i] for found in by_law.values())], key=lambda d: float(np.mean(np.log(d))))
     leaders = {name: curves[_leader(fits_, target)].name for name, (_, fits_, _) in fitted.items()}
     return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise, leaders)
+
+
+def _draws(curves, fitted, law: _LawSpec, noise: float, members: set[int], target, draws, seed) -> dict[int, np.ndarray]:
+    """The bootstrap draws at `target` of the curves in `members` under one law, by index."""
+    points, fits, _ = fitted
+    out: dict[int, np.ndarray] = {}
+    for x, group in _by_sizes(points).items():
+        chosen = [i for i in group if i in members]
+        if chosen:
+            found = _bootstrap(np.array(x), [curves[i].name for i in chosen], [fits[i] for i in chosen], law, target, draws, seed, noise)
+            out.update(zip(chosen, found))
+    return out
 
 
 def _leader(fits: Sequence[FamilyFit], target: float) -> int:

@@ -56,6 +56,11 @@ class CurvePoint(WireModel):
     loss: float = Field(description="Mean cross-entropy per scored token (nats).")
     bits_per_byte: float = Field(description="Bits per byte of scored text: what the ranking fits.")
     loss_per_example: float = Field(description="Summed cross-entropy per example (nats).")
+    uniform_bits_per_byte: float | None = Field(
+        default=None,
+        description="Zero-shot point: what a uniform guess over the model's vocabulary scores on the same text. A "
+        "zero-shot loss this high means the model has nothing of the task's language to transfer.",
+    )
 
 
 class TrialRecord(WireModel):
@@ -222,7 +227,8 @@ def _condition(
 
 def _point(size: int, evaluation: Evaluation) -> CurvePoint:
     return CurvePoint(
-        size=size, loss=evaluation.loss, bits_per_byte=evaluation.bits_per_byte, loss_per_example=evaluation.loss_per_example
+        size=size, loss=evaluation.loss, bits_per_byte=evaluation.bits_per_byte, loss_per_example=evaluation.loss_per_example,
+        uniform_bits_per_byte=evaluation.uniform_bits_per_byte if size == 0 else None,
     )
 
 
@@ -428,6 +434,7 @@ def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
             sizes=tuple(p.size for p in entry.points),
             losses=tuple(p.bits_per_byte for p in entry.points),
             zero_shot=entry.zero_shot.bits_per_byte if entry.zero_shot else None,
+            uniform=entry.zero_shot.uniform_bits_per_byte if entry.zero_shot else None,
             eliminated_in=out,
         ))
     return candidates

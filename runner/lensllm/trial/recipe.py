@@ -254,6 +254,7 @@ class TrialRecipe:
             seconds=time.perf_counter() - start,
             flops=evaluation_flops(self.parameters, tokens),
             padding_fraction=1 - tokens / max(positions, 1),
+            uniform_bits_per_byte=scored * math.log(self.model.config.vocab_size) / math.log(2) / max(n_bytes, 1),
         )
 
     def measure_ntk(self) -> NTKSummary:

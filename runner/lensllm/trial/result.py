@@ -55,6 +55,11 @@ class Evaluation(WireModel):
     padding_fraction: float | None = Field(
         default=None, description="Share of the token positions computed that were padding."
     )
+    uniform_bits_per_byte: float | None = Field(
+        default=None,
+        description="What a uniform guess over the model's output vocabulary scores on the same tokens, in bits "
+        "per byte: the loss of a model that knows nothing of the text.",
+    )
 
 
 class TrainingStats(WireModel):

@@ -6,8 +6,10 @@ AtS. For each table in turn, the rule that scores best on all the other tables i
 and reported on the held-out table: those out-of-sample numbers are the ones the docs
 quote. The rule chosen on all tables together is what `default` ships.
 
-The AtS fits and the law fit of a (table, ratio) are shared by every rule, so they are
-computed once; `BlendRule.combine` then gives exactly what `select_default` would.
+Every rule is scored with the from-scratch rule of `select_default`; the baseline is the
+paper's AtS, without it. The AtS fits and the law fit of a (table, ratio) are shared by
+every rule, so they are computed once; `BlendRule.combine` then gives exactly what
+`select_default` would.
 Pure computation on curve tables (numpy), no torch. Called by `lensllm lensbench loo`.
 """
 
@@ -23,7 +25,7 @@ from lensllm.science.benchmark import PAPER_RATIOS, usable_ratios
 from lensllm.science.curves import Curves
 from lensllm.science.laws import AtSLaw
 from lensllm.science.metrics import pearcorr, relacc
-from lensllm.science.selectors import BlendRule, backtest_gain, fit_each, select
+from lensllm.science.selectors import BlendRule, backtest_gain, fit_each, select, worst_if_from_scratch
 
 RULES = tuple(
     BlendRule(ats_k=k, ats_deltas=deltas, law_weight=w, vanilla_weight=v, gain=g)
@@ -64,6 +66,7 @@ class Components:
     vanilla: np.ndarray
     last: np.ndarray
     gains: dict[tuple[int, tuple[float, ...]], float]  # calibrated gain per AtS variant
+    scratch: np.ndarray  # which candidates learn the task from scratch
 
 
 def components(table: Table, ratio: int) -> Components:
@@ -77,14 +80,16 @@ def components(table: Table, ratio: int) -> Components:
     vanilla = np.log(select("vanilla", seen, table.target).predicted_loss)
     calibrated = {(r.ats_k, r.ats_deltas): r for r in RULES if r.gain is None}
     gains = {key: backtest_gain(seen, rule) for key, rule in calibrated.items()}
-    return Components(ats, law, vanilla, np.log(seen.losses[:, -1]), gains)
+    return Components(ats, law, vanilla, np.log(seen.losses[:, -1]), gains, seen.from_scratch)
 
 
-def predict(rule: BlendRule, parts: Components) -> np.ndarray:
-    """What `select_default(..., rule=rule)` predicts, from the shared fits."""
+def predict(rule: BlendRule, parts: Components, from_scratch: bool = True) -> np.ndarray:
+    """What `select_default(..., rule=rule)` predicts, from the shared fits (the blend alone without `from_scratch`)."""
     gain = rule.gain if rule.gain is not None else parts.gains[rule.ats_k, rule.ats_deltas]
     ats = [parts.ats[rule.ats_k, d] for d in rule.ats_deltas]
-    return np.exp(rule.combine(ats, parts.law, parts.vanilla, parts.last, gain))
+    blended = np.exp(rule.combine(ats, parts.law, parts.vanilla, parts.last, gain))
+    scratch = parts.scratch if from_scratch else False
+    return worst_if_from_scratch(blended, scratch, np.exp(parts.law), np.exp(parts.vanilla))
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,8 @@ class Score:
     relacc: float
 
 
-def score(rule: BlendRule, table: Table, parts: Sequence[Components]) -> Score:
-    preds = [predict(rule, p) for p in parts]
+def score(rule: BlendRule, table: Table, parts: Sequence[Components], from_scratch: bool = True) -> Score:
+    preds = [predict(rule, p, from_scratch) for p in parts]
     return Score(
         float(np.mean([pearcorr(p, table.truth) for p in preds])),
         float(np.mean([relacc(table.truth, int(np.argmin(p))) for p in preds])),
@@ -126,29 +131,26 @@ class HeldOut:
 @dataclass(frozen=True)
 class Evaluation:
     scores: dict[BlendRule, dict[str, Score]]  # every rule on every table
+    ats: dict[str, Score]  # the paper's AtS on every table: the baseline
     held_out: list[HeldOut]
     chosen: BlendRule  # best on all tables together: what `default` ships
-
-    @property
-    def ats(self) -> dict[str, Score]:
-        return self.scores[ATS]
 
 
 def evaluate(tables: Sequence[Table]) -> Evaluation:
     parts = {t.name: [components(t, r) for r in t.ratios] for t in tables}
-    rules = (*RULES, ATS) if ATS not in RULES else RULES
-    scores = {rule: {t.name: score(rule, t, parts[t.name]) for t in tables} for rule in rules}
+    scores = {rule: {t.name: score(rule, t, parts[t.name]) for t in tables} for rule in RULES}
+    ats = {t.name: score(ATS, t, parts[t.name], from_scratch=False) for t in tables}
     names = [t.name for t in tables]
 
     def best(on: Sequence[str]) -> BlendRule:
         # max keeps the first of equal rules, and RULES lists simpler rules first.
-        return max(RULES, key=lambda rule: objective(scores[rule], scores[ATS], on))
+        return max(RULES, key=lambda rule: objective(scores[rule], ats, on))
 
     held = []
     for name in names:
         rule = best([n for n in names if n != name])
-        held.append(HeldOut(name, rule, scores[rule][name], scores[ATS][name]))
-    return Evaluation(scores, held, best(names))
+        held.append(HeldOut(name, rule, scores[rule][name], ats[name]))
+    return Evaluation(scores, ats, held, best(names))
 
 
 def describe(rule: BlendRule) -> str:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from lensllm.cli.race_render import law_leaders_text
 from lensllm.errors import LensLLMError
-from lensllm.science.uncertainty import learns_from_scratch
+from lensllm.science.curves import learns_from_scratch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

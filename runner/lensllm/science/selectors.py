@@ -155,8 +155,10 @@ def calibrated_gain(past_ats_logs: Sequence[np.ndarray], past_last_log: np.ndarr
 
 # Chosen by leave-one-table-out over every curve table we have, the three published ones and
 # the four of LensBench (docs/benchmarks.md, `lensllm lensbench loo`): of 450 rules, the one
-# whose worst gain over AtS on the seven tables is largest.
-DEFAULT_RULE = BlendRule(ats_k=3, ats_deltas=(3.0, 4.0, 5.0), law_weight=0.0, vanilla_weight=0.25, gain=1.0)
+# whose worst gain over AtS on the seven tables is largest. With the from-scratch rule in every
+# blend, AtS averaged over the thresholds 3 to 5 and nothing else (before the rule it was blended
+# 0.75/0.25 with the vanilla law).
+DEFAULT_RULE = BlendRule(ats_k=3, ats_deltas=(3.0, 4.0, 5.0), law_weight=0.0, vanilla_weight=0.0, gain=1.0)
 
 
 def select_default(
@@ -164,32 +166,42 @@ def select_default(
 ) -> Selection:
     """Rank by `rule`'s log-space blend of AtS (averaged over thresholds), the rectified and the vanilla law.
 
-    `ntk` is accepted, as by every selector, and not used (see NTK_METHODS).
+    A candidate that learns the task from scratch (`Curves.from_scratch`) gets the worst of the blend's, the
+    rectified law's and the vanilla law's predictions: its flat-then-steep curve makes every extrapolation
+    too hopeful (LensBench, docs/benchmarks.md). `ntk` is accepted, as by every selector, and not used
+    (see NTK_METHODS).
     """
     ats = [_law_selection("ats", curves, target, lambda i, d=d: AtSLaw(k=rule.ats_k, delta=d)) for d in rule.ats_deltas]
     law = select_rectified(curves, target)
+    scratch = curves.from_scratch
     # Fitted only when it counts: one more fit per candidate.
-    vanilla = select_vanilla(curves, target) if rule.vanilla_weight else law
+    vanilla = select_vanilla(curves, target) if rule.vanilla_weight or scratch.any() else law
     last_log = np.log(curves.losses[:, -1])
     gain = rule.gain if rule.gain is not None else backtest_gain(curves, rule)
 
     def blend(i: int) -> Callable[[np.ndarray], np.ndarray]:
         def curve(sizes: np.ndarray) -> np.ndarray:
             ats_logs = [np.log(s.curve_fns[i](sizes)) for s in ats]
-            laws = (np.log(law.curve_fns[i](sizes)), np.log(vanilla.curve_fns[i](sizes)))
-            return np.exp(rule.combine(ats_logs, *laws, last_log[i], gain))
+            laws = (law.curve_fns[i](sizes), vanilla.curve_fns[i](sizes))
+            return worst_if_from_scratch(np.exp(rule.combine(ats_logs, *np.log(laws), last_log[i], gain)), scratch[i], *laws)
 
         return curve
 
     curve_fns = tuple(blend(i) for i in range(curves.n_models))
-    laws = (np.log(law.predicted_loss), np.log(vanilla.predicted_loss))
-    predicted = np.exp(rule.combine([np.log(s.predicted_loss) for s in ats], *laws, last_log, gain))
+    laws = (law.predicted_loss, vanilla.predicted_loss)
+    blended = np.exp(rule.combine([np.log(s.predicted_loss) for s in ats], *np.log(laws), last_log, gain))
+    predicted = worst_if_from_scratch(blended, scratch, *laws)
     ats_loss = np.exp(np.mean([np.log(s.predicted_loss) for s in ats], axis=0))
     fits = tuple(
         {"ats_loss": float(a), "rectified_loss": float(b), "gain": float(gain), **params}
         for a, b, params in zip(ats_loss, law.predicted_loss, law.fits)
     )
     return _by_loss("default", predicted, fits, curve_fns)
+
+
+def worst_if_from_scratch(blended: np.ndarray, scratch: np.ndarray | bool, *laws: np.ndarray) -> np.ndarray:
+    """`blended`, except where a candidate learns from scratch: there the worst (highest) of it and the laws'."""
+    return np.where(scratch, np.maximum.reduce([blended, *laws]), blended)
 
 
 def backtest_gain(curves: Curves, rule: BlendRule) -> float:

@@ -44,15 +44,13 @@ import numpy as np
 
 from lensllm.errors import CurveError, FitError
 from lensllm.science.checks import check_curve, check_positive
+from lensllm.science.curves import learns_from_scratch
 from lensllm.science.fitting import FamilyFit, family_loss, fit_family, fit_family_many, refit_family_many
 
 MIN_FITTED_POINTS = 3
 # A perfect fit would make every bootstrap draw identical; real subset fine-tunes never
 # repeat to better than this (log-space standard deviation, about 0.2%).
 MIN_LOG_NOISE = 2e-3
-# A zero-shot loss at or above this share of a uniform guess's: nothing to transfer. On the LensBench zoo the
-# randomly initialised models sit at 1.00, those pre-trained on unrelated text at 1.0 to 1.6, the rest at 0.55 to 0.95.
-FROM_SCRATCH_RATIO = 0.98
 
 
 @dataclass(frozen=True)
@@ -67,13 +65,6 @@ class _LawSpec:
 
 # The same bounds and points as the estimators of lensllm.science.laws use.
 LAWS = {"lensllm": _LawSpec((0.0, np.inf), True), "vanilla": _LawSpec((0.0, 0.0), False)}
-
-
-def learns_from_scratch(zero_shot: float | None, uniform: float | None) -> bool:
-    """Whether a zero-shot loss is no better than a uniform guess's (`uniform`): nothing of the task to transfer."""
-    if zero_shot is None or uniform is None:
-        return False
-    return zero_shot >= FROM_SCRATCH_RATIO * uniform
 
 
 @dataclass(frozen=True)

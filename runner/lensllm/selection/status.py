@@ -525,6 +525,7 @@ def selection_curves(status: LLMSelectionStatus) -> tuple[Curves, list[NTKSpectr
         losses=np.array(losses),
         zero_shot=np.array([z.bits_per_byte for z in zero]) if all(zero) else None,
         params=np.array(params, dtype=float) if None not in params else None,
+        uniform=np.array([z.uniform_bits_per_byte for z in zero]) if all(z and z.uniform_bits_per_byte for z in zero) else None,
     )
     return curves, [_spectrum(status.candidates[n].ntk) for n in names]
 

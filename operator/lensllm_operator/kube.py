@@ -103,9 +103,13 @@ async def get_selection(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-async def patch_selection_status(namespace: str, name: str, status: dict[str, Any]) -> bool:
-    """Merge-patch the selection's status; False when the selection is gone."""
-    body = {"status": status}
+async def patch_selection_status(namespace: str, name: str, uid: str, status: dict[str, Any]) -> bool:
+    """Merge-patch the status of the selection `uid`; False when the selection is gone.
+
+    The uid makes the API server refuse the write (409) when the selection was deleted and created
+    again under its name since it was read: a status built for the old one must not land on the new one.
+    """
+    body = {"metadata": {"uid": uid}, "status": status}
     try:
         await asyncio.to_thread(
             _custom().patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body

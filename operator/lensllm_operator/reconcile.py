@@ -166,7 +166,7 @@ async def _write(body: Body, raw: Body, status: st.LLMSelectionStatus) -> bool:
     if not patch:
         return True  # nothing changed: an idle selection costs no write
     try:
-        await kube.patch_selection_status(namespace, name, patch)
+        await kube.patch_selection_status(namespace, name, body["metadata"]["uid"], patch)
     except ApiException as err:
         if err.status == 409:
             return False

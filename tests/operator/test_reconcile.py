@@ -168,11 +168,11 @@ def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespac
     real = operator_kube.patch_selection_status
     failing = {"left": 0}
 
-    async def patch(namespace, name, status):
+    async def patch(namespace, name, uid, status):
         if failing["left"]:
             failing["left"] -= 1
             raise ApiException(status=500, reason="Internal Server Error")
-        return await real(namespace, name, status)
+        return await real(namespace, name, uid, status)
 
     monkeypatch.setattr(operator_kube, "patch_selection_status", patch)
 
@@ -196,11 +196,11 @@ def test_a_conflict_on_the_final_status_write_is_retried_at_once(kube, namespace
     real = operator_kube.patch_selection_status
     conflicts = []
 
-    async def patch(namespace, name, status):
+    async def patch(namespace, name, uid, status):
         if status.get("phase") == "Complete" and not conflicts:
             conflicts.append(name)
             raise ApiException(status=409, reason="Conflict")
-        return await real(namespace, name, status)
+        return await real(namespace, name, uid, status)
 
     monkeypatch.setattr(operator_kube, "patch_selection_status", patch)
 
@@ -426,3 +426,19 @@ def test_a_completed_selection_announces_each_caveat_as_a_warning_before_its_com
         ("Warning", "LawsDisagree", "the laws predict different best candidates (lensllm: a, vanilla: c)"),
         ("Normal", "Complete", "best: a"),
     ]
+
+
+def test_a_status_built_for_a_deleted_selection_never_lands_on_the_one_created_again_under_its_name(
+    kube, namespace, ctx, custom
+):
+    old = create_selection(custom, namespace, "again")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
+    create_selection(custom, namespace, "again")
+
+    async def stale_write():
+        await operator_kube.patch_selection_status(namespace, "again", old["metadata"]["uid"], {"phase": "Running"})
+
+    with pytest.raises(ApiException) as refused:
+        asyncio.run(stale_write())
+    assert refused.value.status == 409 and "Precondition failed: UID" in refused.value.body
+    assert not custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again").get("status")

@@ -500,6 +500,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if wanted and wanted != old["metadata"]["resourceVersion"]:
             raise self._conflict(request.resource, old, "the object has been modified; please apply your changes "
                                  "to the latest version and try again")
+        uid = (new.get("metadata") or {}).get("uid")
+        if uid and uid != old["metadata"]["uid"]:  # a write meant for an earlier object of the same name
+            raise self._conflict(request.resource, old, f"Precondition failed: UID in precondition: {uid}, "
+                                 f"UID in object meta: {old['metadata']['uid']}")
         new = self._admitted(request.resource, self._keep_server_fields(request, copy.deepcopy(new), old), old,
                              decode=request.subresource != "status")
         if request.resource == JOBS and new["spec"]["template"] != old["spec"]["template"] \

@@ -83,7 +83,7 @@ def replay_race(curves: Curves, target: float, settings: RaceSettings, seed: int
     if curves.params is None:
         raise CurveError("the race needs parameter counts (a `size` column) to count compute")
     ladder = [int(s) for s in curves.sizes if s < target]
-    measured = {name: RaceCandidate(name, float(p), (), (), _zero_shot(curves, i), uniform=_uniform(curves, i))
+    measured = {name: RaceCandidate(name, float(p), (), (), _entry(curves.zero_shot, i), uniform=_entry(curves.uniform, i))
                 for i, (name, p) in enumerate(zip(curves.models, curves.params))}
     plan = round_zero(settings, ladder, curves.models)
     decisions = []
@@ -140,12 +140,9 @@ def _scored(curves, target, settings, seed, decisions) -> RaceReplay:
     )
 
 
-def _zero_shot(curves: Curves, i: int) -> float | None:
-    return None if curves.zero_shot is None else float(curves.zero_shot[i])
-
-
-def _uniform(curves: Curves, i: int) -> float | None:
-    return None if curves.uniform is None else float(curves.uniform[i])
+def _entry(column: np.ndarray | None, i: int) -> float | None:
+    """Model `i`'s value in an optional per-model column of the table."""
+    return None if column is None else float(column[i])
 
 
 def _measure(curves: Curves, candidate: RaceCandidate, sizes: Sequence[int]) -> RaceCandidate:

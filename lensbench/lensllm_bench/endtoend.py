@@ -24,15 +24,20 @@ import yaml
 from lensllm.science.metrics import relacc
 from lensllm.science.selectors import select
 from lensllm.selection.status import LLMSelectionStatus, selection_curves
-from lensllm_bench.measure import NTK_PROBE, TRAINING, point_path
+from lensllm_bench.measure import NTK_PROBE, TRAINING
+from lensllm_bench.tables import six_digits
 
-COLUMNS = ("task", "picked", "picked_truth", "best", "best_truth", "relacc", "compute_fraction",
-           "estimated_fraction", "max_point_difference", "picked_when_run")
+# The race's compute cap on LensBench, as `lensllm bench --strategy race` replays it there: round 0 alone
+# (sizes 8 to 64) costs 5.9% of full fine-tuning on this ladder, over the product's default cap of 5%.
+RACE_CAP = 0.3
+COLUMNS = ("task", "strategy", "picked", "picked_truth", "best", "best_truth", "relacc", "compute_fraction",
+           "estimated_fraction", "max_point_difference", "picked_when_run", "rounds")
 
 
 @dataclass(frozen=True)
 class Outcome:
     task: str
+    strategy: str  # fixed: every candidate on every size; race: only those that may still win (issue 11)
     picked: str
     picked_truth: float
     best: str
@@ -42,11 +47,13 @@ class Outcome:
     estimated_fraction: float  # the selection's own estimate of the same (status.compute.fractionOfFull)
     max_point_difference: float  # largest |bits per byte| gap between the selection's points and the generator's
     picked_when_run: str  # status.best, ranked by the default of the code that ran the selection
+    rounds: int  # rounds the race ran (1 for a fixed budget)
 
 
-def manifest(task: str, models: list[str], out: Path, budget) -> dict:
+def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> dict:
     """The LLMSelection a user would write for this task and zoo."""
     doublings = len(budget.sizes) - 1
+    race = {"strategy": "race", "budget": {"maxComputeFraction": RACE_CAP}} if strategy == "race" else {}
     return {
         "apiVersion": "lensllm.io/v1alpha1",
         "kind": "LLMSelection",
@@ -55,61 +62,79 @@ def manifest(task: str, models: list[str], out: Path, budget) -> dict:
             "candidates": [{"name": m, "model": str((out / "zoo" / m).resolve()), "dtype": "float32"} for m in models],
             "dataset": {"source": str((out / "tasks" / task).resolve()), "inputField": "input", "targetField": "target",
                         "promptTemplate": "{input} =", "maxTestExamples": budget.n_test},
-            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target},
+            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target, **race.get("budget", {})},
             "training": TRAINING.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "ntk": {"probeSize": NTK_PROBE},
             "method": "default",
             "parallelism": 1,
+            **({"strategy": "race"} if race else {}),
         },
     }
 
 
-def write_manifest(task: str, models: list[str], out: Path, budget) -> Path:
-    folder = out / "e2e" / task
+def write_manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> Path:
+    folder = out / "e2e" / strategy / task
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selection.yaml"
-    path.write_text(yaml.safe_dump(manifest(task, models, out, budget), sort_keys=False))
+    path.write_text(yaml.safe_dump(manifest(task, models, out, budget, strategy), sort_keys=False))
     return path
 
 
-def run_task(task: str, models: list[str], out: Path, budget, workers: int) -> Outcome:
-    """Run the task's selection (unless a completed one is on disk) and score its pick."""
-    path = write_manifest(task, models, out, budget)
+def run_task(task: str, models: list[str], out: Path, tables: Path, budget, workers: int, strategy: str) -> Outcome:
+    """Run the task's selection (unless a completed one is on disk) and score its pick against `tables`."""
+    path = write_manifest(task, models, out, budget, strategy)
     status_path = path.parent / "run" / "status.json"
     if not (status_path.exists() and json.loads(status_path.read_text()).get("phase") == "Complete"):
         command = [sys.executable, "-m", "lensllm.cli.main", "select", str(path), "--local", "--workers", str(workers),
                    "--out", str(path.parent / "run")]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return score(task, models, json.loads(status_path.read_text()), out / "results", budget.target)
+    points = read_points(tables / f"{task}.points.csv")
+    return score(task, strategy, models, json.loads(status_path.read_text()), points, budget.target)
+
+
+def read_points(path: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """Seed 0's measurements of a `TASK.points.csv`, by (model, size): the generator's numbers as a table holds them."""
+    with open(path, newline="") as f:
+        return {(r["model"], int(r["size"])): {k: float(r[k]) for k in ("bits_per_byte", "train_flops")}
+                for r in csv.DictReader(f) if r["seed"] == "0"}
 
 
 def shipped_pick(status: dict, target: int) -> str:
-    """The candidate today's `default` ranks first, from the selection's own measurements."""
+    """The candidate today's `default` ranks first, from the selection's own measurements; a race's own pick
+    (its eliminated candidates' curves stop short, so re-ranking them all together would not be the race's)."""
+    if status.get("race"):
+        return status["best"]
     curves, spectra = selection_curves(LLMSelectionStatus.model_validate(status))
     return curves.models[select("default", curves, target, ntk=spectra).best]
 
 
-def score(task: str, models: list[str], status: dict, results: Path, target: int) -> Outcome:
-    truth_docs = {m: json.loads(point_path(results, task, m, 0, target).read_text())["point"] for m in models}
-    truth = [truth_docs[m]["test"]["bitsPerByte"] for m in models]
+def score(task: str, strategy: str, models: list[str], status: dict, points: dict[tuple[str, int], dict[str, float]], target: int) -> Outcome:
+    truth = [points[m, target]["bits_per_byte"] for m in models]
     picked = models.index(shipped_pick(status, target))
     best = min(range(len(models)), key=truth.__getitem__)
-    full = sum(doc["train"]["flops"] for doc in truth_docs.values())
+    full = sum(points[m, target]["train_flops"] for m in models)
     spent = sum(status["candidates"][m]["flops"] for m in models)
-    gaps = [
-        abs(p["bitsPerByte"] - json.loads(point_path(results, task, m, 0, p["size"]).read_text())["point"]["test"]["bitsPerByte"])
-        for m in models
-        for p in status["candidates"][m]["points"]
-    ]
-    return Outcome(task, models[picked], truth[picked], models[best], truth[best], relacc(truth, picked),
-                   spent / full, status["compute"]["fractionOfFull"], max(gaps), status["best"])
+    # Rounded as the table rounds, so that identical measurements differ by exactly 0.
+    gaps = [abs(float(six_digits(p["bitsPerByte"])) - points[m, p["size"]]["bits_per_byte"])
+            for m in models for p in status["candidates"][m]["points"]]
+    rounds = len(status["race"]["rounds"]) if status.get("race") else 1
+    return Outcome(task, strategy, models[picked], truth[picked], models[best], truth[best], relacc(truth, picked),
+                   spent / full, status["compute"]["fractionOfFull"], max(gaps), status["best"], rounds)
 
 
 def write(outcomes: list[Outcome], path: Path) -> None:
+    """Add the outcomes to the table at `path`, replacing the rows of the same task and strategy."""
+    fresh = [[o.task, o.strategy, o.picked, f"{o.picked_truth:.6g}", o.best, f"{o.best_truth:.6g}", f"{o.relacc:.4f}",
+              f"{o.compute_fraction:.4f}", f"{o.estimated_fraction:.4f}", f"{o.max_point_difference:.3g}",
+              o.picked_when_run, str(o.rounds)] for o in outcomes]
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            if tuple(next(reader, ())) == COLUMNS:
+                replaced = {(row[0], row[1]) for row in fresh}
+                kept = [row for row in reader if (row[0], row[1]) not in replaced]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for o in outcomes:
-            writer.writerow([o.task, o.picked, f"{o.picked_truth:.6g}", o.best, f"{o.best_truth:.6g}", f"{o.relacc:.4f}",
-                             f"{o.compute_fraction:.4f}", f"{o.estimated_fraction:.4f}", f"{o.max_point_difference:.3g}",
-                             o.picked_when_run])
+        writer.writerows(kept + fresh)

@@ -4,7 +4,7 @@ Steps, each skipped where its output is already on disk (so a killed run resumes
 1. tasks: every task's folder and its related text (Debian packages fetched into a cache);
 2. tokenizers: byte-level BPE of two sizes, trained on the pre-training text;
 3. zoo: every model built and pre-trained, one per worker process;
-4. measurements: per (model, task) the zero-shot loss, the NTK and the subsets with seed 0,
+4. measurements (unless only the zoo is asked for): per (model, task) the zero-shot loss, the NTK and the subsets with seed 0,
    the small subsets again with more seeds, and the ground truth (the full training set),
    each unit one runner call in a worker process;
 5. tables: one curves table per task (see `lensllm_bench.tables`).
@@ -63,6 +63,7 @@ class Settings:
     quick: bool
     workers: int
     debs: Path
+    zoo_only: bool = False  # build tasks, tokenizers and zoo, measure nothing (what `lensbench e2e` needs)
 
     @property
     def budget(self) -> Budget:
@@ -86,7 +87,7 @@ def generate(settings: Settings, log: Callable[[str], None]) -> dict:
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no torch threads inherited
     with ProcessPoolExecutor(max_workers=settings.workers, mp_context=context, initializer=_worker_init) as pool:
         worker_cpu = _build_zoo(pool, settings, zoo, corpora_lines, log)
-        outcomes = _measure(pool, settings, zoo, tasks, log)
+        outcomes = [] if settings.zoo_only else _measure(pool, settings, zoo, tasks, log)
     worker_cpu += sum(o["cpu_seconds"] for o in outcomes)
     failed = [o for o in outcomes if o["status"] != "Succeeded"]
     record = {
@@ -100,7 +101,7 @@ def generate(settings: Settings, log: Callable[[str], None]) -> dict:
         "cpu_seconds_this_run": worker_cpu + time.process_time() - cpu,
     }
     (settings.out / "generation.json").write_text(json.dumps(record, indent=2) + "\n")
-    if not failed:
+    if not failed and not settings.zoo_only:
         tables.write_tables(settings.out, [t.name for t in tasks], zoo, settings.budget)
         log(f"tables written to {settings.out / 'tables'}")
     return record

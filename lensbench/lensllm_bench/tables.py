@@ -23,7 +23,7 @@ FORMAT = "lensbench-ntk/1"
 POINT_COLUMNS = ("model", "seed", "size", "loss", "loss_per_example", "bits_per_byte", "train_seconds", "train_flops")
 
 
-def _g(value: float) -> str:
+def six_digits(value: float) -> str:
     return f"{value:.6g}"
 
 
@@ -42,7 +42,7 @@ def write_tables(out: Path, tasks: list[str], zoo: list[ZooModel], budget) -> No
             for m in zoo:
                 curve = [_load(point_path(results, task, m.name, 0, s))["point"]["test"]["bitsPerByte"] for s in sizes]
                 zero = base[m.name]["zeroShot"]
-                row = [m.name, _g(zero["bitsPerByte"]), *map(_g, curve), params[m.name], m.family, _g(_uniform(zero, m))]
+                row = [m.name, six_digits(zero["bitsPerByte"]), *map(six_digits, curve), params[m.name], m.family, six_digits(_uniform(zero, m))]
                 writer.writerow(row)
         ntk = {m.name: _ntk(base[m.name]["ntk"]) for m in zoo}
         doc = {"format": FORMAT, "target": target, "metric": "bitsPerByte", "models": ntk}
@@ -76,8 +76,8 @@ def _ntk(summary: dict) -> dict:
     keep = ("n", "eta", "scope", "parameters", "residualNormSq")
     return {
         **{k: summary[k] for k in keep},
-        "eigenvalues": [float(_g(v)) for v in summary["eigenvalues"]],
-        "projectionsSq": [float(_g(v)) for v in summary["projectionsSq"]],
+        "eigenvalues": [float(six_digits(v)) for v in summary["eigenvalues"]],
+        "projectionsSq": [float(six_digits(v)) for v in summary["projectionsSq"]],
     }
 
 
@@ -95,4 +95,4 @@ def _write_points(path: Path, results: Path, task: str, zoo: list[ZooModel]) -> 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(POINT_COLUMNS)
-        writer.writerows([r[0], r[1], r[2], *map(_g, r[3:])] for r in rows)
+        writer.writerows([r[0], r[1], r[2], *map(six_digits, r[3:])] for r in rows)

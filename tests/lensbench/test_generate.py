@@ -1,6 +1,7 @@
 """`lensllm lensbench generate --quick`: a miniature LensBench, measured by the runner, resumable, deterministic."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -68,12 +69,20 @@ def test_a_rerun_measures_only_what_is_missing_and_reproduces_it_exactly(generat
     assert [bits_per_byte(p) for p in lost] == before
 
 
-def test_lensllm_select_local_picks_a_model_and_measures_exactly_what_the_generator_did(generation):
-    proc = lensllm("lensbench", "e2e", "--out", str(generation), "--tasks", "cipher")
+def test_lensllm_select_local_on_a_zoo_only_build_measures_exactly_what_the_generator_did(generation, tmp_path):
+    for part in ("tasks", "tokenizers", "zoo"):
+        shutil.copytree(generation / part, tmp_path / part)
+    proc = lensllm("lensbench", "generate", "--out", str(tmp_path), "--quick", "--zoo-only")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = (generation / "tables" / "e2e.csv").read_text().splitlines()
+    assert "measurement units" not in proc.stdout and not (tmp_path / "results").exists()
+    proc = lensllm("lensbench", "e2e", "--out", str(tmp_path), "--tasks", "cipher")
+    assert proc.returncode == 2 and "no cipher.points.csv" in proc.stderr
+    proc = lensllm("lensbench", "e2e", "--out", str(tmp_path), "--tasks", "cipher", "--tables", str(generation / "tables"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = (tmp_path / "e2e" / "e2e.csv").read_text().splitlines()
     header, row = rows[0].split(","), dict(zip(rows[0].split(","), rows[1].split(",")))
-    assert header[:2] == ["task", "picked"] and row["task"] == "cipher"
+    assert header[:3] == ["task", "strategy", "picked"] and row["task"] == "cipher" and row["strategy"] == "fixed"
+    assert row["rounds"] == "1"
     assert row["picked"] in {m.name for m in QUICK_ZOO} and 0.0 <= float(row["relacc"]) <= 1.0
     assert 0.0 < float(row["compute_fraction"]) < 1.0
     assert float(row["max_point_difference"]) == 0.0

@@ -32,11 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--quick", action="store_true", help="a miniature: 3 models, 2 offline tasks, tiny sizes")
     gen.add_argument("--workers", type=options.positive_int, default=1, help="worker processes (default 1)")
     gen.add_argument("--debs", type=Path, help="cache of Debian packages (default OUT/debs)")
+    gen.add_argument("--zoo-only", action="store_true", help="build the tasks and the zoo, measure nothing (enough for e2e)")
     gen.set_defaults(run=run_generate)
     e2e = actions.add_parser("e2e", help="run lensllm select --local per task of a generation and score its pick")
-    e2e.add_argument("--out", type=Path, required=True, help="the folder of a finished `lensbench generate`")
+    e2e.add_argument("--out", type=Path, required=True, help="the folder of a `lensbench generate` (--zoo-only is enough)")
+    e2e.add_argument("--tables", type=Path, help="LensBench tables holding the truth, TASK.points.csv "
+                     "(default OUT/tables; the repository's are in data/lensbench)")
     e2e.add_argument("--tasks", type=_task_list, help="comma-separated task names (default: all of the generation)")
     e2e.add_argument("--workers", type=options.positive_int, default=2, help="trials at once (default 2, one thread each)")
+    e2e.add_argument("--strategy", choices=("fixed", "race"), default="fixed",
+                     help="fixed: every candidate on every size (default); race: only those that may still win")
     e2e.set_defaults(run=run_e2e)
     loo = actions.add_parser("loo", help="choose default's rule by leave-one-table-out; Markdown of the held-out scores")
     loo.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
@@ -72,7 +77,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
     settings = Settings(
         out=args.out, seed=args.seed, tasks=tasks, quick=args.quick, workers=args.workers,
-        debs=args.debs or args.out / "debs",
+        debs=args.debs or args.out / "debs", zoo_only=args.zoo_only,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     record = generate(settings, log=lambda line: print(line, flush=True))
@@ -96,16 +101,22 @@ def run_e2e(args: argparse.Namespace) -> int:
     unknown = sorted(set(tasks) - set(record["tasks"]))
     if unknown:
         raise LensLLMError(f"--tasks: {', '.join(unknown)} not in this generation ({', '.join(record['tasks'])})")
+    tables = args.tables or args.out / "tables"
+    missing = [f"{task}.points.csv" for task in tasks if not (tables / f"{task}.points.csv").is_file()]
+    if missing:
+        raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
     models = [m["name"] for m in record["zoo"]]
     outcomes = []
     for task in tasks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
-            outcome = run_task(task, models, args.out, Budget(**record["budget"]), args.workers)
-        print(f"{task}: picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
+            outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, args.strategy)
+        print(f"{task} ({args.strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         outcomes.append(outcome)
-    write(outcomes, args.out / "tables" / "e2e.csv")
+    path = args.out / "e2e" / "e2e.csv"
+    write(outcomes, path)
+    print(f"written to {path}")
     return 0
 
 

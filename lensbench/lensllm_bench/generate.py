@@ -1,6 +1,7 @@
 """`lensllm lensbench generate`: build the tasks and the zoo, measure every curve, write the tables.
 
-Steps, each skipped where its output is already on disk (so a killed run resumes):
+Steps, each skipped where its output is already on disk (so a killed run resumes; OUT/plan.json
+holds what the files depend on, and a run with another plan is refused rather than mixed in):
 1. tasks: every task's folder and its related text (Debian packages fetched into a cache);
 2. tokenizers: byte-level BPE of two sizes, trained on the pre-training text;
 3. zoo: every model built and pre-trained, one per worker process;
@@ -23,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lensllm.errors import LensLLMError
 from lensllm_bench import corpora, tables
 from lensllm_bench.measure import Unit, pending, run_unit, trial_spec
 from lensllm_bench.tasks import BUILT_IN, OFFLINE_TASKS, Task, TaskError, folder_task, write_task
@@ -74,9 +76,37 @@ class Settings:
         return QUICK_ZOO if self.quick else ZOO
 
 
+class PlanMismatch(LensLLMError):
+    """OUT holds a generation made with another plan: resuming would mix its files with this one's."""
+
+
+def plan(settings: Settings) -> dict:
+    """What every file of a generation depends on (not the workers, the package cache or --zoo-only). The
+    tokenizers depend on every task's related text, so on the task list and the budget as well."""
+    return {"seed": settings.seed, "tasks": sorted(settings.tasks), "budget": asdict(settings.budget),
+            "zoo": [asdict(m) for m in settings.zoo]}
+
+
+def claim(settings: Settings) -> None:
+    """Record the plan in a new OUT, or check that OUT was made with this plan before resuming it."""
+    path = settings.out / "plan.json"
+    wanted = plan(settings)
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+            raise PlanMismatch(f"--out {settings.out}: made with another {', '.join(changed)} ({path}); "
+                               "resuming would mix its files with new ones: give a new --out")
+    elif any((settings.out / part).exists() for part in ("tokenizers", "zoo", "results")):
+        raise PlanMismatch(f"--out {settings.out}: holds a generation without {path.name}; give a new --out")
+    else:
+        path.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
 def generate(settings: Settings, log: Callable[[str], None]) -> dict:
     """Run every step; returns the generation record (also written to OUT/generation.json)."""
     start, cpu = time.perf_counter(), time.process_time()
+    claim(settings)
     tasks, related, fortunes = _prepare_tasks(settings, log)
     corpora_lines = pretraining_corpora(related, fortunes, settings.seed)
     zoo = [m for m in settings.zoo if m.corpus in corpora_lines or m.corpus == "none"]

@@ -69,9 +69,19 @@ def test_a_rerun_measures_only_what_is_missing_and_reproduces_it_exactly(generat
     assert [bits_per_byte(p) for p in lost] == before
 
 
+def test_a_folder_made_with_another_plan_is_refused_not_resumed(generation, tmp_path):
+    proc = lensllm("lensbench", "generate", "--out", str(generation), "--quick", "--seed", "1")
+    assert proc.returncode == 2 and "made with another seed" in proc.stderr and proc.stderr.count("\n") == 1
+    shutil.copytree(generation / "tokenizers", tmp_path / "tokenizers")
+    proc = lensllm("lensbench", "generate", "--out", str(tmp_path), "--quick")
+    assert proc.returncode == 2 and "without plan.json" in proc.stderr
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_lensllm_select_local_on_a_zoo_only_build_measures_exactly_what_the_generator_did(generation, tmp_path):
     for part in ("tasks", "tokenizers", "zoo"):
         shutil.copytree(generation / part, tmp_path / part)
+    shutil.copy(generation / "plan.json", tmp_path)
     proc = lensllm("lensbench", "generate", "--out", str(tmp_path), "--quick", "--zoo-only")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "measurement units" not in proc.stdout and not (tmp_path / "results").exists()

@@ -13,6 +13,7 @@ every rule, so they are computed once; `BlendRule.combine` then gives exactly wh
 Pure computation on curve tables (numpy), no torch. Called by `lensllm lensbench loo`.
 """
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lensllm.curves_io import read_curves
+from lensllm.errors import LensLLMError
 from lensllm.science.benchmark import PAPER_RATIOS, usable_ratios
 from lensllm.science.curves import Curves
 from lensllm.science.laws import AtSLaw
@@ -51,10 +53,21 @@ class Table:
         return self.curves.loss_at(self.target)
 
 
-def load(path: Path) -> Table:
+def load(path: Path, name: str | None = None) -> Table:
     curves = read_curves(path)
     target = curves.target_size if curves.target_size is not None else float(curves.sizes[-1])
-    return Table(path.stem, curves, target, tuple(usable_ratios(curves, target, PAPER_RATIOS)))
+    return Table(name or path.stem, curves, target, tuple(usable_ratios(curves, target, PAPER_RATIOS)))
+
+
+def load_all(paths: Sequence[Path]) -> list[Table]:
+    """Every table, named by its file's stem, or by folder/stem where files of two draws share a stem
+    (results are keyed by name: two tables under one name would be scored as one)."""
+    resolved = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
+    if twice:
+        raise LensLLMError(f"table given twice: {', '.join(twice)}")
+    stems = Counter(p.stem for p in paths)
+    return [load(p, p.stem if stems[p.stem] == 1 else f"{p.resolve().parent.name}/{p.stem}") for p in paths]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+from lensllm.errors import LensLLMError
 from lensllm.science.curves import Curves
 from lensllm.science.selectors import BlendRule, select_default
 from lensllm_bench import loo
@@ -73,3 +74,13 @@ def test_the_shipped_rule_is_the_best_on_all_tables_and_ats_is_the_baseline(eval
         parts = [loo.components(table, r) for r in table.ratios]
         assert evaluation.ats[table.name] == loo.score(loo.ATS, table, parts, from_scratch=False)
     assert loo.markdown(evaluation).count("\n") == 2 + len(tables)
+
+
+def test_tables_of_two_draws_keep_apart_and_one_table_given_twice_is_refused(curves_dir):
+    draws = curves_dir.parent
+    paths = [draws / "lensbench" / "cipher.csv", draws / "lensbench-seed1" / "cipher.csv", curves_dir / "flan.csv"]
+    tables = loo.load_all(paths)
+    assert [t.name for t in tables] == ["lensbench/cipher", "lensbench-seed1/cipher", "flan"]
+    assert not np.array_equal(tables[0].truth, tables[1].truth)
+    with pytest.raises(LensLLMError, match="table given twice"):
+        loo.load_all([paths[2], curves_dir / ".." / "curves" / "flan.csv"])

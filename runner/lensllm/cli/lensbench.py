@@ -121,9 +121,9 @@ def run_e2e(args: argparse.Namespace) -> int:
 
 
 def _tables(paths: list[Path]):
-    from lensllm_bench.loo import load
+    from lensllm_bench.loo import load_all
 
-    return [load(path) for path in paths]
+    return load_all(paths)
 
 
 def run_loo(args: argparse.Namespace) -> int:

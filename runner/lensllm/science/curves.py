@@ -14,8 +14,10 @@ from lensllm.science.checks import check_losses, check_sizes
 from lensllm.science.laws import NTKSpectrum
 
 
-# A zero-shot loss at or above this share of a uniform guess's: nothing to transfer. On the LensBench zoo the
-# randomly initialised models sit at 1.00, those pre-trained on unrelated text at 1.0 to 1.6, the rest at 0.55 to 0.95.
+# A zero-shot loss at or above this share of a uniform guess's: nothing to transfer. On the first LensBench draw
+# the randomly initialised models sit at 1.00, those pre-trained on unrelated text at 1.0 to 1.6, the rest at
+# 0.55 to 0.96. The second draw (held out) has models pre-trained on unrelated text at 0.968 to 0.989: the one
+# under this threshold is missed (docs/benchmarks.md, "A second draw").
 FROM_SCRATCH_RATIO = 0.98
 
 

@@ -24,6 +24,7 @@ import yaml
 from lensllm.science.metrics import relacc
 from lensllm.science.selectors import select
 from lensllm.selection.status import LLMSelectionStatus, selection_curves
+from lensllm_bench.generate import PlanMismatch
 from lensllm_bench.measure import NTK_PROBE, TRAINING
 from lensllm_bench.tables import six_digits
 
@@ -90,6 +91,14 @@ def run_task(task: str, models: list[str], out: Path, tables: Path, budget, work
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     points = read_points(tables / f"{task}.points.csv")
     return score(task, strategy, models, json.loads(status_path.read_text()), points, budget.target)
+
+
+def check_same_plan(out: Path, tables: Path) -> None:
+    """Refuse to score a generation's selections against tables of another plan (another seed: another zoo)."""
+    mine, theirs = out / "plan.json", tables / "plan.json"
+    if mine.exists() and theirs.exists() and json.loads(mine.read_text()) != json.loads(theirs.read_text()):
+        raise PlanMismatch(f"--tables {tables}: measured with another plan than --out {out} ({theirs} and {mine} "
+                           "differ): their truth is another zoo's")
 
 
 def read_points(path: Path) -> dict[tuple[str, int], dict[str, float]]:

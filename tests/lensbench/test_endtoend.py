@@ -1,9 +1,12 @@
 """`lensllm lensbench e2e` scoring: a selection's status against the truth of a LensBench table."""
 
 import dataclasses
+import json
 
-from lensllm_bench.endtoend import COLUMNS, RACE_CAP, manifest, read_points, score, write
-from lensllm_bench.generate import Budget
+import pytest
+
+from lensllm_bench.endtoend import COLUMNS, RACE_CAP, check_same_plan, manifest, read_points, score, write
+from lensllm_bench.generate import Budget, PlanMismatch
 
 MODELS = ["a", "b", "c"]
 TARGET = 64
@@ -74,3 +77,17 @@ def test_the_table_keeps_the_rows_of_other_runs_and_replaces_a_rerun(tmp_path):
     rows = [line.split(",") for line in path.read_text().splitlines()]
     assert tuple(rows[0]) == COLUMNS
     assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("t", "fixed", "b"), ("t", "race", "c")]
+
+
+def test_tables_of_another_plan_are_refused_and_tables_without_one_are_trusted(tmp_path):
+    out, tables = tmp_path / "out", tmp_path / "tables"
+    out.mkdir()
+    tables.mkdir()
+    check_same_plan(out, tables)  # neither has a plan: nothing to compare
+    (out / "plan.json").write_text(json.dumps({"seed": 1, "tasks": ["cipher"]}))
+    check_same_plan(out, tables)  # committed tables made before plans were recorded
+    (tables / "plan.json").write_text(json.dumps({"tasks": ["cipher"], "seed": 1}))
+    check_same_plan(out, tables)
+    (tables / "plan.json").write_text(json.dumps({"seed": 0, "tasks": ["cipher"]}))
+    with pytest.raises(PlanMismatch, match="measured with another plan"):
+        check_same_plan(out, tables)

@@ -90,7 +90,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_e2e(args: argparse.Namespace) -> int:
     _check_installed()
-    from lensllm_bench.endtoend import run_task, write
+    from lensllm_bench.endtoend import check_same_plan, run_task, write
     from lensllm_bench.generate import Budget
 
     record_path = args.out / "generation.json"
@@ -105,6 +105,7 @@ def run_e2e(args: argparse.Namespace) -> int:
     missing = [f"{task}.points.csv" for task in tasks if not (tables / f"{task}.points.csv").is_file()]
     if missing:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
+    check_same_plan(args.out, tables)
     models = [m["name"] for m in record["zoo"]]
     outcomes = []
     for task in tasks:
@@ -113,6 +114,9 @@ def run_e2e(args: argparse.Namespace) -> int:
             outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, args.strategy)
         print(f"{task} ({args.strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
+        if outcome.max_point_difference > 0:
+            print(f"lensllm lensbench e2e: {task}: the selection's points differ from --tables {tables} by up to "
+                  f"{outcome.max_point_difference:.3g} bits per byte: are they this zoo's?", file=sys.stderr)
         outcomes.append(outcome)
     path = args.out / "e2e" / "e2e.csv"
     write(outcomes, path)

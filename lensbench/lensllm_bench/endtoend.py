@@ -54,7 +54,7 @@ class Outcome:
 def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> dict:
     """The LLMSelection a user would write for this task and zoo."""
     doublings = len(budget.sizes) - 1
-    race = {"strategy": "race", "budget": {"maxComputeFraction": RACE_CAP}} if strategy == "race" else {}
+    race = strategy == "race"
     return {
         "apiVersion": "lensllm.io/v1alpha1",
         "kind": "LLMSelection",
@@ -63,7 +63,8 @@ def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> 
             "candidates": [{"name": m, "model": str((out / "zoo" / m).resolve()), "dtype": "float32"} for m in models],
             "dataset": {"source": str((out / "tasks" / task).resolve()), "inputField": "input", "targetField": "target",
                         "promptTemplate": "{input} =", "maxTestExamples": budget.n_test},
-            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target, **race.get("budget", {})},
+            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target,
+                       **({"maxComputeFraction": RACE_CAP} if race else {})},
             "training": TRAINING.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "ntk": {"probeSize": NTK_PROBE},
             "method": "default",

@@ -5,9 +5,9 @@ holds what the files depend on, and a run with another plan is refused rather th
 1. tasks: every task's folder and its related text (Debian packages fetched into a cache);
 2. tokenizers: byte-level BPE of two sizes, trained on the pre-training text;
 3. zoo: every model built and pre-trained, one per worker process;
-4. measurements (unless only the zoo is asked for): per (model, task) the zero-shot loss, the NTK and the subsets with seed 0,
-   the small subsets again with more seeds, and the ground truth (the full training set),
-   each unit one runner call in a worker process;
+4. measurements (none with --zoo-only): per (model, task) the zero-shot loss, the NTK and the
+   subsets with seed 0, the small subsets again with more seeds, and the ground truth (the full
+   training set), each unit one runner call in a worker process;
 5. tables: one curves table per task (see `lensllm_bench.tables`).
 Everything is seeded; workers share nothing but files, so the result does not depend on
 their number or on the order in which they finish.

@@ -16,8 +16,8 @@ from lensllm.science.laws import NTKSpectrum
 
 # A zero-shot loss at or above this share of a uniform guess's: nothing to transfer. On the first LensBench draw
 # the randomly initialised models sit at 1.00, those pre-trained on unrelated text at 1.0 to 1.6, the rest at
-# 0.55 to 0.96. The second draw (held out) has models pre-trained on unrelated text at 0.968 to 0.989: the one
-# under this threshold is missed (docs/benchmarks.md, "A second draw").
+# 0.55 to 0.96. The held-out draws have models pre-trained on unrelated text at 0.966 to 0.989: those under this
+# threshold are missed (docs/benchmarks.md, "Held-out draws").
 FROM_SCRATCH_RATIO = 0.98
 
 

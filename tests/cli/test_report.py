@@ -11,7 +11,7 @@ def race_status(last_leaders: dict[str, str], conditions: list[dict]) -> LLMSele
     rounds = [
         {"round": 0, "sizes": {"a": [8, 16, 32, 64], "b": [8, 16, 32, 64], "c": [8, 16, 32, 64]}, "law": "lensllm",
          "noise": {"lensllm": 0.01, "vanilla": 0.02}, "lawLeaders": {"lensllm": "a", "vanilla": "a"},
-         "eliminated": [{"candidate": "c", "reason": "P(best) 0.0010 < epsilon 0.01 after sizes up to 64"}],
+         "fromScratch": ["c"], "eliminated": [{"candidate": "c", "reason": "P(best) 0.0010 < epsilon 0.01 after sizes up to 64"}],
          "computeFraction": 0.05},
         {"round": 1, "sizes": {"a": [128], "b": [128]}, "law": "lensllm", "noise": {"lensllm": 0.01, "vanilla": 0.02},
          "lawLeaders": last_leaders, "computeFraction": 0.08, "stop": "exhausted"},
@@ -32,6 +32,7 @@ def test_rounds_name_the_common_leader_when_the_laws_agree():
     complete = {"type": "Complete", "status": "True", "reason": "Ranked", "lastTransitionTime": "2026-01-01T00:00:00Z"}
     text = rendered(race_status({"lensllm": "a", "vanilla": "a"}, [complete]))
     assert text.count("a (every law)") == 2 and "disagree" not in text and "predict different" not in text
+    assert "learn the task from scratch (predicted by their worst law): c" in text
 
 
 def test_the_laws_disagreement_is_named_per_round_and_in_the_caption():

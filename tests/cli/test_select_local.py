@@ -91,6 +91,7 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     assert race.best == fixed.best == "tiny-llama"
     rounds = race.race.rounds
     assert len(rounds) >= 2 and "tiny-gpt2" in [e.candidate for e in rounds[0].eliminated]
+    assert rounds[0].from_scratch == ["tiny-gpt2"]  # random weights: no better than a uniform guess before fine-tuning
     gpt2 = race.candidates["tiny-gpt2"]
     assert (gpt2.eliminated_in, gpt2.lower_confidence, [t.sizes for t in gpt2.trials]) == (0, True, [[16, 32, 64, 128]])
     assert race.ranking[-1].candidate == "tiny-gpt2" and race.ranking[-1].lower_confidence

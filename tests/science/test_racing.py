@@ -250,6 +250,15 @@ def test_every_law_set_honours_the_decision_contract(curves, laws):
     assert set(decision.next_sizes) == set(LAWS) - out
     assert decision.stop is None and all(sizes == (1600,) for sizes in decision.next_sizes.values())
     assert decision.compute_fraction == pytest.approx(compute_fraction(points, TARGET))
+    assert decision.from_scratch == ()  # no uniform guess given: the race cannot tell
+
+
+def test_a_decision_names_the_candidates_that_learn_from_scratch(curves):
+    """A uniform guess's loss at or just above the zero-shot loss marks a candidate; well above it, not."""
+    points = [_candidate(curves, i, 4) for i in range(curves.n_models)]
+    points = [dataclasses.replace(c, uniform=c.zero_shot * (1.01 if i == 1 else 1.5)) for i, c in enumerate(points)]
+    decision = decide(RaceSettings(draws=50), SIZES.astype(int), TARGET, points, round=0, seed=1)
+    assert decision.from_scratch == (points[1].name,)
 
 
 def test_no_law_s_leader_is_eliminated_even_when_the_best_fitting_law_gives_it_no_chance(curves_dir):

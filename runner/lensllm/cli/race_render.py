@@ -151,6 +151,7 @@ def _run_record(run: RaceReplay) -> dict:
                 "law": d.law,
                 "noise": d.noise,
                 "law_leaders": dict(d.law_leaders),
+                "from_scratch": list(d.from_scratch),
                 "assessments": [dataclasses.asdict(a) for a in d.assessments],
                 "eliminated": [dataclasses.asdict(e) for e in d.eliminated],
                 "next_sizes": {name: list(sizes) for name, sizes in d.next_sizes.items()},

@@ -102,7 +102,7 @@ def _state(entry) -> str:
 
 def rounds_table(status) -> Table:
     """Each round of a race: who ran which sizes, the law, each law's leader, who left, and the compute spent after it;
-    the caption says why the race failed or that its laws disagree on the best."""
+    the caption says why the race failed, that its laws disagree on the best, and who learns the task from scratch."""
     race = status.race
     title = (f"race: {len(race.rounds)} rounds, stopped: {race.stop or 'not yet'}; compute {race.compute_fraction:.2%} of full "
              f"fine-tuning (a fixed budget over the same sizes: {race.fixed_budget_fraction:.2%})")
@@ -115,6 +115,8 @@ def rounds_table(status) -> Table:
         table.add_row(str(record.round), ran, record.law, law_leaders_text(record.law_leaders),
                       ", ".join(e.candidate for e in record.eliminated) or "-", f"{record.compute_fraction:.2%}", record.stop or "-")
     caveats = [race.message, *(c.message for c in status.conditions if c.type == "LawsAgree" and c.status == "False")]
+    if race.rounds and race.rounds[0].from_scratch:
+        caveats.append(f"learn the task from scratch (predicted by their worst law): {', '.join(race.rounds[0].from_scratch)}")
     if any(caveats):
         table.caption = "\n".join(c for c in caveats if c)
     return table

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from lensllm.errors import LensLLMError
 from lensllm.science import racing
-from lensllm.science.curves import Curves
+from lensllm.science.curves import FROM_SCRATCH_RATIO, Curves
 from lensllm.science.laws import NTKSpectrum
 from lensllm.science.selectors import select
 from lensllm.selection.spec import LLMSelectionSpec
@@ -132,6 +132,11 @@ class RoundRecord(WireModel):
     law_leaders: dict[str, str] = Field(
         default_factory=dict,
         description="The candidate each law's own fit predicts best at the target; the race eliminates none of them.",
+    )
+    from_scratch: list[str] = Field(
+        default_factory=list,
+        description=f"Candidates assessed this round whose zero-shot loss is at least {FROM_SCRATCH_RATIO:.0%} of a uniform "
+        "guess's: they learn the task from scratch, and each is predicted by whichever law predicts it worst.",
     )
     eliminated: list[Elimination] = Field(default_factory=list, description="Candidates eliminated after this round.")
     next_sizes: dict[str, list[int]] = Field(default_factory=dict, description="Sizes each survivor runs in the next round.")
@@ -392,6 +397,7 @@ def record_round(status: LLMSelectionStatus, decision: racing.RoundDecision) -> 
         law=decision.law,
         noise={law: value for law, value in decision.noise.items() if np.isfinite(value)},
         law_leaders=dict(decision.law_leaders),
+        from_scratch=list(decision.from_scratch),
         eliminated=[Elimination(candidate=out.name, reason=out.reason) for out in decision.eliminated],
         next_sizes=next_sizes,
         compute_fraction=decision.compute_fraction,

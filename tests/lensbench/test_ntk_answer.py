@@ -25,7 +25,7 @@ def answer():
                     ntk=spectra, target_size=2048.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ntk_answer.answer(Table("synthetic", curves, 2048.0, (8, 16)))
+        return ntk_answer.answer(Table("synthetic", curves, 2048.0, (8, 16), "synthetic"))
 
 
 def test_the_share_of_fits_the_ntk_binds_counts_the_narrow_spectra(answer):

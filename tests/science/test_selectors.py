@@ -83,7 +83,8 @@ def test_default_selector_is_at_least_as_good_as_ats_on_average(curves_dir, data
     assert means["default"]["relacc"] >= means["ats"]["relacc"]
 
 
-@pytest.mark.parametrize("draw", ["lensbench", "lensbench-seed1"])  # seed 1: a draw nothing was chosen on
+# Not seed 2: its docstring is where default loses PearCorr to AtS (docs/benchmarks.md, "Held-out draws").
+@pytest.mark.parametrize("draw", ["lensbench", "lensbench-seed1"])
 def test_default_beats_ats_on_every_lensbench_table(curves_dir, draw):
     for task in ("de-en", "gloss", "docstring", "cipher"):
         curves = read_curves(curves_dir.parent / draw / f"{task}.csv")

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e2e.add_argument("--strategy", choices=("fixed", "race"), default="fixed",
                      help="fixed: every candidate on every size (default); race: only those that may still win")
     e2e.set_defaults(run=run_e2e)
-    loo = actions.add_parser("loo", help="choose default's rule by leave-one-table-out; Markdown of the held-out scores")
+    loo = actions.add_parser("loo", help="choose default's rule by leave-one-task-out; Markdown of the held-out scores")
     loo.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
     loo.set_defaults(run=run_loo)
     ntk = actions.add_parser("ntk", help="lensllm with the measured NTK vs rectified vs ats, with bootstrap intervals")

@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 lensllm=${LENSLLM:-.venv/bin/lensllm}
 python=${PYTHON:-.venv/bin/python}
 published=(data/curves/flan.csv data/curves/gigaword.csv data/curves/wmt19.csv)
-lensbench=(data/lensbench/de-en.csv data/lensbench/gloss.csv data/lensbench/docstring.csv data/lensbench/cipher.csv)
-# Later draws of LensBench (--seed 1, 2), measured after every rule was chosen: held out.
-held_out=()
-for draw in data/lensbench-seed1 data/lensbench-seed2; do
-  held_out+=("$draw/de-en.csv" "$draw/gloss.csv" "$draw/docstring.csv" "$draw/cipher.csv")
-done
+# LensBench's first draw (seed 0) gets the detailed sections. Of the later draws, seeds 1 and 2 count
+# in default's choice and the from-scratch threshold; seed 3, measured before those choices and read
+# only after them, is held out.
+draw_tables() { for task in de-en gloss docstring cipher; do echo "$1/$task.csv"; done; }
+mapfile -t lensbench < <(draw_tables data/lensbench)
+mapfile -t later < <(draw_tables data/lensbench-seed1; draw_tables data/lensbench-seed2)
+mapfile -t held_out < <(draw_tables data/lensbench-seed3)
 tmp=$(mktemp -d)
 trap 'rm -r "$tmp"' EXIT
 
@@ -21,9 +22,9 @@ for table in "${published[@]}" "${lensbench[@]}"; do
   "$lensllm" bench "$table" --format markdown > "$tmp/$(basename "$table" .csv).md"
 done
 "$lensllm" lensbench ntk "${lensbench[@]}" > "$tmp/ntk.md"
-# The held-out draws stay out of the choice: they test it.
-"$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" > "$tmp/loo.md"
-"$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${held_out[@]}" | tail -1 > "$tmp/loo-all.md"
+# The held-out draw stays out of the choice: it tests it.
+"$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" > "$tmp/loo.md"
+"$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" "${held_out[@]}" | tail -1 > "$tmp/loo-all.md"
 seconds=$("$python" -c "print(f'{$(date +%s.%N) - $start:.0f}')")
 # The end-to-end selections of a LensBench draw (`lensllm lensbench e2e`), as a Markdown table.
 e2e_table() {
@@ -73,7 +74,7 @@ section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
   sed -n '/^<!-- default -->$/,/^<!-- end default -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$tmp/loo.md"
   sed -n '/^<!-- goals -->$/,/^<!-- end goals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
-  printf '\nWith the held-out draws counted (fifteen tables): %s\n' "$(sed 's/^Chosen on all tables (what `default` ships): //' "$tmp/loo-all.md")"
+  printf '\nWith the held-out draw counted too (nineteen tables): %s\n' "$(sed 's/^Chosen on all tables (what `default` ships): //' "$tmp/loo-all.md")"
   printf '\n## Speed\n\nEvery table above but the end-to-end one (read from data/lensbench/e2e.csv): %s s wall time on one %s machine with %s cores, measured by this script.\n' \
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md
@@ -198,22 +199,26 @@ task from scratch: with 2 to 64 optimizer steps on the small subsets their curve
 among the steepest of the zoo, and the LENSLLM law extends that drop far past 256 examples while they
 level off before 2,048.
 
-The from-scratch rule (`lensllm.science.uncertainty`): a candidate whose zero-shot loss is at least 98%
+The from-scratch rule (`lensllm.science.uncertainty`): a candidate whose zero-shot loss is at least 95%
 of what a uniform guess over its vocabulary scores on the same test set is predicted by whichever law
 predicts it worst. The runner records the uniform guess's loss with every evaluation
-(`uniformBitsPerByte`; the tables' `uniform` column). On the LensBench zoo the zero-shot loss over the
-uniform guess's is 1.00 for the random models, 1.0 to 1.6 for models pre-trained on unrelated text, and
-0.55 to 0.96 for the rest, so the threshold sits in a gap rather than on a tuned value (0.90 and 0.95
-give the same RelAcc on all four tables). The published tables have no `uniform` column, so their
-races are unchanged; a selection's candidates always have it.
+(`uniformBitsPerByte`; the tables' `uniform` column). On this draw the zero-shot loss over the uniform
+guess's is 1.00 for the random models, 1.0 to 1.6 for models pre-trained on unrelated text and 0.55 to
+0.96 for the rest, which looked like a gap, and the threshold was first set at 0.98. The later draws
+filled it (0.966 to 0.989 for models pre-trained on text unlike the task's), and on the second draw
+the race missed the best model on docstring because of a model at 0.968. The threshold was then chosen
+on the first three draws from 0.98, 0.97, 0.95, 0.93 and 0.90: 0.95 is the highest that mends that race
+(0.93 and below make `default` lose Gigaword to AtS out of sample); the fourth draw, held out, tests it
+(last section). The published tables have no `uniform` column, so their races are unchanged; a
+selection's candidates always have it.
 
 With the rule the race's mean RelAcc is 99.2% (de-en) and 100% (gloss, docstring, cipher) at 7.1% to
 15.6% of full fine-tuning (the tables below), against fixed-budget AtS at 1/16 (12.1%): 99.2%, 100%,
 100% and 22%. It does not dominate AtS everywhere: round 0 alone costs 5.9% on this ladder and ranks
 worse than AtS at 1/32 on the same points (gloss, docstring), and on cipher AtS at 1/64 (2.7%) happens
-to pick the best while its larger budgets do not. `spec.strategy` stays `fixed` by default: no
-held-out table was left for the rule, and the held-out draws of LensBench (the last section of this
-page), measured afterwards, give the race the best model on six of eight tasks.
+to pick the best while its larger budgets do not. `spec.strategy` stays `fixed` by default; the last
+section gives the race on the later draws, where it finds the best model on ten of their twelve
+tables.
 
 The vanilla law alone does what the pair does not on these tables, and loses FLAN: the same races
 with `--laws vanilla` (`spec.race.laws: [vanilla]` in a selection), means over seeds 0-2:
@@ -267,11 +272,11 @@ TXT
 rm -r "$race_tmp"
 
 # ---------------------------------------------------------------------------------------------
-# LensBench's held-out draws (seeds 1 and 2): the same recipe, new weights, splits and subsets, on
-# which nothing was chosen. Appended to the page above.
+# LensBench's later draws (seeds 1-3): the same recipe, new weights, splits and subsets; seed 3
+# held out. Appended to the page above.
 # ---------------------------------------------------------------------------------------------
 draw_tmp=$(mktemp -d)
-for table in "${lensbench[@]}" "${held_out[@]}"; do
+for table in "${lensbench[@]}" "${later[@]}" "${held_out[@]}"; do
   name=$(basename "$(dirname "$table")")-$(basename "$table" .csv)
   "$lensllm" bench "$table" --methods default,ats --format csv > "$draw_tmp/$name.fixed.csv"
   # The same table without its `uniform` column: `default` as it would rank with the from-scratch rule unable to fire.
@@ -281,11 +286,11 @@ for table in "${lensbench[@]}" "${held_out[@]}"; do
   "$lensllm" bench "$draw_tmp/$name.csv" --methods default --format csv > "$draw_tmp/$name.blind.csv"
   "$lensllm" bench "$table" --strategy race --max-compute-fraction 0.3 --format csv > "$draw_tmp/$name.race.csv"
 done
-"$lensllm" lensbench ntk "${held_out[@]}" > "$draw_tmp/ntk.md"
+"$lensllm" lensbench ntk "${later[@]}" "${held_out[@]}" > "$draw_tmp/ntk.md"
 {
   sed -n '/^<!-- second draw -->$/,/^<!-- end second draw -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'
-  "$python" - "$draw_tmp" "${lensbench[@]}" "${held_out[@]}" <<'PY'
+  "$python" - "$draw_tmp" "${lensbench[@]}" "${later[@]}" "${held_out[@]}" <<'PY'
 import csv, statistics, sys
 from pathlib import Path
 tmp, tables = Path(sys.argv[1]), [Path(t) for t in sys.argv[2:]]
@@ -293,7 +298,7 @@ rows = lambda path: list(csv.DictReader(open(path)))
 print("| task | draw | `default` PearCorr (%) | AtS PearCorr | `default` RelAcc (%) | AtS RelAcc | `default` without the rule: PearCorr / RelAcc (%) | race RelAcc (%) @ compute (%) | AtS 1/16 RelAcc (%) |")
 print("|---|---|---|---|---|---|---|---|---|")
 def print_row(task, folder, v):
-    draw = f"seed {folder.removeprefix('lensbench-seed')} (held out)" if folder != "lensbench" else "seed 0"
+    draw = {"lensbench": "seed 0", "lensbench-seed3": "seed 3 (held out)"}.get(folder, f"seed {folder.removeprefix('lensbench-seed')}")
     print(f"| {task} | {draw} | " + " | ".join(f"{x:.1f}" for x in v[:4])
           + f" | {v[4]:.1f} / {v[5]:.1f} | {v[6]:.1f} @ {v[7]:.2f} | {v[8]:.1f} |")
 totals = {}

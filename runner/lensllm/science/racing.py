@@ -194,8 +194,9 @@ def decide(
     racing = [c for c in candidates if c.in_race]
     if not racing:
         raise CurveError("no candidate is left in the race")
-    curves = [c.curve() for c in racing]
-    assessed = predictive_distributions(curves, target, draws=settings.draws, seed=(seed, round), laws=settings.laws)
+    assessed = predictive_distributions(
+        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws
+    )
     p_best = probability_best(np.stack([p.draws for p in assessed.predictive]))
     assessments = tuple(
         Assessment(c.name, round, max(c.sizes), p.loss, p.interval(settings.interval_level), float(pb))
@@ -225,7 +226,7 @@ def decide(
         law=assessed.law,
         noise=assessed.noise,
         law_leaders=assessed.leaders,
-        from_scratch=tuple(c.name for c in curves if c.learns_from_scratch),
+        from_scratch=assessed.from_scratch,
     )
 
 

@@ -116,13 +116,15 @@ class Predictive:
 
 @dataclass(frozen=True)
 class Assessed:
-    """The predictive distributions of one round, the law they come from, each law's pooled noise, and
-    each law's leader (the candidate its fit predicts lowest at the target)."""
+    """The predictive distributions of one round, the law they come from, each law's pooled noise,
+    each law's leader (the candidate its fit predicts lowest at the target), and the candidates that
+    learn the task from scratch (predicted by whichever law predicts them worst)."""
 
     predictive: list[Predictive]
     law: str
     noise: dict[str, float]
     leaders: dict[str, str]
+    from_scratch: tuple[str, ...]
 
 
 def predictive_distributions(
@@ -146,7 +148,8 @@ def predictive_distributions(
         for i in from_scratch:
             out[i] = max([out[i], *(found[i] for found in by_law.values())], key=lambda d: float(np.mean(np.log(d))))
     leaders = {name: curves[_leader(fits_, target)].name for name, (_, fits_, _) in fitted.items()}
-    return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise, leaders)
+    return Assessed([Predictive(c.name, out[i]) for i, c in enumerate(curves)], law, noise, leaders,
+                    tuple(c.name for i, c in enumerate(curves) if i in from_scratch))
 
 
 def _draws(curves, fitted, law: _LawSpec, noise: float, members: set[int], target, draws, seed) -> dict[int, np.ndarray]:

@@ -41,8 +41,12 @@ def run_cli(args, capsys):
     return code, out, err
 
 
+# Three initial sizes (the default) cannot see "late" turn down: these races start on four.
+FOUR = ["--initial-sizes", "4"]
+
+
 def test_race_csv_has_the_contract_header_and_one_row_per_seed(race_csv, capsys):
-    code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "2", "--format", "csv"], capsys)
+    code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", *FOUR, "--seeds", "2", "--format", "csv"], capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0
     assert list(rows[0]) == ["seed", "rounds", "stop", "compute_fraction", "relacc", "pearcorr", "coverage", "selected", "survivors", "laws_agree"]
@@ -56,7 +60,7 @@ def test_race_csv_has_the_contract_header_and_one_row_per_seed(race_csv, capsys)
 
 def test_race_json_holds_rounds_ranking_front_and_the_fixed_budgets(race_csv, capsys, tmp_path):
     plot = tmp_path / "race.png"
-    args = ["bench", race_csv, "--strategy", "race", "--seeds", "1", "--ratios", "2,4,8", "--format", "json", "--plot", plot]
+    args = ["bench", race_csv, "--strategy", "race", *FOUR, "--seeds", "1", "--ratios", "2,4,8", "--format", "json", "--plot", plot]
     code, out, _ = run_cli(args, capsys)
     doc = json.loads(out)
     assert code == 0
@@ -68,7 +72,7 @@ def test_race_json_holds_rounds_ranking_front_and_the_fixed_budgets(race_csv, ca
     assert first["round"] == 0 and {a["name"] for a in first["assessments"]} == set(MODELS)
     assert all(e["round"] == 0 and e["reason"].startswith("P(best)") for e in first["eliminated"])
     assert [p["label"] for p in doc["fixed"]] == ["ats 1/2", "ats 1/4", "ats 1/8"]
-    assert doc["front"] and all(p["label"].startswith("race eps=") for p in doc["front"])
+    assert doc["front"] and all(p["label"].startswith("race n0=") for p in doc["front"])
     assert isinstance(doc["undominated_fixed"], list)
     assert plot.read_bytes().startswith(PNG_MAGIC)
 

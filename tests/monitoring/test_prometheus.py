@@ -177,6 +177,7 @@ def run_selection(kube: Cluster, namespace: str) -> dict[str, Any]:
             "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target"},
             "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
             "ntk": {"probeSize": 8}, "maxFailedCandidates": 1, "resources": {"nvidia.com/gpu": 1}, "strategy": "race",
+            "race": {"initialSizes": 4},
         },
     }
     custom = kubernetes.client.CustomObjectsApi(kube.api)

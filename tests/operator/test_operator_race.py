@@ -25,10 +25,10 @@ def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
     rounds = status.race.rounds
     assert len(rounds) >= 2 and "tiny-gpt2" in [e.candidate for e in rounds[0].eliminated]
     gpt2 = status.candidates["tiny-gpt2"]
-    assert [(t.round, t.sizes, t.state) for t in gpt2.trials] == [(0, [16, 32, 64, 128], "Succeeded")]
+    assert [(t.round, t.sizes, t.state) for t in gpt2.trials] == [(0, [16, 32, 64], "Succeeded")]
     assert gpt2.lower_confidence and gpt2.eliminated_in == 0
     llama = status.candidates["tiny-llama"]
-    assert [(t.round, t.sizes) for t in llama.trials] == [(0, [16, 32, 64, 128]), (1, [256])]
+    assert [(t.round, t.sizes) for t in llama.trials][:2] == [(0, [16, 32, 64]), (1, [128])]
     assert all(t.job_name.startswith(f"race-tiny-llama-r{t.round}-") for t in llama.trials)
     assert status.race.compute_fraction < status.race.fixed_budget_fraction
 
@@ -44,9 +44,10 @@ def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
 
 # Stand-in curves (tests/support/stand_in_trial.py): model-h is far behind from the first sizes on, model-a and
 # model-b stay close for two rounds; model-b is the best at the target (1.26 bits per byte against 1.50 and 2.15).
+# Round 0 on four sizes, ranked by the laws, as the rounds below were written for.
 STAND_IN_RACE = {"strategy": "race", "budget": {"subsetSizes": [16, 32, 64, 128, 256, 512], "targetSize": 8192,
                                                 "maxComputeFraction": 1.0},
-                 "race": {"epsilon": 0.05, "delta": 0.01}, "parallelism": 3}
+                 "race": {"epsilon": 0.05, "delta": 0.01, "initialSizes": 4}, "parallelism": 3}
 
 
 def jobs_of(batch, namespace: str, selection: str) -> list:

@@ -102,10 +102,26 @@ def test_an_eliminated_candidate_is_never_assessed_or_run_again(replay):
     assert all(r.lower_confidence == (r.name in gone) for r in replay.ranking)
 
 
-def test_eliminations_record_the_round_and_the_reason(replay):
+def test_eliminations_record_the_round_and_the_reason(curves, replay):
     out = replay.decisions[0].eliminated[0]
-    assert out.round == 0
-    assert out.reason.startswith("P(best) ") and "< epsilon 0.01 after sizes up to 800" in out.reason
+    assert out.round == 0 and replay.decisions[0].law == "power"
+    assert out.reason.startswith("P(best) ") and "< 0.001 (epsilon 0.01 x 0.1: ranked by the power law) after sizes up to 400" in out.reason
+    by_laws = replay_race(curves, TARGET, dataclasses.replace(replay.settings, initial_sizes=4), seed=3)
+    assert "< epsilon 0.01 after sizes up to 800" in by_laws.decisions[0].eliminated[0].reason
+
+
+def test_the_power_law_thins_the_field_under_a_tenth_of_epsilon_and_never_stops_the_race(curves):
+    """Round 0 of three sizes with one candidate far ahead: every other P(best) is under epsilon / 10, so
+    they all leave, yet the race goes on; on four sizes the laws' P(best) stops it as confident."""
+    ahead = [dataclasses.replace(c, losses=tuple(v * (0.5 if i == 0 else 1.0) for v in c.losses))
+             for i, c in enumerate(_candidate(curves, i, 4) for i in range(curves.n_models))]
+    three = [dataclasses.replace(c, sizes=c.sizes[:3], losses=c.losses[:3]) for c in ahead]
+    thinned = decide(RaceSettings(), SIZES.astype(int), TARGET, three, round=0, seed=1)
+    assert thinned.law == "power" and max(a.p_best for a in thinned.assessments) > 0.95
+    assert thinned.stop is None and dict(thinned.next_sizes) == {"late": (800,)}
+    assert {e.name for e in thinned.eliminated} == set(LAWS) - {"late"}
+    settled = decide(RaceSettings(initial_sizes=4), SIZES.astype(int), TARGET, ahead, round=0, seed=1)
+    assert settled.law != "power" and settled.stop == "confident"
 
 
 @pytest.mark.parametrize("cap", [0.002, 0.01, 0.03, 0.1])
@@ -135,6 +151,15 @@ def test_a_race_never_runs_more_rounds_than_allowed(curves, initial, step, max_r
     ran = replay_race(curves, TARGET, settings, seed=0)
     assert ran.rounds <= max_rounds
     assert len(schedule(settings, SIZES[SIZES < TARGET].astype(int))) <= max_rounds
+
+
+def test_a_race_on_three_initial_sizes_ranks_round_0_by_the_power_law_then_by_the_laws(curves):
+    settings = RaceSettings(initial_sizes=3, max_compute_fraction=1.0, delta=1e-9)
+    ran = replay_race(curves, TARGET, settings, seed=0)
+    assert [max(a.largest_size for a in d.assessments) for d in ran.decisions[:2]] == [400, 800]
+    assert ran.decisions[0].law == "power" and set(ran.decisions[0].law_leaders) == {"power"}
+    assert all(d.law in ("lensllm", "vanilla") for d in ran.decisions[1:]) and ran.rounds > 1
+    assert ran.selected == "late"
 
 
 def test_the_schedule_starts_with_the_initial_sizes_then_adds_sizes_per_round():
@@ -194,7 +219,7 @@ def test_compute_fraction_weights_each_point_by_parameters():
         ({"delta": 1.0}, "delta must be in"),
         ({"max_compute_fraction": -1.0}, "max_compute_fraction"),
         ({"initial_sizes": 0}, "initial_sizes must be a positive integer"),
-        ({"initial_sizes": 3}, "initial_sizes must be at least 4"),
+        ({"initial_sizes": 2}, "initial_sizes must be at least 3"),
         ({"max_rounds": 2.5}, "max_rounds must be a positive integer"),
         ({"laws": ("lensllm", "magic")}, "laws must be distinct names among lensllm, vanilla"),
         ({"laws": ()}, "laws must be distinct"),
@@ -236,7 +261,7 @@ def _candidate(curves: Curves, i: int, n_sizes: int) -> RaceCandidate:
 
 @pytest.mark.parametrize("laws", [("lensllm",), ("vanilla",), ("lensllm", "vanilla")])
 def test_every_law_set_honours_the_decision_contract(curves, laws):
-    settings = RaceSettings(laws=laws, draws=50)
+    settings = RaceSettings(laws=laws, draws=50, initial_sizes=4)
     points = [_candidate(curves, i, 4) for i in range(curves.n_models)]
     decision = decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
     assert decision == decide(settings, SIZES.astype(int), TARGET, points, round=0, seed=1)
@@ -262,11 +287,11 @@ def test_a_decision_names_the_candidates_that_learn_from_scratch(curves):
 
 
 def test_no_law_s_leader_is_eliminated_even_when_the_best_fitting_law_gives_it_no_chance(curves_dir):
-    """LensBench gloss (third draw): in round 0 the best-fitting law gives the other law's leader a P(best) under
+    """LensBench gloss (third draw), a race of four initial sizes: in round 0 the best-fitting law gives the other law's leader a P(best) under
     epsilon; that candidate stays, and it is the true best after full fine-tuning."""
     table = read_curves(curves_dir.parent / "lensbench-seed2" / "gloss.csv")
     target = float(table.sizes[-1])
-    race = replay_race(table, target, RaceSettings(max_compute_fraction=0.3), seed=0)
+    race = replay_race(table, target, RaceSettings(max_compute_fraction=0.3, initial_sizes=4), seed=0)
     protected = [
         (d.round, name)
         for d in race.decisions

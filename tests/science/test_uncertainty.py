@@ -136,3 +136,77 @@ def test_a_candidate_learning_from_scratch_is_predicted_by_the_law_that_predicts
     assert flagged["llama-xs-dict-4k"] == plain["llama-xs-dict-4k"]
     assert flagged["llama-m-none-4k"] == max(p["llama-m-none-4k"] for p in per_law.values())
     assert plain["llama-m-none-4k"] < plain["llama-xs-dict-4k"] < flagged["llama-m-none-4k"]
+
+
+THREE_SIZES = SIZES[:3]
+
+
+def power_curves(n: int, noise: float, seed: int) -> tuple[list[MeasuredCurve], np.ndarray]:
+    """`n` curves `B D^-beta` measured at three sizes with log-normal noise, and their true losses at TARGET."""
+    rng = np.random.default_rng(seed)
+    B, beta = rng.uniform(5, 50, n), rng.uniform(0.1, 0.5, n)
+    curves = [
+        MeasuredCurve(f"p{i}", THREE_SIZES, B[i] * THREE_SIZES ** -beta[i] * np.exp(noise * rng.standard_normal(3)), zero_shot=60.0)
+        for i in range(n)
+    ]
+    return curves, B * TARGET**-beta
+
+
+def test_curves_of_three_sizes_are_predicted_by_the_power_law():
+    curves, truth = power_curves(6, 0.0, 1)
+    assessed = predictive_distributions(curves, TARGET, draws=50, seed=(0, 0))
+    assert assessed.law == "power" and assessed.noise == {"power": MIN_LOG_NOISE}
+    np.testing.assert_allclose([p.loss for p in assessed.predictive], truth, rtol=0.02)
+    assert assessed.leaders == {"power": curves[int(np.argmin(truth))].name}
+
+
+def test_the_power_law_pools_the_noise_over_its_spare_points():
+    curves, _ = power_curves(60, 0.02, 2)
+    found = predictive_distributions(curves, TARGET, draws=20, seed=(0, 0)).noise["power"]
+    assert 0.014 <= found <= 0.026
+
+
+def test_the_power_law_bootstrap_spreads_like_refits_to_noisy_copies():
+    """The closed-form draws against brute force: refit a line to many noisy copies of the fit, predict at TARGET."""
+    curves, _ = power_curves(40, 0.02, 3)
+    assessed = predictive_distributions(curves, TARGET, draws=4000, seed=(0, 0))
+    noise = assessed.noise["power"]
+    rng = np.random.default_rng(4)
+    x = np.log(THREE_SIZES)
+    for curve, predictive in list(zip(curves, assessed.predictive))[:3]:
+        line = np.polyfit(x, np.log(curve.losses), 1)
+        copies = np.polyval(line, x) + noise * rng.standard_normal((4000, 3))
+        refits = np.array([np.polyval(np.polyfit(x, copy, 1), np.log(TARGET)) for copy in copies])
+        assert np.std(np.log(predictive.draws)) == pytest.approx(np.std(refits), rel=0.06)
+        assert np.mean(np.log(predictive.draws)) == pytest.approx(np.polyval(line, np.log(TARGET)), abs=3 * noise)
+
+
+def test_a_short_curve_learning_from_scratch_is_raised_to_its_most_pessimistic_law():
+    """The first three de-en points of the randomly initialised model: the power law extends its drop; the
+    laws fitted exactly through the points predict it higher, and it gets the higher of them."""
+    sizes = np.array([8.0, 16, 32])
+    losses = np.array([5.202, 5.142, 5.070])
+    scratch = MeasuredCurve("llama-m-none-4k", sizes, losses, zero_shot=5.314, uniform=5.284)
+    unknown = MeasuredCurve("llama-m-none-4k", sizes, losses, zero_shot=5.314)
+    pretrained = MeasuredCurve("llama-xs-dict-4k", sizes, np.array([3.733, 3.668, 3.569]), zero_shot=3.807, uniform=5.284)
+
+    def assess(curves):
+        return predictive_distributions(curves, 2048, draws=50, seed=(0, 0))
+
+    plain, flagged = assess([unknown, pretrained]), assess([scratch, pretrained])
+    assert flagged.law == "power" and flagged.from_scratch == ("llama-m-none-4k",)
+    assert flagged.predictive[1].loss == plain.predictive[1].loss
+    worst = max(float(fit_law(scratch, law).loss_at(2048.0)) for law in ("lensllm", "vanilla"))
+    assert flagged.predictive[0].loss == pytest.approx(worst, rel=0.01) and worst > 1.01 * plain.predictive[0].loss
+    shift = flagged.predictive[0].draws / plain.predictive[0].draws
+    np.testing.assert_allclose(shift, shift[0], rtol=1e-9)  # the same spread, moved up
+
+
+def test_the_power_law_fit_is_the_line_the_round_predicts_with():
+    curves, _ = power_curves(3, 0.02, 5)
+    assessed = predictive_distributions(curves, TARGET, draws=2000, seed=(0, 0))
+    for curve, predictive in zip(curves, assessed.predictive):
+        fit = fit_law(curve, "power")
+        assert (fit.F, fit.E) == (0.0, 0.0)
+        np.testing.assert_allclose(fit.loss_at(THREE_SIZES), np.exp(np.polyval(np.polyfit(np.log(THREE_SIZES), np.log(curve.losses), 1), np.log(THREE_SIZES))))
+        assert predictive.loss == pytest.approx(float(fit.loss_at(TARGET)), rel=0.01)

@@ -26,7 +26,8 @@ def race_spec(**changes) -> LLMSelectionSpec:
         "dataset": {"source": "d.jsonl", "textField": "text"},
         "budget": {"subsetSizes": SIZES, "targetSize": TARGET, "maxComputeFraction": 1.0},
         "strategy": "race",
-        "race": {"epsilon": 0.05, "delta": 0.01},
+        # Four initial sizes: round 0 ranked by the laws (one test below starts on three, the default).
+        "race": {"epsilon": 0.05, "delta": 0.01, "initialSizes": 4},
         "maxFailedCandidates": 1,
         **changes,
     })
@@ -97,6 +98,18 @@ def test_the_far_candidate_leaves_after_round_zero_and_the_others_run_only_their
     for name in ("close-a", "close-b"):
         assert [p.size for p in status.candidates[name].points] == SIZES  # nested: no size measured twice
         assert [t.sizes for t in status.candidates[name].trials] == [SIZES[:4], [1024], [2048]]
+
+
+def test_a_race_by_default_runs_three_sizes_then_one_per_round_and_records_the_power_law():
+    spec = race_spec(race={"epsilon": 0.05, "delta": 0.01})
+    assert next_trials(spec, st.initial_status(spec, 1, NOW)) == [Trial(name, 0, tuple(SIZES[:3])) for name in LAWS]
+    status = run_race(spec)
+    first = status.race.rounds[0]
+    assert first.law == "power" and set(first.noise) == set(first.law_leaders) == {"power"}
+    assert "far" in {e.candidate for e in first.eliminated} and "close-a" in first.next_sizes
+    assert status.race.rounds[1].law in ("lensllm", "vanilla")
+    assert [t.sizes for t in status.candidates["close-a"].trials][:2] == [SIZES[:3], [SIZES[3]]]
+    assert status.candidates["close-a"].rank == 1
 
 
 def test_the_race_ranks_survivors_first_and_spends_less_than_the_fixed_budget():
@@ -207,7 +220,7 @@ def test_progress_names_the_round_while_survivors_start_again():
 
 def test_each_round_predicts_with_one_of_the_laws_the_spec_allows():
     both = run_race(race_spec()).race.rounds
-    alone = run_race(race_spec(race={"epsilon": 0.05, "delta": 0.01, "laws": ["lensllm"]})).race.rounds
+    alone = run_race(race_spec(race={"epsilon": 0.05, "delta": 0.01, "initialSizes": 4, "laws": ["lensllm"]})).race.rounds
     # The zero-shot point of these curves (3.0 for all) is off their laws, so the vanilla law fits them better.
     assert {r.law for r in both} == {"vanilla"} and all(set(r.noise) == {"lensllm", "vanilla"} for r in both)
     assert {r.law for r in alone} == {"lensllm"} and all(set(r.noise) == {"lensllm"} for r in alone)

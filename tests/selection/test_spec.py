@@ -88,8 +88,10 @@ def refusal(changes: dict, strict: bool = True) -> str:
         ({"affinity": {"nodeAfinity": {}}}, "affinity.nodeAfinity", "Extra inputs"),
         ({"modelCache": {"claimName": "cache", "mountPath": "/etc"}}, "modelCache.mountPath", "Extra inputs"),
         ({"env": [{"name": "HF_TOKEN", "value": "stolen"}]}, "env.0.name", "set by the operator"),
-        ({"strategy": "race", "budget": {"baseSize": 100, "doublings": 2, "targetSize": 10_000}}, "budget",
-         "strategy race needs at least 4 subset sizes"),
+        ({"strategy": "race", "race": {"initialSizes": 4}, "budget": {"baseSize": 100, "doublings": 2, "targetSize": 10_000}},
+         "budget", "strategy race needs at least race.initialSizes = 4 subset sizes (round 0 runs that many), got 3"),
+        ({"strategy": "race", "race": {"initialSizes": 6}}, "budget", "race.initialSizes = 6 subset sizes (round 0 runs that many), got 4"),
+        ({"race": {"initialSizes": 2}}, "race.initialSizes", "greater than or equal to 3"),
         ({"strategy": "greedy"}, "strategy", "'fixed' or 'race'"),
         ({"race": {"epsilon": 0.0}}, "race.epsilon", "greater than 0"),
         ({"race": {"delta": 0.7}}, "race.delta", "less than or equal to 0.5"),
@@ -149,10 +151,14 @@ def test_race_settings_change_the_digest_of_a_race_only():
     assert race.digest() != base.digest()
     assert LLMSelectionSpec.model_validate(spec(strategy="race", race={"delta": 0.1})).digest() != race.digest()
     assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
-    assert race.digest() == "7d0216b9f8a9617e"  # main at 8bf178f, before spec.race.laws existed
-    assert race.race_settings().laws == ("lensllm", "vanilla")
+    assert race.race_settings().laws == ("lensllm", "vanilla") and race.race_settings().initial_sizes == 3
+    # Before spec.race.laws and initialSizes existed every race ran both laws from four sizes: such a race keeps
+    # its digest; one on today's default schedule does not match it (an upgraded operator must not change its rounds).
+    before = LLMSelectionSpec.model_validate(spec(strategy="race", race={"initialSizes": 4}))
+    assert before.digest() == "7d0216b9f8a9617e" != race.digest()  # main at 8bf178f
     vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
     assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
+    assert before.race_settings().initial_sizes == 4
 
 
 @pytest.mark.parametrize("laws", [[], ["vanilla", "vanilla"], ["rectified"]])

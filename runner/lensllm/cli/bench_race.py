@@ -14,7 +14,7 @@ from lensllm.cli import options, race_render
 from lensllm.errors import LensLLMError
 from lensllm.science.benchmark import usable_ratios
 from lensllm.science.laws import LawWarning
-from lensllm.science.race_replay import capped, fixed_budget_points, race_points, race_runs, races_by_epsilon
+from lensllm.science.race_replay import capped, fixed_budget_points, race_grid, race_points, race_runs
 from lensllm.science.racing import RaceSettings
 from lensllm.science.uncertainty import LAWS
 
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "csv":
             sys.stdout.write(race_render.runs_csv(race_runs(curves, target, settings, seeds)))
             return 0
-        races = races_by_epsilon(curves, target, settings, seeds)
-        runs = [capped(curves, target, r, settings.max_compute_fraction) for r in races[settings.epsilon]]
+        races = race_grid(curves, target, settings, seeds)
+        runs = [capped(curves, target, r, settings.max_compute_fraction) for r in races[settings.initial_sizes, settings.epsilon]]
         front = race_points(curves, target, races)
         fixed = fixed_budget_points(curves, target, "ats", args.ratios or usable_ratios(curves, target))
     if args.format == "table":

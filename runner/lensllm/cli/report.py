@@ -156,7 +156,6 @@ def race_curves(status) -> list:
     import numpy as np
 
     from lensllm.cli.plots import RaceCurve
-    from lensllm.science.fitting import family_loss
     from lensllm.science.uncertainty import fit_law
     from lensllm.selection.status import race_candidates
 
@@ -172,7 +171,7 @@ def race_curves(status) -> list:
         rows.append(RaceCurve(
             name=candidate.name, sizes=np.asarray(candidate.sizes, float), losses=np.asarray(candidate.losses),
             law=law,
-            curve=lambda sizes, fit=fit: family_loss(sizes, fit.B, fit.F, fit.beta, fit.E),
+            curve=fit.loss_at,
             predicted_loss=entry.predicted_loss, interval=tuple(entry.interval) if entry.interval else None,
             eliminated_in=entry.eliminated_in,
         ))

@@ -46,6 +46,10 @@ class FamilyFit:
     converged: bool
     at_bounds: tuple[str, ...]
 
+    def loss_at(self, sizes: np.ndarray | float) -> np.ndarray:
+        """The fitted curve at every size given."""
+        return family_loss(sizes, self.B, self.F, self.beta, self.E)
+
 
 def family_loss(sizes: np.ndarray, B: float, F: float, beta: float, E: float) -> np.ndarray:
     """`B / (F + D^beta) + E`, evaluated at every size D (D = 0 allowed)."""

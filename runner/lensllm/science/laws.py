@@ -156,7 +156,7 @@ class _FamilyLaw:
 
     def predict(self, sizes: np.ndarray | float) -> np.ndarray:
         f = self._fitted()
-        return family_loss(check_sizes(np.atleast_1d(sizes), what="sizes to predict"), f.B, f.F, f.beta, f.E)
+        return f.loss_at(check_sizes(np.atleast_1d(sizes), what="sizes to predict"))
 
 
 class VanillaLaw(_FamilyLaw):

@@ -157,9 +157,11 @@ def _measure(curves: Curves, candidate: RaceCandidate, sizes: Sequence[int]) -> 
 
 
 # The settings the front sweeps: compute caps from 0.1% to 25% of full fine-tuning (the cost
-# of the smallest and largest fixed budgets of the papers), and elimination thresholds.
+# of the smallest and largest fixed budgets of the papers), elimination thresholds, and round 0's
+# sizes (three, the fewest a fit allows, or the default four).
 FRONT_CAPS = (0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
 FRONT_EPSILONS = (0.005, 0.01, 0.02, 0.05)
+FRONT_INITIAL_SIZES = (3, 4)
 
 
 def race_runs(curves: Curves, target: float, settings: RaceSettings, seeds: Sequence[int]) -> list[RaceReplay]:
@@ -167,14 +169,22 @@ def race_runs(curves: Curves, target: float, settings: RaceSettings, seeds: Sequ
     return [replay_race(curves, target, settings, seed) for seed in seeds]
 
 
-def races_by_epsilon(
-    curves: Curves, target: float, settings: RaceSettings, seeds: Sequence[int], epsilons: Sequence[float] = FRONT_EPSILONS
-) -> dict[float, list[RaceReplay]]:
-    """Per epsilon (the grid and the settings' own), the race with the loosest cap of the grid, once per seed;
-    `capped` turns each into the race at any smaller cap."""
+def race_grid(
+    curves: Curves,
+    target: float,
+    settings: RaceSettings,
+    seeds: Sequence[int],
+    epsilons: Sequence[float] = FRONT_EPSILONS,
+    initial_sizes: Sequence[int] = FRONT_INITIAL_SIZES,
+) -> dict[tuple[int, float], list[RaceReplay]]:
+    """Per (initial sizes, epsilon) of the grid and the settings' own, the race with the loosest cap of the
+    grid, once per seed; `capped` turns each into the race at any smaller cap."""
     loosest = max(settings.max_compute_fraction, *FRONT_CAPS)
     return {
-        epsilon: race_runs(curves, target, dataclasses.replace(settings, epsilon=epsilon, max_compute_fraction=loosest), seeds)
+        (n0, epsilon): race_runs(
+            curves, target, dataclasses.replace(settings, initial_sizes=n0, epsilon=epsilon, max_compute_fraction=loosest), seeds
+        )
+        for n0 in sorted({*initial_sizes, settings.initial_sizes})
         for epsilon in sorted({*epsilons, settings.epsilon})
     }
 
@@ -191,12 +201,12 @@ def mean_point(label: str, runs: Sequence[RaceReplay]) -> QualityPoint:
 
 
 def race_points(
-    curves: Curves, target: float, races: dict[float, list[RaceReplay]], caps: Sequence[float] = FRONT_CAPS
+    curves: Curves, target: float, races: dict[tuple[int, float], list[RaceReplay]], caps: Sequence[float] = FRONT_CAPS
 ) -> list[QualityPoint]:
-    """The race at every (epsilon, cap) of the grid, averaged over seeds."""
+    """The race at every (initial sizes, epsilon, cap) of the grid, averaged over seeds."""
     return [
-        mean_point(f"race eps={epsilon:g} cap={cap:g}", [capped(curves, target, r, cap) for r in runs])
-        for epsilon, runs in races.items()
+        mean_point(f"race n0={n0} eps={epsilon:g} cap={cap:g}", [capped(curves, target, r, cap) for r in runs])
+        for (n0, epsilon), runs in races.items()
         for cap in caps
     ]
 

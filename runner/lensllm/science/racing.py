@@ -7,7 +7,8 @@ measured (no size is ever run twice). After each round `decide` fits the survivo
 with the law that fits them best and bootstraps it (`lensllm.science.uncertainty`),
 computes each survivor's probability of being best at the target, P(best), and
 
-- eliminates every candidate with P(best) < epsilon, recording the round and the reason,
+- eliminates every candidate with P(best) < epsilon (epsilon / 10 in a round ranked by the power
+  law, see below), recording the round and the reason,
   except the most likely one and each law's leader (the candidate a law's own fit predicts
   best): P(best) comes from the law that fits best, and no law is trusted to eliminate what
   another one ranks first (on the LensBench docstring table the LENSLLM law eliminated the
@@ -17,6 +18,13 @@ computes each survivor's probability of being best at the target, P(best), and
   `max_compute_fraction` of fully fine-tuning every candidate (a point costs subset size x
   parameters; round 0 always runs, as nothing can be ranked without it);
 - otherwise names the sizes each survivor runs next.
+
+Round 0 runs three sizes by default: too few for the laws to leave a residual, so it is ranked
+by a plain power law (`lensllm.science.uncertainty`), whose draws see the noise but not the error
+of extending a straight line a thousandfold; a candidate leaves such a round only at P(best) below
+a tenth of epsilon, and no such round stops the race as confident. Chosen on the FLAN and
+Gigaword tables, as the other settings were: starting on four sizes cost twice the compute, and
+three with the full epsilon lost the best model on Gigaword (docs/benchmarks.md).
 
 `rank` orders the candidates once the race stops: survivors by predicted loss, then the
 eliminated ones by the prediction they had when they left, flagged as lower-confidence.
@@ -34,11 +42,14 @@ import numpy as np
 
 from lensllm.errors import CurveError
 from lensllm.science.checks import check_positive, check_sizes
-from lensllm.science.uncertainty import LAWS, MeasuredCurve, predictive_distributions, probability_best
+from lensllm.science.uncertainty import LAWS, POWER_LAW, MeasuredCurve, predictive_distributions, probability_best
 
 StopReason = Literal["confident", "exhausted", "computeCap"]
-# The laws have up to four parameters; round 0 needs spare points to measure the noise.
-MIN_INITIAL_SIZES = 4
+# Round 0 needs a spare point to measure the noise by: three sizes for the two-parameter power law
+# that predicts curves that short (lensllm.science.uncertainty), four for the laws.
+MIN_INITIAL_SIZES = 3
+# The share of epsilon under which a round ranked by the power law eliminates.
+POWER_LAW_EPSILON_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ class RaceSettings:
     epsilon: float = 0.01
     delta: float = 0.05
     max_compute_fraction: float = 0.05
-    initial_sizes: int = 4
+    initial_sizes: int = 3
     sizes_per_round: int = 1
     max_rounds: int = 7
     laws: tuple[str, ...] = tuple(LAWS)
@@ -66,7 +77,7 @@ class RaceSettings:
             if not isinstance(value, int) or value < 1:
                 raise CurveError(f"race setting {name} must be a positive integer, got {value!r}")
         if self.initial_sizes < MIN_INITIAL_SIZES:
-            raise CurveError(f"race setting initial_sizes must be at least {MIN_INITIAL_SIZES} (the laws need spare points), got {self.initial_sizes}")
+            raise CurveError(f"race setting initial_sizes must be at least {MIN_INITIAL_SIZES} (a fit needs a spare point), got {self.initial_sizes}")
         unknown = [law for law in self.laws if law not in LAWS]
         if not self.laws or unknown or len(set(self.laws)) != len(self.laws):
             raise CurveError(f"race setting laws must be distinct names among {', '.join(LAWS)}, got {list(self.laws)}")
@@ -204,17 +215,20 @@ def decide(
     )
     leader = int(np.argmax(p_best))
     kept = {assessments[leader].name, *assessed.leaders.values()}
+    threshold, meaning = _elimination_threshold(settings, assessed.law)
     out = tuple(
-        Elimination(a.name, round, f"P(best) {a.p_best:.4f} < epsilon {settings.epsilon:g} after sizes up to {a.largest_size:,}")
+        Elimination(a.name, round, f"P(best) {a.p_best:.4f} < {meaning} after sizes up to {a.largest_size:,}")
         for a in assessments
-        if a.p_best < settings.epsilon and a.name not in kept
+        if a.p_best < threshold and a.name not in kept
     )
     gone = {e.name for e in out}
     survivors = [c for c in racing if c.name not in gone]
     spent = compute_fraction(candidates, target)
     plan = _next_sizes(settings, ladder, survivors, round)
     cost = sum(sum(plan[c.name]) * c.params for c in survivors) / _full_cost(candidates, target)
-    stop = _stop_reason(settings, float(p_best[leader]), plan, spent + cost)
+    # The power law's P(best) may thin the field, never end the race: its line can cross the others'.
+    confidence = float(p_best[leader]) if assessed.law != POWER_LAW else 0.0
+    stop = _stop_reason(settings, confidence, plan, spent + cost)
     return RoundDecision(
         round=round,
         assessments=assessments,
@@ -228,6 +242,14 @@ def decide(
         law_leaders=assessed.leaders,
         from_scratch=assessed.from_scratch,
     )
+
+
+def _elimination_threshold(settings: RaceSettings, law: str) -> tuple[float, str]:
+    """The P(best) under which a round ranked by `law` eliminates, and how to say it."""
+    if law == POWER_LAW:
+        threshold = settings.epsilon * POWER_LAW_EPSILON_SHARE
+        return threshold, f"{threshold:g} (epsilon {settings.epsilon:g} x {POWER_LAW_EPSILON_SHARE:g}: ranked by the power law)"
+    return settings.epsilon, f"epsilon {settings.epsilon:g}"
 
 
 def _check_inputs(candidates: Sequence[RaceCandidate], target: float, round: int) -> None:

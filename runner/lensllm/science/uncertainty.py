@@ -15,6 +15,14 @@ pooled residual level, refitted many times. The prediction is the draws' mean in
   NTK summary it has the rectified form; `lensllm.science.laws.LensLLMLaw`);
 - `vanilla`: `B / D^beta + E` on the fine-tuned points only (`VanillaLaw`).
 
+Curves of three fine-tuned sizes (a race that starts on three) leave neither law a spare point,
+so no residual to measure the noise by. They are predicted by a plain power law, `B / D^beta`: a
+straight line in log-log space fitted by least squares, with one spare point per curve. Its
+bootstrap is exact and needs no refitting: a refit to noisy copies moves the log prediction by
+a fixed linear combination of the noise. It cannot level off, so far from the data it predicts
+too low; what the race needs from round 0 is the order of the candidates, and the laws take over
+from four sizes on (docs/benchmarks.md).
+
 The noise level is pooled over every curve assessed together (one dataset, one recipe, so
 one measurement noise): with a handful of points per curve and four parameters,
 a single curve's residuals say almost nothing about its noise, thirty curves' do. The
@@ -48,6 +56,9 @@ from lensllm.science.curves import learns_from_scratch
 from lensllm.science.fitting import FamilyFit, family_loss, fit_family, fit_family_many, refit_family_many
 
 MIN_FITTED_POINTS = 3
+# With fewer fine-tuned points than this, the laws leave no residual: the power law predicts.
+MIN_LAW_POINTS = 4
+POWER_LAW = "power"
 # A perfect fit would make every bootstrap draw identical; real subset fine-tunes never
 # repeat to better than this (log-space standard deviation, about 0.2%).
 MIN_LOG_NOISE = 2e-3
@@ -136,6 +147,8 @@ def predictive_distributions(
     candidate's draws do not depend on which other candidates are assessed with it.
     """
     check_positive(target, what="target size")
+    if min(c.points(False)[0].size for c in curves) < MIN_LAW_POINTS:
+        return _power_law_assessment(curves, target, draws, seed, laws)
     fitted = {law: _fit_all(curves, LAWS[law]) for law in laws}
     noise = {law: pooled for law, (_, _, pooled) in fitted.items()}
     law = min(laws, key=lambda name: noise[name])  # ties keep the order given
@@ -152,6 +165,40 @@ def predictive_distributions(
                     tuple(c.name for i, c in enumerate(curves) if i in from_scratch))
 
 
+def _power_law_assessment(curves: Sequence[MeasuredCurve], target: float, draws: int, seed: Sequence[int], laws: Sequence[str]) -> Assessed:
+    """Every curve predicted by `B / D^beta` fitted in log-log space, with its exact parametric bootstrap."""
+    points = [c.points(False) for c in curves]
+    predicted = np.empty(len(curves))
+    weights: list[np.ndarray] = [np.empty(0)] * len(curves)
+    sse, dof = 0.0, 0
+    for x, members in _by_sizes(points).items():
+        design = np.column_stack([np.ones(len(x)), np.log(x)])
+        log_losses = np.log(np.stack([points[i][1] for i in members], axis=1))
+        coef = np.linalg.lstsq(design, log_losses, rcond=None)[0]
+        sse += float(np.sum((log_losses - design @ coef) ** 2))
+        dof += len(members) * (len(x) - 2)
+        # The log prediction is a linear combination of the log losses: a refit to noise e moves it by w . e.
+        w = np.array([1.0, np.log(target)]) @ np.linalg.pinv(design)
+        for k, i in enumerate(members):
+            predicted[i] = float(w @ log_losses[:, k])
+            weights[i] = w
+    noise = max(float(np.sqrt(sse / dof)), MIN_LOG_NOISE)
+    from_scratch = tuple(c.name for c in curves if c.learns_from_scratch)
+    out = []
+    for c, centre, w in zip(curves, predicted, weights):
+        if c.name in from_scratch:
+            centre = max(centre, _worst_exact_fit(c, target, laws))
+        z = np.random.default_rng([*seed, zlib.crc32(c.name.encode())]).standard_normal((draws, w.size))
+        out.append(Predictive(c.name, np.exp(centre + noise * (z @ w))))
+    leader = curves[int(np.argmin(predicted))].name
+    return Assessed(out, POWER_LAW, {POWER_LAW: noise}, {POWER_LAW: leader}, from_scratch)
+
+
+def _worst_exact_fit(curve: MeasuredCurve, target: float, laws: Sequence[str]) -> float:
+    """The highest log loss at `target` that any of `laws`, fitted to the curve, predicts."""
+    return max(float(np.log(fit_law(curve, law).loss_at(float(target)))) for law in laws)
+
+
 def _draws(curves, fitted, law: _LawSpec, noise: float, members: set[int], target, draws, seed) -> dict[int, np.ndarray]:
     """The bootstrap draws at `target` of the curves in `members` under one law, by index."""
     points, fits, _ = fitted
@@ -166,14 +213,23 @@ def _draws(curves, fitted, law: _LawSpec, noise: float, members: set[int], targe
 
 def _leader(fits: Sequence[FamilyFit], target: float) -> int:
     """Index of the fit that predicts the lowest loss at `target` (ties: the first)."""
-    return int(np.argmin([family_loss(float(target), f.B, f.F, f.beta, f.E) for f in fits]))
+    return int(np.argmin([f.loss_at(float(target)) for f in fits]))
 
 
 def fit_law(curve: MeasuredCurve, law: str) -> FamilyFit:
-    """One curve's fit under `law`, on the points that law sees: the curve a race's round bootstraps."""
+    """One curve's fit under `law` (or the power law), on the points that law sees: the curve a race's round bootstraps."""
+    if law == POWER_LAW:
+        return _fit_power_law(*curve.points(False))
     spec = LAWS[law]
     x, y = curve.points(spec.uses_zero_shot)
     return fit_family(x, y, f_bounds=spec.f_bounds)
+
+
+def _fit_power_law(x: np.ndarray, y: np.ndarray) -> FamilyFit:
+    """`B / D^beta` (the family with F = E = 0) by least squares in log-log space."""
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    residual = np.log(y) - (intercept + slope * np.log(x))
+    return FamilyFit(float(np.exp(intercept)), 0.0, float(-slope), 0.0, float(np.sqrt(np.mean(residual**2))), True, ())
 
 
 def _fit_all(curves: Sequence[MeasuredCurve], law: _LawSpec) -> tuple[list, list, float]:

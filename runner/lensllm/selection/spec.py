@@ -52,6 +52,9 @@ IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "traini
 # keeps the digests of selections started before they existed (an operator upgrade fails none).
 RACE_ONLY_FIELDS = ("strategy", "race")
 DEFAULT_RACE_LAWS = tuple(RaceSettings().laws)
+# What every race ran with before these fields existed: left out of the digest at these values, so an
+# upgraded operator finds those races unchanged (and ends any whose schedule the new defaults would change).
+RACE_VALUES_BEFORE_FIELDS = {"laws": list(DEFAULT_RACE_LAWS), "initialSizes": 4}
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -171,6 +174,15 @@ class RaceSpec(WireModel):
     )
     delta: float = Field(
         default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta."
+    )
+    initial_sizes: int = Field(
+        default=RaceSettings().initial_sizes,
+        ge=MIN_INITIAL_SIZES,
+        le=MAX_SUBSET_SIZES,
+        description="Subset sizes every candidate runs in round 0; each later round adds the next size for the "
+        f"candidates still in the race. With {MIN_INITIAL_SIZES} the laws leave no residual, so round 0 ranks by a "
+        "plain power law and eliminates only at P(best) < epsilon / 10; 4 ranks round 0 by the laws, at more compute "
+        "(docs/benchmarks.md).",
     )
     laws: list[Literal["lensllm", "vanilla"]] = Field(
         default_factory=lambda: list(DEFAULT_RACE_LAWS),
@@ -319,17 +331,17 @@ class LLMSelectionSpec(WireModel):
 
     @model_validator(mode="after")
     def _race_ladder_long_enough(self) -> "LLMSelectionSpec":
-        if self.strategy == "race" and len(self.budget.sizes) < MIN_INITIAL_SIZES:
+        if self.strategy == "race" and len(self.budget.sizes) < self.race.initial_sizes:
             raise ValueError(
-                f"budget: strategy race needs at least {MIN_INITIAL_SIZES} subset sizes (round 0 runs {MIN_INITIAL_SIZES}), "
-                f"got {len(self.budget.sizes)}"
+                f"budget: strategy race needs at least race.initialSizes = {self.race.initial_sizes} subset sizes "
+                f"(round 0 runs that many), got {len(self.budget.sizes)}"
             )
         return self
 
     def race_settings(self) -> RaceSettings:
         return RaceSettings(
             epsilon=self.race.epsilon, delta=self.race.delta, max_compute_fraction=self.budget.max_compute_fraction,
-            laws=tuple(self.race.laws),
+            laws=tuple(self.race.laws), initial_sizes=self.race.initial_sizes,
         )
 
     @property
@@ -373,6 +385,8 @@ class LLMSelectionSpec(WireModel):
             for name in RACE_ONLY_FIELDS:
                 fields.pop(name)
             fields["budget"].pop("maxComputeFraction")
-        elif tuple(self.race.laws) == DEFAULT_RACE_LAWS:
-            fields["race"].pop("laws")  # as for the fields above: races started before it existed keep their digest
+        else:
+            for name, before in RACE_VALUES_BEFORE_FIELDS.items():
+                if fields["race"][name] == before:
+                    fields["race"].pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -172,7 +172,7 @@ def _power_law_assessment(curves: Sequence[MeasuredCurve], target: float, draws:
     weights: list[np.ndarray] = [np.empty(0)] * len(curves)
     sse, dof = 0.0, 0
     for x, members in _by_sizes(points).items():
-        design = np.column_stack([np.ones(len(x)), np.log(x)])
+        design = _log_log_design(np.array(x))
         log_losses = np.log(np.stack([points[i][1] for i in members], axis=1))
         coef = np.linalg.lstsq(design, log_losses, rcond=None)[0]
         sse += float(np.sum((log_losses - design @ coef) ** 2))
@@ -225,11 +225,17 @@ def fit_law(curve: MeasuredCurve, law: str) -> FamilyFit:
     return fit_family(x, y, f_bounds=spec.f_bounds)
 
 
+def _log_log_design(x: np.ndarray) -> np.ndarray:
+    """The least-squares design of `log L = log B - beta log D`: columns 1 and log D."""
+    return np.column_stack([np.ones(len(x)), np.log(x)])
+
+
 def _fit_power_law(x: np.ndarray, y: np.ndarray) -> FamilyFit:
     """`B / D^beta` (the family with F = E = 0) by least squares in log-log space."""
-    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
-    residual = np.log(y) - (intercept + slope * np.log(x))
-    return FamilyFit(float(np.exp(intercept)), 0.0, float(-slope), 0.0, float(np.sqrt(np.mean(residual**2))), True, ())
+    design = _log_log_design(x)
+    coef = np.linalg.lstsq(design, np.log(y), rcond=None)[0]
+    residual = np.log(y) - design @ coef
+    return FamilyFit(float(np.exp(coef[0])), 0.0, float(-coef[1]), 0.0, float(np.sqrt(np.mean(residual**2))), True, ())
 
 
 def _fit_all(curves: Sequence[MeasuredCurve], law: _LawSpec) -> tuple[list, list, float]:

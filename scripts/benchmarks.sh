@@ -239,8 +239,8 @@ selection's candidates always have it.
 With the rule the race's mean RelAcc is 99.2% (de-en) and 100% (gloss, docstring, cipher) at 3.2% to
 11.5% of full fine-tuning (the tables below), against fixed-budget AtS at 1/16 (12.1%): 99.2%, 100%,
 100% and 22%. Its Pareto front, over the initial sizes, epsilon and the cap, matches or beats every
-fixed-budget AtS point on each of the four (the line under each table). `spec.strategy` stays `fixed`
-by default; the last section gives the race on the later draws.
+fixed-budget AtS point on each of the four (the line under each table). The last section gives the
+race on the later draws, and why it became the default strategy.
 
 The same races with the vanilla law alone (`--laws vanilla`, `spec.race.laws: [vanilla]` in a
 selection), and with four initial sizes, the schedule before three became the default

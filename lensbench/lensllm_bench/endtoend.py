@@ -69,7 +69,7 @@ def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> 
             "ntk": {"probeSize": NTK_PROBE},
             "method": "default",
             "parallelism": 1,
-            **({"strategy": "race"} if race else {}),
+            "strategy": strategy,
         },
     }
 

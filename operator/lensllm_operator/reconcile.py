@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.plan import advance
-from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, with_defaults
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
 from lensllm_operator.context import Context, Effects
@@ -53,6 +53,30 @@ def parse_spec(raw: Any) -> LLMSelectionSpec:
         return LLMSelectionSpec.model_validate(raw, strict=True)
     except ValidationError as err:
         raise InvalidSpec(f"spec.{validation_message(err)}") from None
+
+
+def started_spec(raw: Any, status: Body) -> LLMSelectionSpec:
+    """The spec the selection's work started from: a field it leaves out keeps the default of the release
+    that started it (EARLIER_DEFAULTS), the one whose digest the status holds; today's when none matches,
+    which the caller then refuses as a changed spec."""
+    spec = parse_spec(raw)
+    digest = status.get("specDigest")
+    if not status.get("candidates") or spec.digest() == digest:
+        return spec
+    # A status without a digest was written by a release older than every change of default.
+    eras = reversed(EARLIER_DEFAULTS) if digest else EARLIER_DEFAULTS[:1]
+    for defaults in eras:
+        earlier = _valid_or_none(with_defaults(raw, defaults))
+        if earlier is not None and (digest is None or earlier.digest() == digest):
+            return earlier
+    return spec
+
+
+def _valid_or_none(raw: Body) -> LLMSelectionSpec | None:
+    try:
+        return parse_spec(raw)
+    except InvalidSpec:  # a value today's defaults allow and that release's did not
+        return None
 
 
 async def reconcile(ctx: Context, namespace: str, name: str) -> None:
@@ -95,7 +119,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     generation = body["metadata"].get("generation")
     effects = Effects()
     try:
-        spec = parse_spec(body.get("spec"))
+        spec = started_spec(body.get("spec"), raw)
         violation = policy.violation(spec, ctx.config)
         if violation:
             raise InvalidSpec(violation)

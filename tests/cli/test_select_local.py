@@ -78,11 +78,13 @@ def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
 def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(
     demo_world, tmp_path, capsys, monkeypatch
 ):
-    """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%)."""
+    """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%).
+    The race is the default strategy: its manifest names none."""
     budget = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
     statuses = {}
     for strategy in ("race", "fixed"):
-        doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy}", strategy=strategy,
+        doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy}",
+                                 strategy=None if strategy == "race" else strategy,
                                  budget=budget, race={"epsilon": 0.05, "delta": 0.01})
         out = tmp_path / strategy
         assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--workers", "2", "--out", str(out)]) == 0

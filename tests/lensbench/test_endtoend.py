@@ -57,11 +57,11 @@ def test_a_point_that_differs_from_the_table_shows_in_the_largest_difference(tmp
     assert outcome.relacc == 1.0 and abs(outcome.max_point_difference - 0.01) < 1e-9
 
 
-def test_the_race_manifest_raises_the_compute_cap_and_the_fixed_one_keeps_the_defaults(tmp_path):
+def test_each_manifest_names_its_strategy_and_only_the_race_raises_the_compute_cap(tmp_path):
     budget = Budget(base=8, largest=64, target=512, n_test=32)
     race, fixed = (manifest("t", MODELS, tmp_path, budget, s)["spec"] for s in ("race", "fixed"))
     assert race["strategy"] == "race" and race["budget"]["maxComputeFraction"] == RACE_CAP
-    assert "strategy" not in fixed and "maxComputeFraction" not in fixed["budget"]
+    assert fixed["strategy"] == "fixed" and "maxComputeFraction" not in fixed["budget"]
     assert race["budget"]["doublings"] == fixed["budget"]["doublings"] == 3
 
 

@@ -20,13 +20,13 @@ from demo_selection import selection_manifest
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lensllm.selection.spec import GROUP, PLURAL, VERSION
-from lensllm.selection.status import LLMSelectionStatus
+from lensllm.selection.spec import GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
+from lensllm.selection.status import LLMSelectionStatus, initial_status
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm_operator import handlers, kube as operator_kube
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.context import Context
-from lensllm_operator.jobs import SELECTION_LABEL
+from lensllm_operator.jobs import SELECTION_LABEL, SIZES_ANNOTATION
 from lensllm_operator.metrics import OperatorMetrics
 from lensllm_operator.reconcile import MAX_UNEXPECTED_ERRORS, announce, reconcile
 
@@ -60,8 +60,8 @@ def posting_events() -> asyncio.Queue:
 
 def create_selection(custom, namespace: str, name: str, **spec) -> dict:
     """A selection of one candidate `a` whose trials never run here (the test plays the kubelet)."""
-    doc = selection_manifest(Path("/nowhere"), {"a": "/models/a"}, name=name, budget={"subsetSizes": SIZES, "targetSize": 1024})
-    doc["spec"].update(spec)
+    doc = selection_manifest(Path("/nowhere"), {"a": "/models/a"}, name=name,
+                             **{"budget": {"subsetSizes": SIZES, "targetSize": 1024}, **spec})
     return custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
 
 
@@ -127,6 +127,11 @@ def reconcile_once(ctx: Context, namespace: str, name: str) -> list:
 def only_job(kube, namespace: str) -> str:
     (job,) = kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
     return job.metadata.name
+
+
+def only_job_sizes(kube, namespace: str) -> str:
+    (job,) = kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
+    return job.metadata.annotations[SIZES_ANNOTATION]
 
 
 def trials_counted(ctx: Context) -> float:
@@ -442,3 +447,42 @@ def test_a_status_built_for_a_deleted_selection_never_lands_on_the_one_created_a
         asyncio.run(stale_write())
     assert refused.value.status == 409 and "Precondition failed: UID" in refused.value.body
     assert not custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again").get("status")
+
+
+@pytest.mark.parametrize(
+    "spec, started_with, sizes",
+    [
+        ({"strategy": None}, {("strategy",): "fixed"}, "16,32,64,128"),  # a fixed budget, when that was the default
+        ({"strategy": "race"}, {("race", "initialSizes"): 4}, "16,32,64,128"),  # before initialSizes (3) existed
+        ({"strategy": None}, {}, "16,32,64"),  # today's defaults: a race from three sizes
+    ],
+)
+def test_a_selection_started_under_earlier_defaults_keeps_them_after_an_upgrade(
+    kube, namespace, ctx, custom, spec, started_with, sizes
+):
+    """The CRD declares no defaults, so only the status's digest says what a left-out field meant when the work began."""
+    doc = create_selection(custom, namespace, "upgraded", budget={"subsetSizes": [*SIZES, 128], "targetSize": 1024}, **spec)
+    earlier = LLMSelectionSpec.model_validate(with_defaults(doc["spec"], started_with), strict=True)
+    began = initial_status(earlier, 1, stamp()).dump()
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "upgraded", {"status": began})
+
+    reconcile_once(ctx, namespace, "upgraded")
+    status = status_of(custom, namespace, "upgraded")
+    assert status.phase == "Running" and status.spec_digest == began["specDigest"], status.conditions
+    assert only_job_sizes(kube, namespace) == sizes
+    assert (status.race is None) == (earlier.strategy == "fixed")
+
+
+def test_a_selection_whose_status_has_no_digest_was_started_as_a_fixed_budget(kube, namespace, ctx, custom):
+    """Operators before the digest predate the race: what they started is a fixed budget, whatever today's default."""
+    doc = create_selection(custom, namespace, "old", budget={"subsetSizes": [*SIZES, 128], "targetSize": 1024}, strategy=None)
+    fixed = LLMSelectionSpec.model_validate({**doc["spec"], "strategy": "fixed"})
+    began = initial_status(fixed, 1, stamp()).dump()
+    del began["specDigest"]
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "old", {"status": began})
+
+    reconcile_once(ctx, namespace, "old")
+    status = status_of(custom, namespace, "old")
+    assert status.phase == "Running" and status.race is None, status.conditions
+    assert status.spec_digest == fixed.digest()  # what a later edit of the spec is checked against
+    assert only_job_sizes(kube, namespace) == "16,32,64,128"

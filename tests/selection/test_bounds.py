@@ -52,6 +52,7 @@ def selection(n_candidates: int, sizes: list[int], method: str = "lensllm") -> L
         "dataset": {"source": "org/data", "inputField": "q", "targetField": "a"},
         "budget": {"subsetSizes": sizes, "targetSize": sizes[-1] * 16},
         "method": method,
+        "strategy": "fixed",
     })
 
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from lensllm.selection.plan import Trial, next_trials
-from lensllm.selection.spec import IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError, with_defaults
 from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost, record_result
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm.trial.spec import TrialSpec, validation_message
@@ -143,12 +143,15 @@ def test_the_digest_changes_with_immutable_fields_only():
 
 def test_race_settings_change_the_digest_of_a_race_only():
     """A fixed selection's digest is the one it had before the race existed: an upgraded operator fails none."""
-    base = LLMSelectionSpec.model_validate(spec())
+    base = LLMSelectionSpec.model_validate(spec(strategy="fixed"))
     assert base.digest() == "49a277283895561e"  # main at 9bebc72, before spec.strategy existed
     budget = {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.2}
-    assert LLMSelectionSpec.model_validate(spec(race={"epsilon": 0.2}, budget=budget)).digest() == base.digest()
+    fixed = spec(strategy="fixed", race={"epsilon": 0.2}, budget=budget)
+    assert LLMSelectionSpec.model_validate(fixed).digest() == base.digest()
     race = LLMSelectionSpec.model_validate(spec(strategy="race"))
     assert race.digest() != base.digest()
+    default = LLMSelectionSpec.model_validate(spec())
+    assert default.strategy == "race" and default.digest() == race.digest()
     assert LLMSelectionSpec.model_validate(spec(strategy="race", race={"delta": 0.1})).digest() != race.digest()
     assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
     assert race.race_settings().laws == ("lensllm", "vanilla") and race.race_settings().initial_sizes == 3
@@ -159,6 +162,15 @@ def test_race_settings_change_the_digest_of_a_race_only():
     vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
     assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
     assert before.race_settings().initial_sizes == 4
+
+
+def test_earlier_defaults_fill_only_the_fields_a_spec_leaves_out():
+    raw = spec(strategy="race", race={"epsilon": 0.02})
+    filled = with_defaults(raw, EARLIER_DEFAULTS[0])
+    assert filled["strategy"] == "race" and filled["race"] == {"epsilon": 0.02, "initialSizes": 4}
+    assert raw["race"] == {"epsilon": 0.02}  # a copy
+    assert with_defaults(spec(), EARLIER_DEFAULTS[1])["strategy"] == "fixed"
+    assert with_defaults(spec(race="fast"), EARLIER_DEFAULTS[0])["race"] == "fast"  # validation names it
 
 
 @pytest.mark.parametrize("laws", [[], ["vanilla", "vanilla"], ["rectified"]])
@@ -181,7 +193,7 @@ def test_a_candidate_added_after_the_start_gets_no_trial_and_no_key_error():
 
 
 def test_a_lost_trial_runs_again_as_its_next_attempt_until_attempts_run_out():
-    selection = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}]))
+    selection = LLMSelectionSpec.model_validate(spec(candidates=[{"name": "a", "model": "gpt2"}], strategy="fixed"))
     status = initial_status(selection, 1, "now")
     for attempt in range(MAX_ATTEMPTS):
         (trial,) = next_trials(selection, status)

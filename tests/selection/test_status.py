@@ -18,6 +18,7 @@ def spec() -> LLMSelectionSpec:
             "candidates": [{"name": n, "model": f"org/{n}"} for n in ("steep", "flat", "worst")],
             "dataset": {"source": "d.jsonl", "textField": "text"},
             "budget": {"subsetSizes": SIZES, "targetSize": 1_000_000},
+            "strategy": "fixed",
             "maxFailedCandidates": 1,
         }
     )

@@ -4,9 +4,11 @@ from pathlib import Path
 
 
 def selection_manifest(
-    world: Path, models: dict[str, str], name: str = "demo", namespace: str | None = None, **spec_changes
+    world: Path, models: dict[str, str], name: str = "demo", namespace: str | None = None,
+    strategy: str | None = "fixed", **spec_changes
 ) -> dict:
-    """An LLMSelection over the demo task: small budget, quick training, a small NTK probe."""
+    """An LLMSelection over the demo task: small budget, quick training, a small NTK probe. A fixed budget unless
+    `strategy` says otherwise (None leaves it out: the spec's default, a race)."""
     metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
     return {
         "apiVersion": "lensllm.io/v1alpha1",
@@ -19,6 +21,7 @@ def selection_manifest(
             "budget": {"baseSize": 16, "doublings": 3, "targetSize": 1024},
             "training": {"learningRate": 0.001, "epochs": 2, "batchSize": 16, "maxSeqLength": 32},
             "ntk": {"probeSize": 8, "enabled": True},  # measured whatever the method: the tests check it
+            **({"strategy": strategy} if strategy else {}),
             **spec_changes,
         },
     }

@@ -147,7 +147,8 @@ def stand_in(kube, tmp_path):
 
 
 def stand_in_selection(name: str, *models: str, **spec) -> dict:
-    """An LLMSelection over stand-in candidates (model paths only name their synthetic curves)."""
+    """An LLMSelection over stand-in candidates (model paths only name their synthetic curves); a fixed budget,
+    one trial per candidate, unless `spec` names another strategy."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMSelection", "metadata": {"name": name},
         "spec": {
@@ -155,6 +156,7 @@ def stand_in_selection(name: str, *models: str, **spec) -> dict:
             "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target", "maxTestExamples": 32},
             "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
             "ntk": {"probeSize": 8},
+            "strategy": "fixed",
             **spec,
         },
     }

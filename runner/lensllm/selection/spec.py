@@ -7,6 +7,7 @@ selection's status stays far below the API server's object size limit (about 1.5
 trial's compact result keeps all its points.
 """
 
+import copy
 import hashlib
 import json
 from typing import Annotated, Literal
@@ -53,8 +54,16 @@ IMMUTABLE_FIELDS = ("candidates", "dataset", "budget", "method", "seed", "traini
 RACE_ONLY_FIELDS = ("strategy", "race")
 DEFAULT_RACE_LAWS = tuple(RaceSettings().laws)
 # What every race ran with before these fields existed: left out of the digest at these values, so an
-# upgraded operator finds those races unchanged (and ends any whose schedule the new defaults would change).
+# upgraded operator finds those races unchanged.
 RACE_VALUES_BEFORE_FIELDS = {"laws": list(DEFAULT_RACE_LAWS), "initialSizes": 4}
+# Defaults that have changed, oldest first: what each field meant, when left out, to the releases before the
+# change. The CRD declares no defaults, so the API server stores none: a selection that leaves a field out
+# keeps the value it started with only because the operator finds it again from the digest in its status
+# (with_defaults), and a change of default never changes, or fails, the work in flight.
+EARLIER_DEFAULTS: tuple[dict[tuple[str, ...], object], ...] = (
+    {("strategy",): "fixed", ("race", "initialSizes"): 4},  # until race.initialSizes existed (default 3)
+    {("strategy",): "fixed"},  # until race became the default strategy
+)
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -262,11 +271,13 @@ class LLMSelectionSpec(WireModel):
     dataset: DatasetSpec = Field(description="The downstream task data.")
     budget: Budget = Field(description="Subset sizes to fine-tune on and the size to predict.")
     method: MethodName = Field(default="default", description="Selector that ranks the candidates (strategy fixed).")
-    # The default stays fixed until the race is measured well enough on a held-out table; the lead decides.
+    # race picks the best model more often than a fixed budget on every table we have, at a fifth of its
+    # compute or less; a fixed budget ranks the losers better (docs/benchmarks.md).
     strategy: Literal["fixed", "race"] = Field(
-        default="fixed",
-        description="fixed: every candidate runs every subset size in one round. race: rounds; after each, candidates "
-        "that cannot be best (P(best) < race.epsilon) are eliminated and only the others run the next, larger sizes.",
+        default="race",
+        description="race (the default): rounds; after each, candidates that cannot be best (P(best) < race.epsilon) "
+        "are eliminated and only the others run the next, larger sizes. fixed: every candidate runs every subset size "
+        "in one round, ranked by method.",
     )
     race: RaceSpec = Field(default_factory=RaceSpec, description="Elimination and stopping thresholds of strategy race.")
     seed: int = Field(default=0, ge=0, description="Seed shared by every trial (same subsets for every candidate).")
@@ -390,3 +401,15 @@ class LLMSelectionSpec(WireModel):
                 if fields["race"][name] == before:
                     fields["race"].pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_defaults(raw: dict, defaults: dict[tuple[str, ...], object]) -> dict:
+    """A copy of the raw spec `raw` in which every field of `defaults` it leaves out has that value."""
+    filled = copy.deepcopy(raw)
+    for (*parents, leaf), value in defaults.items():
+        node: object = filled
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):  # else not an object, which validation refuses by name
+            node.setdefault(leaf, value)
+    return filled

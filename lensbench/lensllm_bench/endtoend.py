@@ -28,9 +28,6 @@ from lensllm_bench.generate import PlanMismatch
 from lensllm_bench.measure import NTK_PROBE, TRAINING
 from lensllm_bench.tables import six_digits
 
-# The race's compute cap on LensBench, as `lensllm bench --strategy race` replays it there: round 0 alone
-# (sizes 8 to 64) costs 5.9% of full fine-tuning on this ladder, over the product's default cap of 5%.
-RACE_CAP = 0.3
 COLUMNS = ("task", "strategy", "picked", "picked_truth", "best", "best_truth", "relacc", "compute_fraction",
            "estimated_fraction", "max_point_difference", "picked_when_run", "rounds")
 
@@ -54,7 +51,6 @@ class Outcome:
 def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> dict:
     """The LLMSelection a user would write for this task and zoo."""
     doublings = len(budget.sizes) - 1
-    race = strategy == "race"
     return {
         "apiVersion": "lensllm.io/v1alpha1",
         "kind": "LLMSelection",
@@ -63,8 +59,7 @@ def manifest(task: str, models: list[str], out: Path, budget, strategy: str) -> 
             "candidates": [{"name": m, "model": str((out / "zoo" / m).resolve()), "dtype": "float32"} for m in models],
             "dataset": {"source": str((out / "tasks" / task).resolve()), "inputField": "input", "targetField": "target",
                         "promptTemplate": "{input} =", "maxTestExamples": budget.n_test},
-            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target,
-                       **({"maxComputeFraction": RACE_CAP} if race else {})},
+            "budget": {"baseSize": budget.base, "doublings": doublings, "targetSize": budget.target},
             "training": TRAINING.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "ntk": {"probeSize": NTK_PROBE},
             "method": "default",

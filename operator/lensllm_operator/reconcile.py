@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.plan import advance
-from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, STARTED, LLMSelectionSpec, with_defaults
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
 from lensllm_operator.context import Context, Effects
@@ -45,12 +45,12 @@ class InvalidSpec(Exception):
     """The selection's spec fails validation or the operator's policy; the message names the field."""
 
 
-def parse_spec(raw: Any) -> LLMSelectionSpec:
+def parse_spec(raw: Any, context: dict | None = None) -> LLMSelectionSpec:
     """The spec, validated strictly: what the CRD's types accept, nothing coerced (local mode does the same)."""
     if not isinstance(raw, dict):
         raise InvalidSpec(f"spec: expected an object, got {type(raw).__name__}")
     try:
-        return LLMSelectionSpec.model_validate(raw, strict=True)
+        return LLMSelectionSpec.model_validate(raw, strict=True, context=context)
     except ValidationError as err:
         raise InvalidSpec(f"spec.{validation_message(err)}") from None
 
@@ -66,15 +66,15 @@ def started_spec(raw: Any, status: Body) -> LLMSelectionSpec:
     # A status without a digest was written by a release older than every change of default.
     eras = reversed(EARLIER_DEFAULTS) if digest else EARLIER_DEFAULTS[:1]
     for defaults in eras:
-        earlier = _valid_or_none(with_defaults(raw, defaults))
+        earlier = _started_or_none(with_defaults(raw, defaults))
         if earlier is not None and (digest is None or earlier.digest() == digest):
             return earlier
     return spec
 
 
-def _valid_or_none(raw: Body) -> LLMSelectionSpec | None:
+def _started_or_none(raw: Body) -> LLMSelectionSpec | None:
     try:
-        return parse_spec(raw)
+        return parse_spec(raw, STARTED)
     except InvalidSpec:  # a value today's defaults allow and that release's did not
         return None
 

@@ -80,7 +80,7 @@ def test_race_json_holds_rounds_ranking_front_and_the_fixed_budgets(race_csv, ca
 def test_race_markdown_and_table_show_runs_rounds_and_the_comparison(race_csv, capsys):
     code, out, _ = run_cli(["bench", race_csv, "--strategy", "race", "--seeds", "1", "--ratios", "2,4", "--format", "markdown"], capsys)
     assert code == 0
-    assert out.startswith("Race (epsilon 0.01, delta 0.05, compute cap 5%")
+    assert out.startswith("Race (epsilon 0.01, delta 0.05, no compute cap")
     assert "| seed | rounds | stop | compute (%) | RelAcc (%) | PearCorr (%) | 90% intervals holding the truth (%) | selected | survivors |" in out
     assert "Rounds of the race with seed 0" in out and "| ats 1/2 |" in out
     assert "fixed-budget AtS" in out.splitlines()[-1]

@@ -20,7 +20,7 @@ from demo_selection import selection_manifest
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lensllm.selection.spec import GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, STARTED, VERSION, LLMSelectionSpec, with_defaults
 from lensllm.selection.status import LLMSelectionStatus, initial_status
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm_operator import handlers, kube as operator_kube
@@ -452,9 +452,11 @@ def test_a_status_built_for_a_deleted_selection_never_lands_on_the_one_created_a
 @pytest.mark.parametrize(
     "spec, started_with, sizes",
     [
-        ({"strategy": None}, {("strategy",): "fixed"}, "16,32,64,128"),  # a fixed budget, when that was the default
-        ({"strategy": "race"}, {("race", "initialSizes"): 4}, "16,32,64,128"),  # before initialSizes (3) existed
-        ({"strategy": None}, {}, "16,32,64"),  # today's defaults: a race from three sizes
+        ({"strategy": None}, EARLIER_DEFAULTS[1], "16,32,64,128"),  # a fixed budget, when that was the default
+        # a race capped at 5% by default: round 0 alone spends more, which a selection created now may not
+        ({"strategy": "race"}, EARLIER_DEFAULTS[1], "16,32,64"),
+        ({"strategy": "race"}, EARLIER_DEFAULTS[0], "16,32,64,128"),  # before initialSizes (3) existed
+        ({"strategy": None}, {}, "16,32,64"),  # today's defaults: a race from three sizes, uncapped
     ],
 )
 def test_a_selection_started_under_earlier_defaults_keeps_them_after_an_upgrade(
@@ -462,7 +464,7 @@ def test_a_selection_started_under_earlier_defaults_keeps_them_after_an_upgrade(
 ):
     """The CRD declares no defaults, so only the status's digest says what a left-out field meant when the work began."""
     doc = create_selection(custom, namespace, "upgraded", budget={"subsetSizes": [*SIZES, 128], "targetSize": 1024}, **spec)
-    earlier = LLMSelectionSpec.model_validate(with_defaults(doc["spec"], started_with), strict=True)
+    earlier = LLMSelectionSpec.model_validate(with_defaults(doc["spec"], started_with), strict=True, context=STARTED)
     began = initial_status(earlier, 1, stamp()).dump()
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "upgraded", {"status": began})
 

@@ -139,6 +139,15 @@ def test_a_capped_race_cannot_be_stretched_to_a_looser_cap(curves, replay):
         capped(curves, TARGET, tight, 0.01)
 
 
+def test_without_a_cap_a_race_spends_at_most_a_fixed_budget_over_its_sizes(curves):
+    ran = replay_race(curves, TARGET, RaceSettings(delta=1e-9, epsilon=1e-9), seed=0)
+    assert ran.settings.max_compute_fraction is None and ran.stop != "computeCap"
+    assert ran.compute_fraction <= SIZES[SIZES < TARGET].sum() / TARGET
+    assert capped(curves, TARGET, ran, None).ranking == ran.ranking
+    with pytest.raises(CurveError, match="cannot tell what no cap would do"):
+        capped(curves, TARGET, capped(curves, TARGET, ran, 0.002), None)
+
+
 def test_a_cap_below_round_0_still_runs_round_0_and_stops_there(curves):
     ran = replay_race(curves, TARGET, RaceSettings(max_compute_fraction=1e-6), seed=0)
     assert ran.rounds == 1 and ran.stop == "computeCap"

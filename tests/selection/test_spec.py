@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from lensllm.selection.plan import Trial, next_trials
-from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, STARTED, LLMSelectionSpec, SpecError, with_defaults
 from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost, record_result
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm.trial.spec import TrialSpec, validation_message
@@ -95,6 +95,8 @@ def refusal(changes: dict, strict: bool = True) -> str:
         ({"strategy": "greedy"}, "strategy", "'fixed' or 'race'"),
         ({"race": {"epsilon": 0.0}}, "race.epsilon", "greater than 0"),
         ({"race": {"delta": 0.7}}, "race.delta", "less than or equal to 0.5"),
+        ({"budget": {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.07}},
+         "budget.maxComputeFraction", "0.07 is spent by round 0 alone (sizes 100, 200, 400 cost 0.07 of fine-tuning"),
         ({"budget": {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 1.5}},
          "budget.maxComputeFraction", "less than or equal to 1"),
         ({"hfTokenSecretRef": {"name": "Bad_Name"}}, "hfTokenSecretRef.name", "pattern"),
@@ -153,15 +155,25 @@ def test_race_settings_change_the_digest_of_a_race_only():
     default = LLMSelectionSpec.model_validate(spec())
     assert default.strategy == "race" and default.digest() == race.digest()
     assert LLMSelectionSpec.model_validate(spec(strategy="race", race={"delta": 0.1})).digest() != race.digest()
-    assert race.race_settings().max_compute_fraction == 0.05 and race.race_settings().epsilon == 0.01
+    assert race.race_settings().max_compute_fraction is None and race.race_settings().epsilon == 0.01
     assert race.race_settings().laws == ("lensllm", "vanilla") and race.race_settings().initial_sizes == 3
     # Before spec.race.laws and initialSizes existed every race ran both laws from four sizes: such a race keeps
     # its digest; one on today's default schedule does not match it (an upgraded operator must not change its rounds).
-    before = LLMSelectionSpec.model_validate(spec(strategy="race", race={"initialSizes": 4}))
+    # They were capped at 5% by default; round 0 alone spent more here, as a race created now may not.
+    capped = {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.05}
+    before = LLMSelectionSpec.model_validate(spec(strategy="race", race={"initialSizes": 4}, budget=capped), context=STARTED)
     assert before.digest() == "7d0216b9f8a9617e" != race.digest()  # main at 8bf178f
     vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
     assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
     assert before.race_settings().initial_sizes == 4
+
+
+def test_a_race_capped_below_its_round_0_is_refused_unless_it_started_so():
+    capped = spec(budget={"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.05})
+    assert LLMSelectionSpec.model_validate(capped, context=STARTED).race_settings().max_compute_fraction == 0.05
+    assert LLMSelectionSpec.model_validate({**capped, "strategy": "fixed"}).strategy == "fixed"  # a fixed budget has no cap
+    three_sizes = spec(budget={"baseSize": 100, "doublings": 2, "targetSize": 10_000, "maxComputeFraction": 0.05})
+    assert LLMSelectionSpec.model_validate(three_sizes).budget.sizes == [100, 200, 400]  # round 0 is the whole race
 
 
 def test_earlier_defaults_fill_only_the_fields_a_spec_leaves_out():

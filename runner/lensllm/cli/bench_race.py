@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-compute-fraction",
         type=options.positive_float,
         help="stop before a round would spend more than this share of fully fine-tuning every candidate "
-        f"(default {d.max_compute_fraction:g})",
+        "(default: no cap, at most what a fixed budget over the same sizes spends)",
     )
     race.add_argument("--initial-sizes", type=options.positive_int, help=f"sizes of round 0 (default {d.initial_sizes})")
     race.add_argument("--sizes-per-round", type=options.positive_int, help=f"sizes each later round adds (default {d.sizes_per_round})")

@@ -24,8 +24,10 @@ Section = tuple[str, list[str], list[list[str]]]
 
 def describe(settings: RaceSettings) -> str:
     """The settings in one line."""
+    cap = settings.max_compute_fraction
     return (
-        f"epsilon {settings.epsilon:g}, delta {settings.delta:g}, compute cap {100 * settings.max_compute_fraction:g}%, "
+        f"epsilon {settings.epsilon:g}, delta {settings.delta:g}, "
+        f"{'no compute cap' if cap is None else f'compute cap {100 * cap:g}%'}, "
         f"{settings.initial_sizes} sizes then {settings.sizes_per_round} per round, at most {settings.max_rounds} rounds, "
         f"laws {' + '.join(settings.laws)}"
     )

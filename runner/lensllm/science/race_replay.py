@@ -99,15 +99,19 @@ def replay_race(curves: Curves, target: float, settings: RaceSettings, seed: int
     return _scored(curves, target, settings, seed, decisions)
 
 
-def capped(curves: Curves, target: float, replay: RaceReplay, max_compute_fraction: float) -> RaceReplay:
-    """`replay` as it would have ended under a compute cap of `max_compute_fraction`.
+def capped(curves: Curves, target: float, replay: RaceReplay, max_compute_fraction: float | None) -> RaceReplay:
+    """`replay` as it would have ended under a compute cap of `max_compute_fraction` (None: no cap).
 
     The cap only decides when to stop, never who is eliminated, so a capped race is the
     uncapped one cut after the first round whose successor it could not pay for: one
     replay yields the race at every cap below its own.
     """
-    if replay.stop == "computeCap" and max_compute_fraction > replay.settings.max_compute_fraction:
-        raise CurveError(f"a race stopped by its cap {replay.settings.max_compute_fraction:g} cannot tell what a cap of {max_compute_fraction:g} would do")
+    own = replay.settings.max_compute_fraction
+    if replay.stop == "computeCap" and (max_compute_fraction is None or max_compute_fraction > own):
+        wanted = "no cap" if max_compute_fraction is None else f"a cap of {max_compute_fraction:g}"
+        raise CurveError(f"a race stopped by its cap {own:g} cannot tell what {wanted} would do")
+    if max_compute_fraction is None:
+        return _scored(curves, target, dataclasses.replace(replay.settings, max_compute_fraction=None), replay.seed, replay.decisions)
     for k, d in enumerate(replay.decisions):
         if d.stop or d.compute_fraction + d.next_compute_fraction > max_compute_fraction:
             break
@@ -179,7 +183,8 @@ def race_grid(
 ) -> dict[tuple[int, float], list[RaceReplay]]:
     """Per (initial sizes, epsilon) of the grid and the settings' own, the race with the loosest cap of the
     grid, once per seed; `capped` turns each into the race at any smaller cap."""
-    loosest = max(settings.max_compute_fraction, *FRONT_CAPS)
+    own = settings.max_compute_fraction
+    loosest = None if own is None else max(own, *FRONT_CAPS)
     return {
         (n0, epsilon): race_runs(
             curves, target, dataclasses.replace(settings, initial_sizes=n0, epsilon=epsilon, max_compute_fraction=loosest), seeds

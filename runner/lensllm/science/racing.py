@@ -14,9 +14,10 @@ computes each survivor's probability of being best at the target, P(best), and
   another one ranks first (on the LensBench docstring table the LENSLLM law eliminated the
   vanilla law's leader, the true best, after round 1); an eliminated candidate never comes back;
 - stops when one candidate has P(best) >= 1 - delta, when the schedule (at most
-  `max_rounds` rounds) has no sizes left, or when the next round would push the compute spent past
-  `max_compute_fraction` of fully fine-tuning every candidate (a point costs subset size x
-  parameters; round 0 always runs, as nothing can be ranked without it);
+  `max_rounds` rounds) has no sizes left, or, given a cap, when the next round would push the compute
+  spent past `max_compute_fraction` of fully fine-tuning every candidate (a point costs subset size x
+  parameters; round 0 always runs, as nothing can be ranked without it); without one a race spends
+  at most what a fixed budget over the same sizes would;
 - otherwise names the sizes each survivor runs next.
 
 Round 0 runs three sizes by default: too few for the laws to leave a residual, so it is ranked
@@ -58,7 +59,7 @@ class RaceSettings:
 
     epsilon: float = 0.01
     delta: float = 0.05
-    max_compute_fraction: float = 0.05
+    max_compute_fraction: float | None = None  # no cap: the schedule bounds the spending
     initial_sizes: int = 3
     sizes_per_round: int = 1
     max_rounds: int = 7
@@ -71,7 +72,8 @@ class RaceSettings:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise CurveError(f"race setting {name} must be in (0, 1), got {value!r}")
-        check_positive(self.max_compute_fraction, what="race setting max_compute_fraction")
+        if self.max_compute_fraction is not None:
+            check_positive(self.max_compute_fraction, what="race setting max_compute_fraction")
         for name in ("initial_sizes", "sizes_per_round", "max_rounds", "draws"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -280,7 +282,7 @@ def _stop_reason(
         return "confident"
     if not any(plan.values()):
         return "exhausted"
-    if fraction_after > settings.max_compute_fraction:
+    if settings.max_compute_fraction is not None and fraction_after > settings.max_compute_fraction:
         return "computeCap"
     return None
 

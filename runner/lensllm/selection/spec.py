@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import MIN_FIT_POINTS
@@ -61,9 +61,13 @@ RACE_VALUES_BEFORE_FIELDS = {"laws": list(DEFAULT_RACE_LAWS), "initialSizes": 4}
 # keeps the value it started with only because the operator finds it again from the digest in its status
 # (with_defaults), and a change of default never changes, or fails, the work in flight.
 EARLIER_DEFAULTS: tuple[dict[tuple[str, ...], object], ...] = (
-    {("strategy",): "fixed", ("race", "initialSizes"): 4},  # until race.initialSizes existed (default 3)
-    {("strategy",): "fixed"},  # until race became the default strategy
+    # until race.initialSizes existed (default 3)
+    {("strategy",): "fixed", ("race", "initialSizes"): 4, ("budget", "maxComputeFraction"): 0.05},
+    # until race became the default strategy, uncapped by default
+    {("strategy",): "fixed", ("budget", "maxComputeFraction"): 0.05},
 )
+# Validation context for the spec of work already started: checks added since then do not fail it.
+STARTED = {"started": True}
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -145,12 +149,13 @@ class Budget(WireModel):
         description="Sizes are baseSize x 2^0 .. 2^doublings.",
     )
     target_size: int = Field(ge=1, le=2**53, description="Training-set size to predict the loss at (usually the full dataset).")
-    max_compute_fraction: float = Field(
-        default=0.05,
+    max_compute_fraction: float | None = Field(
+        default=None,
         gt=0.0,
         le=1.0,
         description="Strategy race: stop before a round would spend more than this fraction of fully fine-tuning "
-        "every candidate on targetSize (subset size x parameters, summed over measured points).",
+        "every candidate on targetSize (subset size x parameters, summed over measured points). Without it a race "
+        "spends at most what a fixed budget over the same sizes would.",
     )
 
     @model_validator(mode="after")
@@ -341,11 +346,22 @@ class LLMSelectionSpec(WireModel):
         return self
 
     @model_validator(mode="after")
-    def _race_ladder_long_enough(self) -> "LLMSelectionSpec":
-        if self.strategy == "race" and len(self.budget.sizes) < self.race.initial_sizes:
+    def _race_can_run(self, info: ValidationInfo) -> "LLMSelectionSpec":
+        if self.strategy != "race":
+            return self
+        sizes, first = self.budget.sizes, self.race.initial_sizes
+        if len(sizes) < first:
             raise ValueError(
-                f"budget: strategy race needs at least race.initialSizes = {self.race.initial_sizes} subset sizes "
-                f"(round 0 runs that many), got {len(self.budget.sizes)}"
+                f"budget: strategy race needs at least race.initialSizes = {first} subset sizes "
+                f"(round 0 runs that many), got {len(sizes)}"
+            )
+        cap, round_zero = self.budget.max_compute_fraction, sum(sizes[:first]) / self.budget.target_size
+        # Work started before this check keeps its spec (STARTED): such a race stopped after round 0.
+        if cap is not None and len(sizes) > first and round_zero >= cap and not (info.context or {}).get("started"):
+            raise ValueError(
+                f"budget.maxComputeFraction: {cap:g} is spent by round 0 alone (sizes {', '.join(map(str, sizes[:first]))} "
+                f"cost {round_zero:.3g} of fine-tuning every candidate on targetSize {self.budget.target_size}), so the "
+                "race could never run a larger size: raise it, leave it out, or start from smaller sizes"
             )
         return self
 

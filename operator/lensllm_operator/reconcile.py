@@ -59,9 +59,10 @@ def started_spec(raw: Any, status: Body) -> LLMSelectionSpec:
     """The spec the selection's work started from: a field it leaves out keeps the default of the release
     that started it (EARLIER_DEFAULTS), the one whose digest the status holds; today's when none matches,
     which the caller then refuses as a changed spec."""
-    spec = parse_spec(raw)
+    started = bool(status.get("candidates"))
+    spec = parse_spec(raw, STARTED if started else None)
     digest = status.get("specDigest")
-    if not status.get("candidates") or spec.digest() == digest:
+    if not started or spec.digest() == digest:
         return spec
     # A status without a digest was written by a release older than every change of default.
     eras = reversed(EARLIER_DEFAULTS) if digest else EARLIER_DEFAULTS[:1]

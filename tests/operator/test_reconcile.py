@@ -457,13 +457,16 @@ def test_a_status_built_for_a_deleted_selection_never_lands_on_the_one_created_a
         ({"strategy": "race"}, EARLIER_DEFAULTS[1], "16,32,64"),
         ({"strategy": "race"}, EARLIER_DEFAULTS[0], "16,32,64,128"),  # before initialSizes (3) existed
         ({"strategy": None}, {}, "16,32,64"),  # today's defaults: a race from three sizes, uncapped
+        # a cap that round 0 alone spends, set before such a cap was refused
+        ({"budget": {"subsetSizes": [*SIZES, 128], "targetSize": 1024, "maxComputeFraction": 0.05}}, {}, "16,32,64"),
     ],
 )
 def test_a_selection_started_under_earlier_defaults_keeps_them_after_an_upgrade(
     kube, namespace, ctx, custom, spec, started_with, sizes
 ):
     """The CRD declares no defaults, so only the status's digest says what a left-out field meant when the work began."""
-    doc = create_selection(custom, namespace, "upgraded", budget={"subsetSizes": [*SIZES, 128], "targetSize": 1024}, **spec)
+    doc = create_selection(custom, namespace, "upgraded", **{"budget": {"subsetSizes": [*SIZES, 128], "targetSize": 1024},
+                                                             "strategy": "race", **spec})
     earlier = LLMSelectionSpec.model_validate(with_defaults(doc["spec"], started_with), strict=True, context=STARTED)
     began = initial_status(earlier, 1, stamp()).dump()
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "upgraded", {"status": began})

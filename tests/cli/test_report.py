@@ -1,8 +1,11 @@
 """`lensllm report`'s tables: each law's leader per round, the caveat when the laws disagree, and which candidates
 learn the task from scratch."""
 
+import json
+
 from rich.console import Console
 
+from lensllm.cli.main import main
 from lensllm.cli.report import ranking_table, rounds_table
 from lensllm.selection.status import LLMSelectionStatus
 
@@ -53,3 +56,16 @@ def test_a_candidate_no_better_than_a_uniform_guess_before_fine_tuning_is_marked
     )
     text = rendered(status, lambda s: ranking_table(s, 2048))
     assert "5.3100 (from scratch)" in text and "3.8100 (from scratch)" not in text and "3.8100" in text
+
+
+def test_a_race_that_ran_under_a_cap_refused_today_is_still_reported(tmp_path, capsys):
+    """Round 0 (8 to 64) spends 5.9% of fine-tuning on 2,048 examples: a cap of 1% is refused to a new selection."""
+    complete = {"type": "Complete", "status": "True", "reason": "Ranked", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    spec = {"candidates": [{"name": n, "model": f"org/{n}"} for n in "abc"],
+            "dataset": {"source": "d", "inputField": "q", "targetField": "a"}, "strategy": "race",
+            "race": {"initialSizes": 4}, "budget": {"baseSize": 8, "doublings": 4, "targetSize": 2048, "maxComputeFraction": 0.01}}
+    path = tmp_path / "selection.json"
+    path.write_text(json.dumps({"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": "old"},
+                                "spec": spec, "status": race_status({"lensllm": "a", "vanilla": "a"}, [complete]).dump()}))
+    assert main(["report", str(path)]) == 0
+    assert "race: 2 rounds, stopped: exhausted" in " ".join(capsys.readouterr().out.split())

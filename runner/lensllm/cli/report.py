@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_plot_path(args.plot)
     doc = load_document(args.selection, stdin_text=sys.stdin.read() if str(args.selection) == "-" else None)
-    manifest = parse_manifest(doc, args.selection)
+    manifest = parse_manifest(doc, args.selection, started=True)
     try:
         status = LLMSelectionStatus.model_validate(doc.get("status") or {})
     except ValidationError as err:

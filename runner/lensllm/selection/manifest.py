@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from lensllm.errors import LensLLMError
 from lensllm.safe_load import UnsafeDocument, load_yaml
 from lensllm.selection.formats import DNS_SUBDOMAIN
-from lensllm.selection.spec import GROUP, KIND, VERSION, LLMSelectionSpec
+from lensllm.selection.spec import GROUP, KIND, STARTED, VERSION, LLMSelectionSpec
 from lensllm.trial.spec import validation_message
 
 
@@ -46,8 +46,9 @@ def load_document(path: Path, stdin_text: str | None = None) -> Any:
         raise ManifestError(f"{path}: refused: {err}") from None
 
 
-def parse_manifest(doc: Any, path: Path) -> Manifest:
-    """Check that `doc` is an LLMSelection with a valid spec (its status, if any, is not looked at)."""
+def parse_manifest(doc: Any, path: Path, started: bool = False) -> Manifest:
+    """Check that `doc` is an LLMSelection with a valid spec (its status, if any, is not looked at); `started`:
+    one whose work ran, so that checks added since do not refuse it."""
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: expected one LLMSelection object, got {type(doc).__name__}")
     if doc.get("apiVersion") != f"{GROUP}/{VERSION}" or doc.get("kind") != KIND:
@@ -64,7 +65,7 @@ def parse_manifest(doc: Any, path: Path) -> Manifest:
         raise ManifestError(f"{path}: spec: expected an object, got {type(doc.get('spec')).__name__}")
     try:
         # Strict, as the CRD's types are: "204045" is not a number and "yes" is not a boolean.
-        spec = LLMSelectionSpec.model_validate(doc["spec"], strict=True)
+        spec = LLMSelectionSpec.model_validate(doc["spec"], strict=True, context=STARTED if started else None)
     except ValidationError as err:
         raise ManifestError(f"{path}: spec.{validation_message(err)}") from None
     return Manifest(

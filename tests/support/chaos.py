@@ -85,7 +85,8 @@ class Schedule:
 
 
 def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any]:
-    """Three stand-in candidates, four sizes, a persistent work volume a trial resumes from."""
+    """Three stand-in candidates, four sizes as a fixed budget (the invariants expect every size of every
+    candidate), a persistent work volume a trial resumes from."""
     return {
         "apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name},
         "spec": {
@@ -93,7 +94,7 @@ def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any
             "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target",
                         "maxTestExamples": 32},
             "budget": {"subsetSizes": SIZES, "targetSize": 4096},
-            "ntk": {"probeSize": 8}, "parallelism": parallelism,
+            "ntk": {"probeSize": 8}, "parallelism": parallelism, "strategy": "fixed",
             "workVolume": {"claimName": claim},
         },
     }

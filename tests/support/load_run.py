@@ -38,6 +38,7 @@ def manifest(name: str, candidates: int) -> dict[str, Any]:
                         "maxTestExamples": 32},
             "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
             "ntk": {"probeSize": 8}, "parallelism": candidates,
+            "strategy": "fixed",  # one trial per candidate, as the latency figures assume
         },
     }
 

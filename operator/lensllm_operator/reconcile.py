@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.plan import advance
-from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, STARTED, LLMSelectionSpec, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, with_defaults
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
 from lensllm_operator.context import Context, Effects
@@ -45,12 +45,12 @@ class InvalidSpec(Exception):
     """The selection's spec fails validation or the operator's policy; the message names the field."""
 
 
-def parse_spec(raw: Any, context: dict | None = None) -> LLMSelectionSpec:
+def parse_spec(raw: Any, started: bool = False) -> LLMSelectionSpec:
     """The spec, validated strictly: what the CRD's types accept, nothing coerced (local mode does the same)."""
     if not isinstance(raw, dict):
         raise InvalidSpec(f"spec: expected an object, got {type(raw).__name__}")
     try:
-        return LLMSelectionSpec.model_validate(raw, strict=True, context=context)
+        return LLMSelectionSpec.from_wire(raw, started=started)
     except ValidationError as err:
         raise InvalidSpec(f"spec.{validation_message(err)}") from None
 
@@ -60,7 +60,7 @@ def started_spec(raw: Any, status: Body) -> LLMSelectionSpec:
     that started it (EARLIER_DEFAULTS), the one whose digest the status holds; today's when none matches,
     which the caller then refuses as a changed spec."""
     started = bool(status.get("candidates"))
-    spec = parse_spec(raw, STARTED if started else None)
+    spec = parse_spec(raw, started)
     digest = status.get("specDigest")
     if not started or spec.digest() == digest:
         return spec
@@ -75,7 +75,7 @@ def started_spec(raw: Any, status: Body) -> LLMSelectionSpec:
 
 def _started_or_none(raw: Body) -> LLMSelectionSpec | None:
     try:
-        return parse_spec(raw, STARTED)
+        return parse_spec(raw, started=True)
     except InvalidSpec:  # a value today's defaults allow and that release's did not
         return None
 

@@ -20,7 +20,7 @@ from demo_selection import selection_manifest
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, STARTED, VERSION, LLMSelectionSpec, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
 from lensllm.selection.status import LLMSelectionStatus, initial_status
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm_operator import handlers, kube as operator_kube
@@ -467,7 +467,7 @@ def test_a_selection_started_under_earlier_defaults_keeps_them_after_an_upgrade(
     """The CRD declares no defaults, so only the status's digest says what a left-out field meant when the work began."""
     doc = create_selection(custom, namespace, "upgraded", **{"budget": {"subsetSizes": [*SIZES, 128], "targetSize": 1024},
                                                              "strategy": "race", **spec})
-    earlier = LLMSelectionSpec.model_validate(with_defaults(doc["spec"], started_with), strict=True, context=STARTED)
+    earlier = LLMSelectionSpec.from_wire(with_defaults(doc["spec"], started_with), started=True)
     began = initial_status(earlier, 1, stamp()).dump()
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "upgraded", {"status": began})
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from lensllm.selection.plan import Trial, next_trials
-from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, STARTED, LLMSelectionSpec, SpecError, with_defaults
+from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, SpecError, with_defaults
 from lensllm.selection.status import MAX_ATTEMPTS, TrialRecord, initial_status, mark_trial, record_lost, record_result
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm.trial.spec import TrialSpec, validation_message
@@ -161,7 +161,7 @@ def test_race_settings_change_the_digest_of_a_race_only():
     # its digest; one on today's default schedule does not match it (an upgraded operator must not change its rounds).
     # They were capped at 5% by default; round 0 alone spent more here, as a race created now may not.
     capped = {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.05}
-    before = LLMSelectionSpec.model_validate(spec(strategy="race", race={"initialSizes": 4}, budget=capped), context=STARTED)
+    before = LLMSelectionSpec.from_wire(spec(strategy="race", race={"initialSizes": 4}, budget=capped), started=True)
     assert before.digest() == "7d0216b9f8a9617e" != race.digest()  # main at 8bf178f
     vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
     assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
@@ -170,7 +170,7 @@ def test_race_settings_change_the_digest_of_a_race_only():
 
 def test_a_race_capped_below_its_round_0_is_refused_unless_it_started_so():
     capped = spec(budget={"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.05})
-    assert LLMSelectionSpec.model_validate(capped, context=STARTED).race_settings().max_compute_fraction == 0.05
+    assert LLMSelectionSpec.from_wire(capped, started=True).race_settings().max_compute_fraction == 0.05
     assert LLMSelectionSpec.model_validate({**capped, "strategy": "fixed"}).strategy == "fixed"  # a fixed budget has no cap
     three_sizes = spec(budget={"baseSize": 100, "doublings": 2, "targetSize": 10_000, "maxComputeFraction": 0.05})
     assert LLMSelectionSpec.model_validate(three_sizes).budget.sizes == [100, 200, 400]  # round 0 is the whole race

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from lensllm.errors import LensLLMError
 from lensllm.safe_load import UnsafeDocument, load_yaml
 from lensllm.selection.formats import DNS_SUBDOMAIN
-from lensllm.selection.spec import GROUP, KIND, STARTED, VERSION, LLMSelectionSpec
+from lensllm.selection.spec import GROUP, KIND, VERSION, LLMSelectionSpec
 from lensllm.trial.spec import validation_message
 
 
@@ -65,7 +65,7 @@ def parse_manifest(doc: Any, path: Path, started: bool = False) -> Manifest:
         raise ManifestError(f"{path}: spec: expected an object, got {type(doc.get('spec')).__name__}")
     try:
         # Strict, as the CRD's types are: "204045" is not a number and "yes" is not a boolean.
-        spec = LLMSelectionSpec.model_validate(doc["spec"], strict=True, context=STARTED if started else None)
+        spec = LLMSelectionSpec.from_wire(doc["spec"], started=started)
     except ValidationError as err:
         raise ManifestError(f"{path}: spec.{validation_message(err)}") from None
     return Manifest(

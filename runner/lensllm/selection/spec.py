@@ -66,8 +66,6 @@ EARLIER_DEFAULTS: tuple[dict[tuple[str, ...], object], ...] = (
     # until race became the default strategy, uncapped by default
     {("strategy",): "fixed", ("budget", "maxComputeFraction"): 0.05},
 )
-# Validation context for the spec of work already started: checks added since then do not fail it.
-STARTED = {"started": True}
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
     "LENSLLM_TRIAL_SPEC", "HF_HOME", "HF_TOKEN", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -329,6 +327,12 @@ class LLMSelectionSpec(WireModel):
     backoff_limit: int = Field(default=1, ge=0, le=20, description="Retries of a trial pod that failed (disruptions do not count).")
     suspend: bool = Field(default=False, description="Create no new trial Jobs while true.")
 
+    @classmethod
+    def from_wire(cls, raw: object, *, started: bool = False) -> "LLMSelectionSpec":
+        """The spec validated strictly, as the CRD's types are (nothing coerced); `started`: the spec of work that
+        already ran, which checks added since do not refuse."""
+        return cls.model_validate(raw, strict=True, context={"started": started})
+
     @field_validator("candidates")
     @classmethod
     def _unique_names(cls, candidates: list[SelectionCandidate]) -> list[SelectionCandidate]:
@@ -356,7 +360,7 @@ class LLMSelectionSpec(WireModel):
                 f"(round 0 runs that many), got {len(sizes)}"
             )
         cap, round_zero = self.budget.max_compute_fraction, sum(sizes[:first]) / self.budget.target_size
-        # Work started before this check keeps its spec (STARTED): such a race stopped after round 0.
+        # Work started before this check keeps its spec (from_wire started): such a race stopped after round 0.
         if cap is not None and len(sizes) > first and round_zero >= cap and not (info.context or {}).get("started"):
             raise ValueError(
                 f"budget.maxComputeFraction: {cap:g} is spent by round 0 alone (sizes {', '.join(map(str, sizes[:first]))} "

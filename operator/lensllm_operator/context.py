@@ -20,6 +20,7 @@ class Context:
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     waiting: set[tuple[str, str]] = field(default_factory=set)  # selections with a reconciliation waiting for the lock
     failures: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (namespace, name, kind) -> streak
+    retry_due: dict[tuple[str, str], float] = field(default_factory=dict)  # when a transient error's retry is due
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     # Active Jobs with no pod (uid -> first seen so): no object records since when a replacement is owed.
     podless_since: dict[str, datetime] = field(default_factory=dict)

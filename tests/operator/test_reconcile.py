@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
 from lensllm.selection.status import LLMSelectionStatus, initial_status
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
-from lensllm_operator import handlers, kube as operator_kube
+from lensllm_operator import handlers, kube as operator_kube, reconcile as reconcile_module
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.context import Context
 from lensllm_operator.jobs import SELECTION_LABEL, SIZES_ANNOTATION
@@ -256,16 +256,21 @@ def test_a_transient_api_error_is_retried_with_a_growing_delay(kube, namespace, 
 
     monkeypatch.setattr(operator_kube, "list_jobs", throttled)
 
+    now = [100.0]
+    monkeypatch.setattr(reconcile_module, "monotonic", lambda: now[0])
+
     async def scenario():
         posting_events()
         delays = []
-        for _ in range(3):
+        # The first try, a Job event's call 1 s later (before the retry is due), the retry, and the next.
+        for at in (100.0, 101.0, 102.0, 106.0):
+            now[0] = at
             with pytest.raises(kopf.TemporaryError) as retry:
                 await reconcile(ctx, namespace, "throttled")
             delays.append(retry.value.delay)
         return delays
 
-    assert asyncio.run(scenario()) == [2.0, 4.0, 8.0]
+    assert asyncio.run(scenario()) == [2.0, 1.0, 4.0, 8.0]
     assert status_of(custom, namespace, "throttled").phase == "Pending"
 
 

@@ -35,7 +35,9 @@ def chaos_lines(records: list[dict[str, Any]]) -> list[str]:
         kinds.update(violation.split(":")[0].split(" size ")[0] for violation in record["violations"])
     broken = [record for record in records if record["violations"]]
     seconds = sorted(record["seconds"] for record in records)
-    return [f"runs: {len(records)}, runs with an invariant violation: {len(broken)} "
+    strategies = collections.Counter(record["strategy"] for record in records)
+    return [f"runs: {len(records)} ({', '.join(f'{k} {v}' for k, v in sorted(strategies.items()))}), "
+            f"runs with an invariant violation: {len(broken)} "
             f"({sum(len(r['violations']) for r in records)} violations)",
             f"faults injected: {sum(faults.values())} ({', '.join(f'{k} {v}' for k, v in faults.most_common())})",
             f"seconds to a terminal phase: median {seconds[len(seconds) // 2]:.1f}, max {seconds[-1]:.1f}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import stand_in_trial
-from chaos import SIZES, Schedule, duplicate_jobs, points_lost, points_measured_twice
+from chaos import SIZES, Schedule, Verdict, duplicate_jobs, points_lost, points_measured_twice
 from hypothesis import HealthCheck, given, settings
 from kube_emulator import JournalEntry
 from lensllm.trial.spec import TrialSpec
@@ -42,14 +42,44 @@ def test_the_ledger_shows_points_measured_twice(tmp_path: Path) -> None:
 def test_a_candidate_without_every_size_has_lost_points() -> None:
     done = {"state": "Succeeded", "points": [{"size": size} for size in SIZES]}
     status = {"candidates": {"model-a": done, "model-b": done, "model-c": {**done, "points": done["points"][1:]}}}
-    (lost,) = points_lost(status)
+    (lost,) = points_lost(status, "fixed")
     assert lost.startswith("model-c: state Succeeded, sizes [32, 64, 128]")
+
+
+def race_status(a_points: list[int]) -> dict:
+    """A race whose round 1 ran size 256 for model-a and model-b after model-c was eliminated in round 0."""
+    rounds = [{"sizes": {name: SIZES for name in ("model-a", "model-b", "model-c")},
+               "eliminated": [{"candidate": "model-c", "reason": "behind"}]},
+              {"sizes": {"model-a": [256], "model-b": [256]}, "eliminated": []}]
+    points = {"model-a": a_points, "model-b": [*SIZES, 256], "model-c": SIZES}
+    return {"race": {"rounds": rounds, "stop": "exhausted"},
+            "ranking": [{"candidate": name} for name in ("model-b", "model-a", "model-c")],
+            "candidates": {name: {"state": "Succeeded", "points": [{"size": s} for s in sizes]}
+                           for name, sizes in points.items()}}
+
+
+def test_a_race_candidate_must_have_the_sizes_of_every_round_it_ran_and_no_others() -> None:
+    assert points_lost(race_status([*SIZES, 256]), "race") == []
+    (lost,) = points_lost(race_status(SIZES), "race")
+    assert lost.startswith("model-a: state Succeeded, sizes [16, 32, 64, 128] of [16, 32, 64, 128, 256]")
+    (lost,) = points_lost(race_status([*SIZES, 256, 512]), "race")
+    assert lost.startswith("model-a: state Succeeded, sizes [16, 32, 64, 128, 256, 512] of")
+    assert len(points_lost({"race": {"rounds": []}, "candidates": {}}, "race")) == 3  # nothing planned is a loss
+
+
+def test_a_race_verdict_holds_its_rounds_and_not_only_its_ranking() -> None:
+    status = race_status([*SIZES, 256])
+    verdict = Verdict.of(status)
+    assert verdict.ranking == ("model-b", "model-a", "model-c") and verdict.stop == "exhausted"
+    status["race"]["rounds"][1]["sizes"]["model-c"] = [256]  # a round that ran the eliminated candidate too
+    assert Verdict.of(status) != verdict and Verdict.of(status).ranking == verdict.ranking
 
 
 def test_schedules_are_drawn_from_their_seed_alone() -> None:
     assert Schedule.draw(7) == Schedule.draw(7) != Schedule.draw(8)
     kinds = {d.kind for seed in range(50) for d in Schedule.draw(seed).disruptions}
     assert kinds == {"kill-operator", "evict", "delete-job", "compact", "drop-watches"}
+    assert {Schedule.draw(seed).strategy for seed in range(16)} == {"fixed", "race"}  # CI's 16 runs hold both
 
 
 def spec(tmp_path: Path) -> TrialSpec:

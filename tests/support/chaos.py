@@ -30,6 +30,11 @@ from stand_in_trial import read_ledger
 
 SIZES = [16, 32, 64, 128]
 CANDIDATES = ("model-a", "model-b", "model-c")
+STRATEGIES = ("fixed", "race")
+# The race settings of tests/operator/test_operator_race.py. On the stand-in curves of these candidates model-c is
+# eliminated after round 0 and model-a after round 2, so faults hit a run across three rounds.
+RACE_SIZES = [*SIZES, 256, 512]
+RACE = {"epsilon": 0.05, "delta": 0.01, "initialSizes": len(SIZES)}
 CANDIDATE_LABEL = "lensllm.io/candidate"
 ROUND_LABEL = "lensllm.io/round"
 # (code, verb, resource, subresource): the refusals a run draws from; every call of the operator may be hit.
@@ -71,6 +76,7 @@ class Schedule:
     gc_delay: float
     refusals: tuple[Refusal, ...]
     disruptions: tuple[Disruption, ...]
+    strategy: str
 
     @classmethod
     def draw(cls, seed: int, horizon: float = 8.0) -> "Schedule":
@@ -81,23 +87,25 @@ class Schedule:
         disruptions = tuple(sorted((Disruption(round(rng.uniform(0.5, horizon), 2), kind, rng.random(),
                                                round(rng.uniform(0, 1.5), 2)) for kind in kinds),
                                    key=lambda d: d.at))
-        return cls(seed, rng.randint(1, 3), rng.random() < 0.5, rng.choice((0.0, 0.5)), refusals, disruptions)
+        # Drawn last, so the draws above stay what they were for a seed before races joined the suite.
+        return cls(seed, rng.randint(1, 3), rng.random() < 0.5, rng.choice((0.0, 0.5)), refusals, disruptions,
+                   rng.choice(STRATEGIES))
 
 
-def selection_manifest(name: str, parallelism: int, claim: str) -> dict[str, Any]:
-    """Three stand-in candidates, four sizes as a fixed budget (the invariants expect every size of every
-    candidate), a persistent work volume a trial resumes from."""
-    return {
-        "apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name},
-        "spec": {
-            "candidates": [{"name": model, "model": f"/models/{model}"} for model in CANDIDATES],
-            "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target",
-                        "maxTestExamples": 32},
-            "budget": {"subsetSizes": SIZES, "targetSize": 4096},
-            "ntk": {"probeSize": 8}, "parallelism": parallelism, "strategy": "fixed",
-            "workVolume": {"claimName": claim},
-        },
+def selection_manifest(name: str, parallelism: int, claim: str, strategy: str) -> dict[str, Any]:
+    """Three stand-in candidates and a persistent work volume a trial resumes from; a fixed budget of four sizes,
+    or a race that starts with those four and adds one size a round (uncapped: the rounds never hit a cap)."""
+    spec: dict[str, Any] = {
+        "candidates": [{"name": model, "model": f"/models/{model}"} for model in CANDIDATES],
+        "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target", "maxTestExamples": 32},
+        "budget": {"subsetSizes": SIZES, "targetSize": 4096},
+        "ntk": {"probeSize": 8}, "parallelism": parallelism, "strategy": strategy,
+        "workVolume": {"claimName": claim},
     }
+    if strategy == "race":
+        spec["budget"] = {"subsetSizes": RACE_SIZES, "targetSize": 8192}
+        spec["race"] = RACE
+    return {"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name}, "spec": spec}
 
 
 @dataclass
@@ -105,16 +113,17 @@ class Outcome:
     """What a run left behind, and what went wrong with it."""
 
     seed: int | None
+    strategy: str
     phase: str | None
     seconds: float
-    ranking: list[str]
+    verdict: "Verdict"
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     operator_tracebacks: int = 0  # exceptions the operator logged (kopf retries handlers that raised)
     log_tail: list[str] = field(default_factory=list)  # the operator's last words, kept for a run that broke
 
     def figures(self) -> dict[str, Any]:
-        return {"seed": self.seed, "phase": self.phase, "seconds": round(self.seconds, 2),
+        return {"seed": self.seed, "strategy": self.strategy, "phase": self.phase, "seconds": round(self.seconds, 2),
                 "faults": dict(self.faults), "violations": self.violations,
                 "operator_tracebacks": self.operator_tracebacks, "log_tail": self.log_tail}
 
@@ -235,12 +244,41 @@ def points_measured_twice(ledger: Path) -> list[str]:
     return [f"{model} size {size} measured {n} times" for (model, size), n in sorted(counts.items()) if n > 1]
 
 
-def points_lost(status: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class Verdict:
+    """What a run decided, to compare with the fault-free run's: the ranking and, for a race, each round's sizes
+    and eliminations and why it stopped."""
+
+    ranking: tuple[str, ...]
+    rounds: tuple[tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[str, ...]], ...] = ()
+    stop: str | None = None
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> "Verdict":
+        race = status.get("race") or {}
+        rounds = tuple((tuple(sorted((name, tuple(sizes)) for name, sizes in record["sizes"].items())),
+                        tuple(e["candidate"] for e in record.get("eliminated") or []))
+                       for record in race.get("rounds") or [])
+        return cls(tuple(entry["candidate"] for entry in status.get("ranking") or []), rounds, race.get("stop"))
+
+
+def planned_sizes(status: dict[str, Any], strategy: str) -> dict[str, list[int]]:
+    """The sizes each candidate was to be measured at: every subset size, or in a race those of its rounds."""
+    if strategy == "fixed":
+        return {name: SIZES for name in CANDIDATES}
+    planned: dict[str, set[int]] = {name: set() for name in CANDIDATES}
+    for record in (status.get("race") or {}).get("rounds") or []:
+        for name, sizes in record["sizes"].items():
+            planned[name].update(sizes)
+    return {name: sorted(sizes) for name, sizes in planned.items()}
+
+
+def points_lost(status: dict[str, Any], strategy: str) -> list[str]:
     lost = []
-    for name in CANDIDATES:
+    for name, planned in planned_sizes(status, strategy).items():
         entry = (status.get("candidates") or {}).get(name) or {}
         have = sorted(point["size"] for point in entry.get("points") or [])
-        if entry.get("state") != "Succeeded" or have != SIZES:
-            lost.append(f"{name}: state {entry.get('state')}, sizes {have} of {SIZES} "
+        if entry.get("state") != "Succeeded" or not planned or have != planned:
+            lost.append(f"{name}: state {entry.get('state')}, sizes {have} of {planned} "
                         f"({entry.get('reason') or ''} {entry.get('message') or ''})".rstrip())
     return lost

@@ -19,6 +19,7 @@ from chaos import (
     ChaosDriver,
     Outcome,
     Schedule,
+    Verdict,
     apply_refusals,
     duplicate_jobs,
     points_lost,
@@ -107,8 +108,10 @@ class ChaosCluster:
 
 
 def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_seconds: float = 0.25,
-              baseline: list[str] | None = None) -> Outcome:
-    """Run the selection under `schedule` (None: no faults) and check every invariant."""
+              baseline: Verdict | None = None, strategy: str | None = None) -> Outcome:
+    """Run the selection under `schedule` (None: no faults, with `strategy`) and check every invariant."""
+    strategy = schedule.strategy if schedule is not None else strategy
+    assert strategy is not None, "a fault-free run names its strategy"
     with ChaosCluster(workdir, size_seconds) as cluster:
         faults = cluster.server.emulator.faults
         if schedule is not None:
@@ -116,7 +119,7 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
         driver = ChaosDriver(schedule, cluster.api, NAMESPACE, faults, cluster.kill_and_restart_operator) \
             if schedule is not None else None
         started = time.monotonic()
-        cluster.apply(selection_manifest(NAME, schedule.parallelism if schedule else 3, CLAIM))
+        cluster.apply(selection_manifest(NAME, schedule.parallelism if schedule else 3, CLAIM, strategy))
         if driver is not None:
             driver.start()
         status = wait_terminal(cluster, bound)
@@ -124,10 +127,10 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
         if driver is not None:
             driver.stop()
         faults.clear()  # the cluster's state is read from here on, not hit
-        outcome = Outcome(schedule.seed if schedule else None, status.get("phase"), seconds,
-                          [entry["candidate"] for entry in status.get("ranking") or []])
+        outcome = Outcome(schedule.seed if schedule else None, strategy, status.get("phase"), seconds,
+                          Verdict.of(status))
         outcome.faults = Counter(faults.counts()) + (driver.done if driver else Counter())
-        outcome.violations = violations(cluster, status, bound, outcome.ranking, baseline)
+        outcome.violations = violations(cluster, status, bound, outcome, baseline)
         log = cluster.operator.log
         outcome.operator_tracebacks = log.count("Traceback (most recent call last)")
         if outcome.violations:  # the run's folder goes with pytest's temporary ones: keep what explains it
@@ -160,14 +163,14 @@ def wait_terminal(cluster: ChaosCluster, bound: float) -> dict[str, Any]:
     return last
 
 
-def violations(cluster: ChaosCluster, status: dict[str, Any], bound: float, ranking: list[str],
-               baseline: list[str] | None) -> list[str]:
+def violations(cluster: ChaosCluster, status: dict[str, Any], bound: float, outcome: Outcome,
+               baseline: Verdict | None) -> list[str]:
     found = []
     if status.get("phase") not in ("Complete", "Failed"):
         found.append(f"not terminal after {bound:g} s: phase {status.get('phase')}")
     found += duplicate_jobs(cluster.server.call(lambda: list(cluster.server.emulator.journal)))
     found += points_measured_twice(cluster.ledger)
-    found += points_lost(status)
-    if baseline is not None and ranking != baseline:
-        found.append(f"ranking {ranking} differs from the fault-free {baseline}")
+    found += points_lost(status, outcome.strategy)
+    if baseline is not None and outcome.verdict != baseline:
+        found.append(f"verdict {outcome.verdict} differs from the fault-free {baseline}")
     return found

@@ -28,6 +28,12 @@ class Context:
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
 
+    def forget_errors(self, namespace: str, name: str) -> None:
+        """Drop a deleted selection's error streaks and pending retry."""
+        self.retry_due.pop((namespace, name), None)
+        for kind in ("transient", "unexpected"):
+            self.failures.pop((namespace, name, kind), None)
+
 
 @dataclass
 class Effects:

@@ -94,3 +94,4 @@ async def selection_event(
     memo.resync.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if type == "DELETED":
         memo.ctx.metrics.forget(namespace, name)
+        memo.ctx.forget_errors(namespace, name)

@@ -108,9 +108,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
             if streak >= MAX_UNEXPECTED_ERRORS:
                 await _give_up(ctx, namespace, name, err)
             raise
-        for kind in ("transient", "unexpected"):
-            ctx.failures.pop((*key, kind), None)
-        ctx.retry_due.pop(key, None)
+        ctx.forget_errors(namespace, name)
 
 
 def _retry_delay(ctx: Context, key: tuple[str, str]) -> float:

@@ -3,14 +3,15 @@
 One loop for the whole operator rather than a kopf timer per selection: kopf puts a finalizer on
 every object that has a timer, and a finalizer makes `kubectl delete llmsel` hang whenever the
 operator is down or uninstalled. The loop learns which selections exist from the selection watch
-(`track`), so it needs no extra API call to find them; a selection whose reconciliation asked to
-be retried later (kopf.TemporaryError) waits that long before its next turn.
+(`track`), so it needs no extra API call to find them; a selection whose reconciliation met a
+transient error waits for the retry that set (`Context.retry_due`), and no longer once any call
+has reconciled it since.
 """
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
+from time import monotonic
 
 import kopf
 
@@ -26,25 +27,21 @@ Key = tuple[str, str]
 
 @dataclass
 class Unfinished:
-    """The selections the watch has shown and their phase, and when each may be retried."""
+    """The selections the watch has shown and their phase."""
 
     phases: dict[Key, str | None] = field(default_factory=dict)
-    not_before: dict[Key, float] = field(default_factory=dict)
 
     def track(self, namespace: str, name: str, phase: str | None, deleted: bool) -> None:
         key = (namespace, name)
         if deleted:
             self.phases.pop(key, None)
-            self.not_before.pop(key, None)
         else:
             self.phases[key] = phase
 
-    def due(self, now: float) -> list[Key]:
+    def due(self, now: float, retry_due: dict[Key, float]) -> list[Key]:
+        """The unfinished selections, less those waiting for a retry due after `now`."""
         return [key for key, phase in self.phases.items()
-                if phase not in TERMINAL_PHASES and self.not_before.get(key, 0.0) <= now]
-
-    def defer(self, key: Key, seconds: float) -> None:
-        self.not_before[key] = time.monotonic() + seconds
+                if phase not in TERMINAL_PHASES and retry_due.get(key, 0.0) <= now]
 
 
 @dataclass
@@ -77,12 +74,11 @@ async def resync_forever(ctx: Context, selections: Unfinished, interval: float, 
         async with limit:
             try:
                 await reconcile(ctx, *key)
-            except kopf.TemporaryError as err:
-                selections.defer(key, err.delay or interval)
+            except kopf.TemporaryError as err:  # reconcile set when to retry (ctx.retry_due)
                 logger.warning("selection %s/%s: %s", *key, err)
             except Exception:  # noqa: BLE001 (reconcile counts it; one selection's bug must not stop the others)
                 logger.exception("selection %s/%s: reconciliation failed", *key)
 
     while True:
         await asyncio.sleep(interval)
-        await asyncio.gather(*(one(key) for key in selections.due(time.monotonic())))
+        await asyncio.gather(*(one(key) for key in selections.due(monotonic(), ctx.retry_due)))

@@ -254,8 +254,8 @@ def test_a_transient_api_error_is_retried_with_a_growing_delay(kube, namespace, 
     async def throttled(namespace, selector):
         raise ApiException(status=429, reason="Too Many Requests")
 
+    answering = operator_kube.list_jobs
     monkeypatch.setattr(operator_kube, "list_jobs", throttled)
-
     now = [100.0]
     monkeypatch.setattr(reconcile_module, "monotonic", lambda: now[0])
 
@@ -272,6 +272,12 @@ def test_a_transient_api_error_is_retried_with_a_growing_delay(kube, namespace, 
 
     assert asyncio.run(scenario()) == [2.0, 1.0, 4.0, 8.0]
     assert status_of(custom, namespace, "throttled").phase == "Pending"
+    assert ctx.retry_due[(namespace, "throttled")] == 114.0  # the resync loop waits for it too
+
+    # The API answers again: a Job event's call succeeds before the retry is due.
+    monkeypatch.setattr(operator_kube, "list_jobs", answering)
+    asyncio.run(reconcile(ctx, namespace, "throttled"))
+    assert (namespace, "throttled") not in ctx.retry_due and status_of(custom, namespace, "throttled").phase == "Running"
 
 
 def test_an_error_that_keeps_coming_back_ends_the_selection_instead_of_retrying_forever(
@@ -306,16 +312,20 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
     async def start_and_stop():
         await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
         # kopf gives each object's handlers its own shallow copy of the memo.
-        for name in ("s", "t"):
+        for name in ("s", "t", "gone"):
             await handlers.selection_event(type=None, namespace="ns", name=name, status={}, memo=copy.copy(memo),
                                            logger=logging.getLogger(__name__))
+        memo.ctx.retry_due[("ns", "gone")], memo.ctx.failures[("ns", "gone", "transient")] = 8.0, 3
+        await handlers.selection_event(type="DELETED", namespace="ns", name="gone", status={}, memo=copy.copy(memo),
+                                       logger=logging.getLogger(__name__))
         loops = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "resync_forever"]
         await handlers.operator_cleanup(memo=memo)
         return loops
 
     loops = asyncio.run(start_and_stop())
     assert loops == [memo.resync.task] and memo.resync.task.cancelled()
-    assert sorted(memo.resync.selections.due(now=0.0)) == [("ns", "s"), ("ns", "t")]
+    assert sorted(memo.resync.selections.due(now=0.0, retry_due={})) == [("ns", "s"), ("ns", "t")]
+    assert memo.ctx.retry_due == {} and memo.ctx.failures == {}  # a deleted selection's errors go with it
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.

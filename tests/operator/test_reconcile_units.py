@@ -1,6 +1,5 @@
 """Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -151,7 +150,7 @@ def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay(
     selections.track("ns", "done", "Complete", deleted=False)
     selections.track("ns", "gone", "Running", deleted=False)
     selections.track("ns", "gone", None, deleted=True)
-    assert sorted(selections.due(now=0.0)) == [("ns", "new"), ("ns", "running")]
-    selections.defer(("ns", "running"), 30.0)
-    assert selections.due(now=time.monotonic()) == [("ns", "new")]
-    assert ("ns", "running") in selections.due(now=time.monotonic() + 31)
+    assert sorted(selections.due(now=0.0, retry_due={})) == [("ns", "new"), ("ns", "running")]
+    retry_due = {("ns", "running"): 30.0}
+    assert selections.due(now=29.0, retry_due=retry_due) == [("ns", "new")]
+    assert ("ns", "running") in selections.due(now=30.0, retry_due=retry_due)

@@ -50,6 +50,12 @@ HOSTILE: list[tuple[tuple[Any, ...], Any]] = [
     (("spec", "dataset", "textField"), "text"), (("spec", "ntk", "probeSize"), 0),
     (("spec", "activeDeadlineSeconds"), "soon"), (("spec", "unknownField"), {"x": 1}),
     (("spec",), None), (("spec", "method"), "oracle"), (("spec", "seed"), -3),
+    # The race, the default strategy: settings its rounds cannot run with.
+    (("spec", "strategy"), "sprint"), (("spec", "strategy"), None), (("spec", "race", "initialSizes"), 1),
+    (("spec", "race", "initialSizes"), 99), (("spec", "race", "laws"), ["vanilla", "vanilla"]),
+    (("spec", "race", "laws"), []), (("spec", "race", "laws"), ["oracle"]), (("spec", "race", "epsilon"), 0),
+    (("spec", "race", "delta"), "sure"), (("spec", "budget", "maxComputeFraction"), 1e-9),
+    (("spec", "budget", "maxComputeFraction"), -0.5), (("spec", "budget", "maxComputeFraction"), "half"),
 ]
 YAML_ONLY = ("alias-bomb", "deep-nesting", "unquoted-yes", "unquoted-number", "not-a-mapping", "empty")
 

@@ -10,6 +10,7 @@ import copy
 import itertools
 import json
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, generate_latest
 
 from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
+from lensllm.selection import status as status_module
 from lensllm.selection.status import LLMSelectionStatus, initial_status
 from lensllm.trial.result import Evaluation, SizePoint, TrialResult
 from lensllm_operator import handlers, kube as operator_kube, reconcile as reconcile_module
@@ -194,6 +196,52 @@ def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespac
     asyncio.run(scenario())
     assert status_of(custom, namespace, "counted").phase == "Complete"
     assert trials_counted(ctx) == 1
+
+
+async def longest_stall(call) -> float:
+    """Await `call` while a ticker measures the event loop: the longest it went without a turn, in seconds."""
+    loop = asyncio.get_running_loop()
+    gaps = [0.0]
+
+    async def tick():
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await call
+    finally:
+        ticker.cancel()
+    return max(gaps)
+
+
+def test_deciding_a_round_and_ranking_leave_the_event_loop_free(kube, namespace, ctx, custom, monkeypatch):
+    create_selection(custom, namespace, "heavy")
+    calls = []
+
+    def slow(fn):
+        def call(*args):
+            time.sleep(0.5)  # what a round's fits and bootstrap take for a dozen candidates, and more
+            calls.append(fn.__name__)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(reconcile_module, "advance", slow(reconcile_module.advance))
+    monkeypatch.setattr(status_module, "finalize", slow(status_module.finalize))
+
+    async def scenario():
+        posting_events()
+        stalls = [await longest_stall(reconcile(ctx, namespace, "heavy"))]  # creates the Job
+        finish_job(kube, namespace, only_job(kube, namespace), result_message())
+        stalls.append(await longest_stall(reconcile(ctx, namespace, "heavy")))  # reads the result and ranks
+        return stalls
+
+    stalls = asyncio.run(scenario())
+    assert calls == ["advance", "advance", "finalize"] and status_of(custom, namespace, "heavy").phase == "Complete"
+    assert max(stalls) < 0.25, stalls
 
 
 def test_a_conflict_on_the_final_status_write_is_retried_at_once(kube, namespace, ctx, custom, monkeypatch):

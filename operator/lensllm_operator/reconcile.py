@@ -13,7 +13,6 @@ as Failed with the reason; an unexpected error that repeats ends it as Failed to
 of retrying forever.
 """
 
-import asyncio
 from datetime import datetime, timezone
 from time import monotonic
 from typing import Any
@@ -155,13 +154,13 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
         status = find_lost(ctx, cluster, status, effects)
         # A race whose round ended: decide it before launching the next. Its fits and bootstrap take up to a
         # second or more (ten candidates, five sizes: 0.65 s on one core), as the final ranking's fits can:
-        # in a thread, so the event loop keeps serving watches, the liveness probe and other selections.
-        status = await asyncio.to_thread(advance, spec, status)
+        # off the event loop, so that it keeps serving watches, the liveness probe and other selections.
+        status = await ctx.compute(advance, spec, status)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
     if st.all_finished(status):
-        status = await asyncio.to_thread(st.finalize, status, spec, generation, st.now_iso())
+        status = await ctx.compute(st.finalize, status, spec, generation, st.now_iso())
         effects.later(announce, body, status)
     status.observed_generation = generation
     if not await _write(body, raw, status):

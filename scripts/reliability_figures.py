@@ -50,7 +50,7 @@ def summary(suite: str, records: list[dict[str, Any]]) -> list[str]:
         return ["no figures (the suite did not get to measure)"]
     if suite == "chaos":
         return chaos_lines(records)
-    return [f"{key}: {value}" for key, value in records[-1].items() if key != "suite"]
+    return [f"{key}: {value}" for record in records for key, value in record.items() if key != "suite"]
 
 
 def main() -> int:

@@ -5,7 +5,8 @@ kubelet runs `python -S fast_trial.py run-trial --spec-env VAR --out PATH --term
 `lensllm run-trial ...`. It reads the trial spec from VAR (as the runner does), picks the result document prepared
 for that candidate's model in LENSLLM_FAST_RESULTS (`<model basename>.json`, made by the real result models through
 `prepare()`), and writes it where the runner writes its results: the full document to --out, the compact one to the
-termination log. Standard library only, so the process starts in about 20 ms.
+termination log. A race runs a candidate's sizes over several trials, so a document is prepared per candidate and set
+of sizes (`<model basename>@<sizes>.json`). Standard library only, so the process starts in about 20 ms.
 """
 
 import json
@@ -28,21 +29,25 @@ def option(argv: list[str], name: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(os.environ[option(argv, "--spec-env") or "LENSLLM_TRIAL_SPEC"])
-    model = spec["candidate"]["model"].rstrip("/").rsplit("/", 1)[-1]
-    prepared = Path(os.environ[RESULTS]) / model
+    prepared = Path(os.environ[RESULTS]) / document_name(spec["candidate"]["model"], spec["subsetSizes"])
     out, termination = option(argv, "--out"), option(argv, "--termination-log")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(prepared.with_suffix(".json").read_text())
     if termination:
         Path(termination).write_text(prepared.with_suffix(".termination").read_text())
-    print(json.dumps({"event": "done", "model": model}), flush=True)
+    print(json.dumps({"event": "done", "model": prepared.name}), flush=True)
     return 0
 
 
-def prepare(folder: Path, selection_spec: object, candidates: list[str]) -> None:
-    """Write each candidate's result document (full and compact) for `main` to hand out, using the stand-in recipe
-    (tests/support/stand_in_trial.py) with no delay: real result models, real law fits."""
+def document_name(model: str, sizes: list[int]) -> str:
+    return f"{model.rstrip('/').rsplit('/', 1)[-1]}@{'-'.join(map(str, sizes))}"
+
+
+def prepare(folder: Path, selection_spec: object, candidates: list[str], size_sets: list[list[int]]) -> None:
+    """Write each candidate's result document (full and compact) for each set of sizes a trial may be given, for
+    `main` to hand out, using the stand-in recipe (tests/support/stand_in_trial.py) with no delay: real result
+    models, real law fits."""
     from stand_in_trial import SIZE_SECONDS, run_trial
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,11 +55,12 @@ def prepare(folder: Path, selection_spec: object, candidates: list[str]) -> None
     os.environ[SIZE_SECONDS] = "0"
     try:
         for name in candidates:
-            trial = selection_spec.trial_spec(name, list(selection_spec.budget.sizes))  # type: ignore[attr-defined]
-            result = run_trial(trial)
-            model = trial.candidate.model.rstrip("/").rsplit("/", 1)[-1]
-            (folder / f"{model}.json").write_text(result.to_json())
-            (folder / f"{model}.termination").write_text(result.to_termination_message())
+            for sizes in size_sets:
+                trial = selection_spec.trial_spec(name, sizes)  # type: ignore[attr-defined]
+                result = run_trial(trial)
+                prepared = document_name(trial.candidate.model, sizes)
+                (folder / f"{prepared}.json").write_text(result.to_json())
+                (folder / f"{prepared}.termination").write_text(result.to_termination_message())
     finally:
         if previous is None:
             del os.environ[SIZE_SECONDS]

@@ -7,14 +7,21 @@ server's journal (tests/support/kube_emulator.py, one clock) and from /proc for 
 - for the flood: the time from the first apply to the last selection Complete, the operator's CPU seconds and peak
   RSS, its API requests per selection, the time from each Job's completion to its result in the selection's status
   (p50, p99, max), and the apply-to-all-Jobs-created time per selection (p50, p99);
+- the operator's liveness probe, polled every 0.2 s during the flood: its slowest answer (the probe is served by
+  the event loop that every reconciliation shares);
 - what else ran meanwhile: the CPU seconds of the test process (emulated API server, kubelet, Job controller) and of
   the trial processes, and the machine's load average: the wall times depend on them as much as on the operator.
+
+Selections are fixed budgets (one trial per candidate, as the latency figures assume) or races (the default strategy:
+rounds of trials, each round decided by the operator's fits and bootstrap).
 """
 
 import os
 import resource
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +36,56 @@ FAST_TRIAL = Path(__file__).with_name("fast_trial.py")
 SELECTION_LABEL, CANDIDATE_LABEL = "lensllm.io/selection", "lensllm.io/candidate"
 
 
-def manifest(name: str, candidates: int) -> dict[str, Any]:
+def manifest(name: str, candidates: int, strategy: str = "fixed") -> dict[str, Any]:
+    """Ten candidates at once; a race gets a fifth size, so that it can run three rounds."""
+    sizes = [16, 32, 64, 128] if strategy == "fixed" else [16, 32, 64, 128, 256]
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMSelection", "metadata": {"name": name},
         "spec": {
             "candidates": [{"name": f"c{i}", "model": f"/models/m{i}"} for i in range(candidates)],
             "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target",
                         "maxTestExamples": 32},
-            "budget": {"subsetSizes": [16, 32, 64, 128], "targetSize": 4096},
-            "ntk": {"probeSize": 8}, "parallelism": candidates,
-            "strategy": "fixed",  # one trial per candidate, as the latency figures assume
+            "budget": {"subsetSizes": sizes, "targetSize": 4096},
+            "ntk": {"probeSize": 8}, "parallelism": candidates, "strategy": strategy,
         },
     }
+
+
+def trial_size_sets(spec: LLMSelectionSpec) -> list[list[int]]:
+    """The sizes a trial of this selection may be given: all of them, or a race's first round and then one a round."""
+    sizes = list(spec.budget.sizes)
+    if spec.strategy == "fixed":
+        return [sizes]
+    first = spec.race.initial_sizes
+    return [sizes[:first], *([size] for size in sizes[first:])]
+
+
+class LivenessPoller:
+    """Polls the operator's liveness probe in a thread and keeps how long each answer took (a failure: the timeout)."""
+
+    def __init__(self, url: str, interval: float = 0.2, timeout: float = 10.0) -> None:
+        self.url, self.interval, self.timeout = url, interval, timeout
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+
+    def __enter__(self) -> "LivenessPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=self.timeout) as answer:
+                    answer.read()
+                self.seconds.append(time.monotonic() - started)
+            except OSError:
+                self.seconds.append(self.timeout)
 
 
 def journal_jobs(job: dict[str, Any]) -> tuple[str, str, bool]:
@@ -84,28 +129,29 @@ def children_cpu_seconds() -> float:
 
 
 def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100, candidates: int = 10,
-             timeout: float = 900) -> dict[str, Any]:
+             timeout: float = 900, strategy: str = "fixed") -> dict[str, Any]:
     """Apply `selections` selections at once to a fresh operator and measure (see the module docstring)."""
     results = workdir / "results"
-    prepare(results, LLMSelectionSpec.model_validate(manifest("x", candidates)["spec"]),
-            [f"c{i}" for i in range(candidates)])
+    spec = LLMSelectionSpec.model_validate(manifest("x", candidates, strategy)["spec"])
+    prepare(results, spec, [f"c{i}" for i in range(candidates)], trial_size_sets(spec))
     emulator = kube.emulator
     emulator.journaled.update(jobs=journal_jobs, llmselections=journal_selections)
     kubelet = Kubelet(kube.server, workdir / "pods", env={RESULTS: str(results)}, max_running=16,
                       commands={"lensllm": [sys.executable, "-S", str(FAST_TRIAL)]})
     try:
-        operator = start_operator(kube, namespace, workdir)
+        operator, liveness = start_operator(kube, namespace, workdir)
         stats = ProcStats(operator.pid)
         custom = kubernetes.client.CustomObjectsApi(kube.api)
-        idle = apply_and_wait(kube, custom, namespace, ["idle-probe"], candidates, timeout)
+        idle = apply_and_wait(kube, custom, namespace, ["idle-probe"], candidates, timeout, strategy)
         harness = ProcStats(os.getpid())  # the emulated API server, kubelet and Job controller share this process
         cpu_before, harness_before, calls_before = stats.cpu_seconds(), harness.cpu_seconds(), len(kube.api_calls)
         trials_before = children_cpu_seconds()
         names = [f"load-{index:03d}" for index in range(selections)]
-        flood = apply_and_wait(kube, custom, namespace, names, candidates, timeout)
+        with LivenessPoller(liveness) as probe:
+            flood = apply_and_wait(kube, custom, namespace, names, candidates, timeout, strategy)
         operator_calls = kube.operator_calls(since=calls_before)
         figures = {
-            "selections": selections, "candidates": candidates,
+            "strategy": strategy, "selections": selections, "candidates": candidates,
             "idle_jobs_created_seconds": round(idle["jobs_created"][0], 3),
             "apply_to_all_complete_seconds": round(flood["all_complete"], 2),
             "complete": flood["complete"],
@@ -122,6 +168,8 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
             "job_done_to_status_max_seconds": round(max(flood["result_latency"], default=float("nan")), 3),
             "jobs_created_p50_seconds": round(percentile(flood["jobs_created"], 0.5), 3),
             "jobs_created_p99_seconds": round(percentile(flood["jobs_created"], 0.99), 3),
+            "liveness_p99_seconds": round(percentile(probe.seconds, 0.99), 3),
+            "liveness_max_seconds": round(max(probe.seconds, default=float("nan")), 3),
             "trials_run": sum(kubelet.runs.values()),
         }
     finally:
@@ -131,27 +179,28 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
     return figures
 
 
-def start_operator(kube: Cluster, namespace: str, workdir: Path) -> OperatorProcess:
+def start_operator(kube: Cluster, namespace: str, workdir: Path) -> tuple[OperatorProcess, str]:
+    """The operator process, started, and its liveness probe's URL."""
     from kubelet import OFFLINE
 
-    liveness = free_port()
+    port = free_port()
+    liveness = f"http://127.0.0.1:{port}/healthz"
     command = [sys.executable, "-m", "lensllm.cli.main", "operator", "--namespace", namespace,
-               "--metrics-port", str(free_port()), "--liveness-port", str(liveness)]
+               "--metrics-port", str(free_port()), "--liveness-port", str(port)]
     env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "KUBECONFIG": str(kube.kubeconfig)}
-    process = OperatorProcess(command, env, workdir / "operator.log", f"http://127.0.0.1:{liveness}/healthz",
-                              timeout=60)
+    process = OperatorProcess(command, env, workdir / "operator.log", liveness, timeout=60)
     process.start()
-    return process
+    return process, liveness
 
 
 def apply_and_wait(kube: Cluster, custom: Any, namespace: str, names: list[str], candidates: int,
-                   timeout: float) -> dict[str, Any]:
+                   timeout: float, strategy: str) -> dict[str, Any]:
     """Apply the selections one after the other, wait for all to end, and read the journal."""
     emulator = kube.emulator
     start = len(kube.server.call(lambda: emulator.journal))
     applied_at = time.monotonic()
     for name in names:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest(name, candidates))
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest(name, candidates, strategy))
 
     def ended() -> list[str] | None:
         phases = {name: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -171,7 +220,8 @@ def apply_and_wait(kube: Cluster, custom: Any, namespace: str, names: list[str],
 
 
 def latencies(journal: list[Any], names: set[str], candidates: int) -> dict[str, list[float]]:
-    """Per selection: apply to last Job created; per trial: Job Complete to Succeeded in the status."""
+    """Per selection: apply to its first round's last Job created; per trial: Job Complete to Succeeded in the status
+    (a race's first round)."""
     applied: dict[str, float] = {}
     created: dict[str, list[float]] = {}
     job_done: dict[tuple[str, str], float] = {}
@@ -188,7 +238,8 @@ def latencies(journal: list[Any], names: set[str], candidates: int) -> dict[str,
                 created.setdefault(selection, []).append(entry.at)
             if done:
                 job_done.setdefault((selection, candidate), entry.at)
-    jobs_created = [max(times) - applied[name] for name, times in created.items()
+    # The first `candidates` Jobs: a race creates more in its later rounds.
+    jobs_created = [sorted(times)[candidates - 1] - applied[name] for name, times in created.items()
                     if name in applied and len(times) >= candidates]
     result_latency = [recorded[key] - at for key, at in job_done.items() if key in recorded]
     return {"jobs_created": jobs_created, "result_latency": result_latency}

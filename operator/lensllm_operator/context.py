@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 @dataclass
 class Context:
-    """Settings, metrics, one lock per selection (its only status writer), and error streaks for backoff."""
+    """Settings, metrics, one lock per selection (its only status writer), error streaks for backoff, and the thread
+    the science runs on."""
 
     config: OperatorConfig
     metrics: OperatorMetrics

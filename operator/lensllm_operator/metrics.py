@@ -103,6 +103,14 @@ class OperatorMetrics:
             ["namespace", "selection", "candidate"],
             registry=registry,
         )
+        self.decision_seconds = Histogram(
+            "lensllm_decision_seconds",
+            "Time from handing the operator's science thread a race's round to decide (task=round) or a finished "
+            "selection to rank (task=rank) to its answer, waiting behind other selections included.",
+            ["task"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
         self.reconcile_errors = Counter(
             "lensllm_reconcile_errors_total",
             "Reconciliations that raised, by kind: transient (retried with backoff) or unexpected.",

@@ -13,6 +13,7 @@ as Failed with the reason; an unexpected error that repeats ends it as Failed to
 of retrying forever.
 """
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from time import monotonic
 from typing import Any
@@ -155,12 +156,12 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
         # A race whose round ended: decide it before launching the next. Its fits and bootstrap take up to a
         # second or more (ten candidates, five sizes: 0.65 s on one core), as the final ranking's fits can:
         # off the event loop, so that it keeps serving watches, the liveness probe and other selections.
-        status = await ctx.compute(advance, spec, status)
+        status = await _decide(ctx, "round", advance, spec, status)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
     if st.all_finished(status):
-        status = await ctx.compute(st.finalize, status, spec, generation, st.now_iso())
+        status = await _decide(ctx, "rank", st.finalize, status, spec, generation, st.now_iso())
         effects.later(announce, body, status)
     status.observed_generation = generation
     if not await _write(body, raw, status):
@@ -170,6 +171,16 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     await effects.run()
     _export(ctx, body, status, _running_gpu_seconds(cluster))
     return True
+
+
+async def _decide(ctx: Context, task: str, fn: Callable[..., st.LLMSelectionStatus], *args: Any) -> st.LLMSelectionStatus:
+    """`fn(*args)` on the science thread, timed for lensllm_decision_seconds when it decided anything (a status
+    handed back as it was, as `advance` does between rounds, is not a decision)."""
+    started = monotonic()
+    status = await ctx.compute(fn, *args)
+    if not any(status is arg for arg in args):
+        ctx.metrics.decision_seconds.labels(task=task).observe(monotonic() - started)
+    return status
 
 
 def _current_status(raw: Body, spec: LLMSelectionSpec, generation: int | None) -> st.LLMSelectionStatus:

@@ -33,6 +33,9 @@ def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
     assert status.race.compute_fraction < status.race.fixed_budget_fraction
 
     assert operator.sample("lensllm_selection_rounds", namespace=namespace, selection="race") == len(rounds)
+    # Every round decided once, and one ranking, each timed on the science thread.
+    assert operator.sample("lensllm_decision_seconds_count", task="round") == len(rounds)
+    assert operator.sample("lensllm_decision_seconds_count", task="rank") == 1
     agree = len(set(rounds[-1].law_leaders.values())) == 1
     assert operator.sample("lensllm_selection_laws_agree", namespace=namespace, selection="race") == int(agree)
     assert operator.sample("lensllm_selection_compute_fraction", namespace=namespace, selection="race") == pytest.approx(

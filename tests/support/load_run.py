@@ -29,6 +29,7 @@ import kubernetes
 from cluster import Cluster, OperatorProcess, free_port, wait_for
 from fast_trial import RESULTS, prepare
 from kubelet import Kubelet
+from lensllm.science.racing import schedule
 from lensllm.selection.spec import LLMSelectionSpec
 
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
@@ -52,12 +53,10 @@ def manifest(name: str, candidates: int, strategy: str = "fixed") -> dict[str, A
 
 
 def trial_size_sets(spec: LLMSelectionSpec) -> list[list[int]]:
-    """The sizes a trial of this selection may be given: all of them, or a race's first round and then one a round."""
-    sizes = list(spec.budget.sizes)
+    """The sizes a trial of this selection may be given: all of them, or those of one of a race's rounds."""
     if spec.strategy == "fixed":
-        return [sizes]
-    first = spec.race.initial_sizes
-    return [sizes[:first], *([size] for size in sizes[first:])]
+        return [list(spec.budget.sizes)]
+    return [list(sizes) for sizes in schedule(spec.race_settings(), spec.budget.sizes)]
 
 
 class LivenessPoller:

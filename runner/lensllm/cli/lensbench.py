@@ -50,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
     ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     ntk.set_defaults(run=run_ntk)
+    ceiling = actions.add_parser("ceiling", help="AtS and default against the best linear score of curve statistics, "
+                                 "fitted to the truth (a hindsight bound)")
+    ceiling.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
+    ceiling.set_defaults(run=run_ceiling)
 
 
 def _check_installed() -> None:
@@ -155,4 +159,15 @@ def run_ntk(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)
         sys.stdout.write(markdown([answer(t) for t in tables], seed=args.seed))
+    return 0
+
+
+def run_ceiling(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.ceiling import ceilings, markdown
+
+    tables = _tables(args.tables)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        sys.stdout.write(markdown([ceilings(t) for t in tables]))
     return 0

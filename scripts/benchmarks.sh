@@ -27,6 +27,7 @@ done
 # The held-out draw stays out of the choice: it tests it.
 "$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" > "$tmp/loo.md"
 "$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" "${held_out[@]}" | tail -1 > "$tmp/loo-all.md"
+"$lensllm" lensbench ceiling "${published[@]}" > "$tmp/ceiling.md"
 seconds=$("$python" -c "print(f'{$(date +%s.%N) - $start:.0f}')")
 # The end-to-end selections of a LensBench draw (`lensllm lensbench e2e`), as a Markdown table.
 e2e_table() {
@@ -77,6 +78,9 @@ section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
   printf '\n'; cat "$tmp/loo.md"
   sed -n '/^<!-- goals -->$/,/^<!-- end goals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\nWith the held-out draw counted too (nineteen tables): %s\n' "$(sed 's/^Chosen on all tables (what `default` ships): //' "$tmp/loo-all.md")"
+  sed -n '/^<!-- ceiling -->$/,/^<!-- end ceiling -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  printf '\n'; cat "$tmp/ceiling.md"
+  sed -n '/^<!-- ceiling verdict -->$/,/^<!-- end ceiling verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n## Speed\n\nEvery table above but the end-to-end one (read from data/lensbench/e2e.csv): %s s wall time on one %s machine with %s cores, measured by this script.\n' \
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md

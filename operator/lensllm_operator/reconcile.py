@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
-from lensllm.selection.plan import advance
+from lensllm.selection.plan import advance, round_ended
 from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelectionSpec, with_defaults
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
@@ -153,10 +153,17 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     try:
         status = await collect(ctx, cluster, status, effects)
         status = find_lost(ctx, cluster, status, effects)
-        # A race whose round ended: decide it before launching the next. Its fits and bootstrap take up to a
-        # second or more (ten candidates, five sizes: 0.65 s on one core), as the final ranking's fits can:
-        # off the event loop, so that it keeps serving watches, the liveness probe and other selections.
-        status = await _decide(ctx, "round", advance, spec, status)
+        if round_ended(spec, status) or st.all_finished(status):
+            # A decision is due: a race's round (decided before the next is launched) or the ranking. Its fits
+            # and bootstrap take up to a second or more (ten candidates, five sizes: 0.65 s on one core), on
+            # the science thread, off the event loop, which keeps serving watches, the liveness probe and
+            # other selections. There it waits behind other selections' decisions (a hundred races ending
+            # round 0 together queue for a minute), so the results it decides on are written first.
+            if not await _write(body, raw, status):
+                return False
+            raw = status.dump()
+        if round_ended(spec, status):
+            status = await _decide(ctx, "round", advance, spec, status)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together
         return await _end(ctx, body, raw, "InvalidSpec", str(err), effects)
@@ -174,12 +181,10 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
 
 
 async def _decide(ctx: Context, task: str, fn: Callable[..., st.LLMSelectionStatus], *args: Any) -> st.LLMSelectionStatus:
-    """`fn(*args)` on the science thread, timed for lensllm_decision_seconds when it decided anything (a status
-    handed back as it was, as `advance` does between rounds, is not a decision)."""
+    """`fn(*args)` on the science thread, timed for lensllm_decision_seconds (waiting for the thread included)."""
     started = monotonic()
     status = await ctx.compute(fn, *args)
-    if not any(status is arg for arg in args):
-        ctx.metrics.decision_seconds.labels(task=task).observe(monotonic() - started)
+    ctx.metrics.decision_seconds.labels(task=task).observe(monotonic() - started)
     return status
 
 

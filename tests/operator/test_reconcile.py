@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from lensllm.selection.spec import EARLIER_DEFAULTS, GROUP, PLURAL, VERSION, LLMSelectionSpec, with_defaults
 from lensllm.selection import status as status_module
 from lensllm.selection.status import LLMSelectionStatus, initial_status
-from lensllm.trial.result import Evaluation, SizePoint, TrialResult
+from lensllm.trial.result import Evaluation, Resources, SizePoint, TrialResult
 from lensllm_operator import handlers, kube as operator_kube, reconcile as reconcile_module
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.context import Context
@@ -79,7 +79,10 @@ def result_message() -> str:
                           flops=1e9)
 
     points = [SizePoint(size=s, test=evaluation(2.0 / (1 + i))) for i, s in enumerate(SIZES)]
-    result = TrialResult(status="Succeeded", zero_shot=evaluation(3.0), points=points, seconds=2.0)
+    # The parameter count weighs a race's compute.
+    resources = Resources(device="cpu", dtype="float32", parameters=1000, trainable_parameters=1000,
+                          peak_memory_bytes=1 << 20, peak_memory_kind="processRss")
+    result = TrialResult(status="Succeeded", zero_shot=evaluation(3.0), points=points, seconds=2.0, resources=resources)
     return result.to_termination_message()
 
 
@@ -218,30 +221,60 @@ async def longest_stall(call) -> float:
     return max(gaps)
 
 
-def test_deciding_a_round_and_ranking_leave_the_event_loop_free(kube, namespace, ctx, custom, monkeypatch):
-    create_selection(custom, namespace, "heavy")
-    calls = []
-
-    def slow(fn):
+def before_each_decision(monkeypatch, hook) -> None:
+    """Call `hook(name)` on the science thread before each round decision (`advance`) and ranking (`finalize`)."""
+    def wrapped(fn):
         def call(*args):
-            time.sleep(0.5)  # what a round's fits and bootstrap take for a dozen candidates, and more
-            calls.append(fn.__name__)
+            hook(fn.__name__)
             return fn(*args)
         return call
 
-    monkeypatch.setattr(reconcile_module, "advance", slow(reconcile_module.advance))
-    monkeypatch.setattr(status_module, "finalize", slow(status_module.finalize))
+    monkeypatch.setattr(reconcile_module, "advance", wrapped(reconcile_module.advance))
+    monkeypatch.setattr(status_module, "finalize", wrapped(status_module.finalize))
+
+
+def one_trial_race(kube, namespace, ctx, custom, name: str, measure=None) -> list:
+    """A one-candidate race: a pass that creates its Job, the Job succeeds, a pass that reads it, decides and ranks.
+    `measure(coroutine)` is awaited in place of each pass; what it returns, per pass."""
+    create_selection(custom, namespace, name, strategy="race")
 
     async def scenario():
         posting_events()
-        stalls = [await longest_stall(reconcile(ctx, namespace, "heavy"))]  # creates the Job
+        run = measure or (lambda call: call)
+        first = await run(reconcile(ctx, namespace, name))
         finish_job(kube, namespace, only_job(kube, namespace), result_message())
-        stalls.append(await longest_stall(reconcile(ctx, namespace, "heavy")))  # reads the result and ranks
-        return stalls
+        return [first, await run(reconcile(ctx, namespace, name))]
 
-    stalls = asyncio.run(scenario())
-    assert calls == ["advance", "advance", "finalize"] and status_of(custom, namespace, "heavy").phase == "Complete"
+    return asyncio.run(scenario())
+
+
+def test_deciding_a_round_and_ranking_leave_the_event_loop_free(kube, namespace, ctx, custom, monkeypatch):
+    calls = []
+
+    def slow(name):
+        time.sleep(0.5)  # what a round's fits and bootstrap take for a dozen candidates, and more
+        calls.append(name)
+
+    before_each_decision(monkeypatch, slow)
+    stalls = one_trial_race(kube, namespace, ctx, custom, "heavy", measure=longest_stall)
+    status = status_of(custom, namespace, "heavy")
+    assert calls == ["advance", "finalize"] and status.phase == "Complete" and len(status.race.rounds) == 1
     assert max(stalls) < 0.25, stalls
+
+
+def test_the_results_a_decision_needs_are_written_before_it_waits_for_the_science_thread(kube, namespace, ctx, custom,
+                                                                                     monkeypatch):
+    """A decision can queue behind other selections' for a minute; the trial results it decides on are not held back."""
+    written = []
+
+    def look(name):
+        status = status_of(custom, namespace, "patient")  # what a user sees while the decision runs
+        written.append((name, [t.state for t in status.candidates["a"].trials], status.phase))
+
+    before_each_decision(monkeypatch, look)
+    one_trial_race(kube, namespace, ctx, custom, "patient")
+    assert written == [("advance", ["Succeeded"], "Running"), ("finalize", ["Succeeded"], "Running")]
+    assert status_of(custom, namespace, "patient").phase == "Complete"
 
 
 def test_a_conflict_on_the_final_status_write_is_retried_at_once(kube, namespace, ctx, custom, monkeypatch):

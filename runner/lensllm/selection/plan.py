@@ -67,14 +67,18 @@ def next_trials(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> list[T
     return trials
 
 
+def round_ended(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> bool:
+    """Whether a race's current round has ended and waits for `advance` to decide it (cheap: no fits)."""
+    if status.race is None or status.race.stop is not None:
+        return False
+    return all(status.candidates[name].state in st.TERMINAL for name in due(spec, status) if name in status.candidates)
+
+
 def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSelectionStatus:
     """A race whose current round has ended, with that round decided; any other status as it is."""
-    race = status.race
-    if race is None or race.stop is not None:
+    if not round_ended(spec, status):
         return status
     round_ = current_round(status)
-    if any(status.candidates[name].state not in st.TERMINAL for name in due(spec, status) if name in status.candidates):
-        return status
     unweighed = [name for name, entry in status.candidates.items() if entry.points and entry.parameters is None]
     if unweighed:
         return st.end_race(status, "failed", f"{', '.join(unweighed)}: no parameter count in the trial's result, and the "

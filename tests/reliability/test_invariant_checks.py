@@ -13,6 +13,7 @@ from chaos import SIZES, Schedule, Verdict, duplicate_jobs, points_lost, points_
 from hypothesis import HealthCheck, given, settings
 from kube_emulator import JournalEntry
 from lensllm.trial.spec import TrialSpec
+from load_run import latencies
 from spec_fuzz import HOSTILE, YAML_ONLY, Case, manifests, put
 
 LABELS = {"lensllm.io/candidate": "a", "lensllm.io/round": "0"}
@@ -132,3 +133,25 @@ def test_the_stand_in_trial_takes_exactly_the_recipes_arguments() -> None:
     assert inspect.signature(stand_in_trial.run_trial).parameters.keys() == inspect.signature(
         recipe.run_trial
     ).parameters.keys()
+
+
+def test_the_load_suite_times_every_trial_of_a_race_from_its_job_done_to_its_result_recorded() -> None:
+    def job(at: float, name: str, done: bool, kind: str = "MODIFIED") -> JournalEntry:
+        return JournalEntry(at, kind, "jobs", "load", name, ("race-1", done))
+
+    def selection(at: float, trials: dict[str, str]) -> JournalEntry:
+        return JournalEntry(at, "MODIFIED", "llmselections", "load", "race-1", ("Running", trials))
+
+    journal = [
+        selection(0.0, {}),
+        job(0.5, "race-1-a-r0", False, "ADDED"), job(0.6, "race-1-b-r0", False, "ADDED"),
+        job(2.0, "race-1-a-r0", True), job(3.0, "race-1-b-r0", True),
+        selection(4.0, {"race-1-a-r0": "Succeeded", "race-1-b-r0": "Running"}),
+        selection(5.0, {"race-1-a-r0": "Succeeded", "race-1-b-r0": "Succeeded"}),
+        job(6.0, "race-1-a-r1", False, "ADDED"), job(7.0, "race-1-a-r1", True),  # round 1: one survivor
+        selection(9.5, {"race-1-a-r0": "Succeeded", "race-1-b-r0": "Succeeded", "race-1-a-r1": "Succeeded"}),
+        job(10.0, "race-1-b-r1", True),  # never recorded: not timed
+    ]
+    measured = latencies(journal, {"race-1"}, candidates=2)
+    assert sorted(measured["result_latency"]) == [2.0, 2.0, 2.5]
+    assert measured["jobs_created"] == [0.6]

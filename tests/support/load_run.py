@@ -6,13 +6,14 @@ server's journal (tests/support/kube_emulator.py, one clock) and from /proc for 
 - on an idle operator, the time from applying one selection to the creation of its last Job;
 - for the flood: the time from the first apply to the last selection Complete, the operator's CPU seconds and peak
   RSS, its API requests per selection, the time from each Job's completion to its result in the selection's status
-  (p50, p99, max), and the apply-to-all-Jobs-created time per selection (p50, p99);
+  (p50, p99, max; every trial, all of a race's rounds), and the apply-to-all-first-round-Jobs-created time per
+  selection (p50, p99);
 - the operator's liveness probe, polled every 0.2 s during the flood: its slowest answer (the probe is served by
   the event loop that every reconciliation shares);
 - what else ran meanwhile: the CPU seconds of the test process (emulated API server, kubelet, Job controller) and of
   the trial processes, and the machine's load average: the wall times depend on them as much as on the operator.
 
-Selections are fixed budgets (one trial per candidate, as the latency figures assume) or races (the default strategy:
+Selections are fixed budgets (one trial per candidate) or races (the default strategy:
 rounds of trials, each round decided by the operator's fits and bootstrap).
 """
 
@@ -34,7 +35,7 @@ from lensllm.selection.spec import LLMSelectionSpec
 
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
 FAST_TRIAL = Path(__file__).with_name("fast_trial.py")
-SELECTION_LABEL, CANDIDATE_LABEL = "lensllm.io/selection", "lensllm.io/candidate"
+SELECTION_LABEL = "lensllm.io/selection"
 
 
 def manifest(name: str, candidates: int, strategy: str = "fixed") -> dict[str, Any]:
@@ -87,16 +88,17 @@ class LivenessPoller:
                 self.seconds.append(self.timeout)
 
 
-def journal_jobs(job: dict[str, Any]) -> tuple[str, str, bool]:
-    labels = job["metadata"].get("labels") or {}
+def journal_jobs(job: dict[str, Any]) -> tuple[str, bool]:
     done = any(c.get("type") == "Complete" and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
-    return labels.get(SELECTION_LABEL, ""), labels.get(CANDIDATE_LABEL, ""), done
+    return (job["metadata"].get("labels") or {}).get(SELECTION_LABEL, ""), done
 
 
 def journal_selections(selection: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """The phase, and the state of every trial, by its Job's name."""
     status = selection.get("status") or {}
-    return status.get("phase"), {name: entry.get("state") for name, entry in (status.get("candidates") or {}).items()}
+    trials = [t for entry in (status.get("candidates") or {}).values() for t in entry.get("trials") or []]
+    return status.get("phase"), {t.get("jobName"): t.get("state") for t in trials}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -219,24 +221,24 @@ def apply_and_wait(kube: Cluster, custom: Any, namespace: str, names: list[str],
 
 
 def latencies(journal: list[Any], names: set[str], candidates: int) -> dict[str, list[float]]:
-    """Per selection: apply to its first round's last Job created; per trial: Job Complete to Succeeded in the status
-    (a race's first round)."""
+    """Per selection: apply to its first round's last Job created; per trial (every round of a race): its Job
+    Complete to the trial Succeeded in the status."""
     applied: dict[str, float] = {}
     created: dict[str, list[float]] = {}
-    job_done: dict[tuple[str, str], float] = {}
-    recorded: dict[tuple[str, str], float] = {}
+    job_done: dict[str, float] = {}
+    recorded: dict[str, float] = {}
     for entry in journal:
         if entry.resource == "llmselections" and entry.name in names:
             applied.setdefault(entry.name, entry.at)
-            for candidate, state in entry.data[1].items():
+            for job, state in entry.data[1].items():
                 if state == "Succeeded":
-                    recorded.setdefault((entry.name, candidate), entry.at)
+                    recorded.setdefault(job, entry.at)
         elif entry.resource == "jobs":
-            selection, candidate, done = entry.data
+            selection, done = entry.data
             if entry.type == "ADDED":
                 created.setdefault(selection, []).append(entry.at)
             if done:
-                job_done.setdefault((selection, candidate), entry.at)
+                job_done.setdefault(entry.name, entry.at)
     # The first `candidates` Jobs: a race creates more in its later rounds.
     jobs_created = [sorted(times)[candidates - 1] - applied[name] for name, times in created.items()
                     if name in applied and len(times) >= candidates]

@@ -3,17 +3,18 @@
 AtS, the laws and every blend `default` chooses from rank the models by a function of a few
 statistics of each seen curve: the last loss reached, the slope of the power phase, where that
 line passes the last point, how steep the last steps are, how far fine-tuning has come from the
-zero-shot loss. For one table and budget ratio, the best *linear* score of a set of such
-statistics can be found exactly: it is the least-squares fit of the true target losses on them
-(the fitted values are the linear combination with the largest Pearson correlation with the
-truth). Fitted to the answer itself, table by table and ratio by ratio, it is a ceiling no rule
-over those statistics reaches out of sample; with several statistics and 30 models it is also
-an optimistic one, as part of what it fits is noise.
+zero-shot loss. For one table and budget ratio, two scores of a set of statistics are fitted to
+the true target losses themselves: the best linear combination (exact: least squares gives the
+combination with the largest Pearson correlation), and the best predicted loss of the form
+exp(w . statistics), found by local searches from AtS's own weights and from the least-squares
+fit in log space. The better of the two is the hindsight ceiling. No rule fixed before seeing
+the answer reaches it; with several statistics on 30 models it is optimistic (part of what it
+fits is noise), and as a local search it may miss a better optimum.
 
-AtS's own prediction is exp(level + ats_offset + ats_slope * log(target / last size)): its log
-is in the span of the first three statistics, so the first ceiling bounds every reweighting of
-AtS's fit, up to the curvature of exp over the spread of the losses.
-Pure computation on curve tables (numpy). Called by `lensllm lensbench ceiling`.
+AtS's prediction is exp(level + ats_offset + ats_slope * log(target / last size)): it is one of
+the scores searched over the first three statistics, so that ceiling is at least AtS, and covers
+AtS with any gain or offset weight.
+Pure computation on curve tables (numpy, scipy). Called by `lensllm lensbench ceiling`.
 """
 
 from collections.abc import Sequence
@@ -56,8 +57,9 @@ def statistics(seen: Curves) -> np.ndarray:
 
 def best_linear_pearcorr(features: np.ndarray, truth: np.ndarray) -> float:
     """The largest Pearson correlation any linear combination of `features` has with `truth` (exact)."""
-    coef, *_ = np.linalg.lstsq(_design(features, truth), truth, rcond=None)
-    return pearcorr(_design(features, truth) @ coef, truth)
+    design = _design(features, truth)
+    coef, *_ = np.linalg.lstsq(design, truth, rcond=None)
+    return pearcorr(design @ coef, truth)
 
 
 def best_loglinear(features: np.ndarray, truth: np.ndarray, starts: Sequence[np.ndarray]) -> np.ndarray:

@@ -158,10 +158,13 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
             # and bootstrap take up to a second or more (ten candidates, five sizes: 0.65 s on one core), on
             # the science thread, off the event loop, which keeps serving watches, the liveness probe and
             # other selections. There it waits behind other selections' decisions (a hundred races ending
-            # round 0 together queue for a minute), so the results it decides on are written first.
+            # round 0 together queue for a minute), so the results it decides on are written first, and what
+            # reading them entails (metrics, Events) happens now: the passes after this one will not read them again.
             if not await _write(body, raw, status):
                 return False
             raw = status.dump()
+            await effects.run()
+            effects = Effects()
         if round_ended(spec, status):
             status = await _decide(ctx, "round", advance, spec, status)
         status = await launch(ctx, cluster, status, effects)

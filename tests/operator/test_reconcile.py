@@ -173,13 +173,15 @@ def test_a_selection_asking_for_an_image_the_operator_does_not_allow_fails_witho
     assert kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items == []
 
 
-def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespace, ctx, custom, monkeypatch):
+@pytest.mark.parametrize("failing_write", ["first", "final"])
+def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespace, ctx, custom, monkeypatch, failing_write):
+    """The pass that reads the last result writes it before ranking, then writes the ranking: either write may fail."""
     create_selection(custom, namespace, "counted")
     real = operator_kube.patch_selection_status
     failing = {"left": 0}
 
     async def patch(namespace, name, uid, status):
-        if failing["left"]:
+        if failing["left"] and (failing_write == "first" or status.get("phase") == "Complete"):
             failing["left"] -= 1
             raise ApiException(status=500, reason="Internal Server Error")
         return await real(namespace, name, uid, status)
@@ -192,9 +194,9 @@ def test_a_status_write_that_fails_counts_the_finished_trial_once(kube, namespac
         finish_job(kube, namespace, only_job(kube, namespace), result_message())
         failing["left"] = 1
         with pytest.raises(kopf.TemporaryError):
-            await reconcile(ctx, namespace, "counted")  # reads the result, cannot write it
-        assert trials_counted(ctx) == 0
-        await reconcile(ctx, namespace, "counted")  # reads it again and writes it
+            await reconcile(ctx, namespace, "counted")  # reads the result; a write fails
+        assert trials_counted(ctx) == (0 if failing_write == "first" else 1)
+        await reconcile(ctx, namespace, "counted")  # reads it again (if unwritten) and ranks
 
     asyncio.run(scenario())
     assert status_of(custom, namespace, "counted").phase == "Complete"

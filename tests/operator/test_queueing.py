@@ -33,5 +33,6 @@ def test_a_suspended_job_is_queued_until_admitted_then_runs(demo_world, kube, na
 
     batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": False}})  # what Kueue does on admission
     wait_for(lambda: candidate_state() == "Succeeded", "the admitted trial to finish", timeout=120, interval=0.2)
-    phase = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "queued")["status"]["phase"]
-    assert phase == "Complete"
+    # The result is written as soon as it is read; the ranking follows in a second write.
+    wait_for(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "queued")["status"]["phase"]
+             == "Complete", "the selection to be ranked", timeout=30, interval=0.2)

@@ -153,7 +153,8 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     try:
         status = await collect(ctx, cluster, status, effects)
         status = find_lost(ctx, cluster, status, effects)
-        if round_ended(spec, status) or st.all_finished(status):
+        deciding_round = round_ended(spec, status)
+        if deciding_round or st.all_finished(status):
             # A decision is due: a race's round (decided before the next is launched) or the ranking. Its fits
             # and bootstrap take up to a second or more (ten candidates, five sizes: 0.65 s on one core), on
             # the science thread, off the event loop, which keeps serving watches, the liveness probe and
@@ -165,7 +166,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
             raw = status.dump()
             await effects.run()
             effects = Effects()
-        if round_ended(spec, status):
+        if deciding_round:
             status = await _decide(ctx, "round", advance, spec, status)
         status = await launch(ctx, cluster, status, effects)
     except LensLLMError as err:  # a status and spec that no longer fit together

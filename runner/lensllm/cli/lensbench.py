@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
     ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     ntk.set_defaults(run=run_ntk)
-    ceiling = actions.add_parser("ceiling", help="AtS and default against the best linear score of curve statistics, "
-                                 "fitted to the truth (a hindsight bound)")
+    ceiling = actions.add_parser("ceiling", help="AtS and default against the best score of curve statistics "
+                                 "fitted to the truth (a hindsight ceiling)")
     ceiling.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
     ceiling.set_defaults(run=run_ceiling)
 

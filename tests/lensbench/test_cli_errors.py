@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 from lensllm.cli.main import main
 
@@ -32,3 +33,9 @@ def test_without_the_benchmark_sources_it_says_how_to_get_them(tmp_path, monkeyp
 def test_the_ntk_answer_refuses_tables_without_an_ntk(curves_dir, capsys):
     assert main(["lensbench", "ntk", str(curves_dir / "flan.csv")]) == 2
     assert "no NTK spectra for flan" in capsys.readouterr().err
+
+
+def test_the_ntk_signal_needs_two_tasks_to_leave_one_out(capsys):
+    data = Path(__file__).resolve().parents[2] / "data"
+    assert main(["lensbench", "ntk-signal", str(data / "lensbench" / "cipher.csv"), str(data / "lensbench-seed1" / "cipher.csv")]) == 2
+    assert "at least two tasks" in capsys.readouterr().err

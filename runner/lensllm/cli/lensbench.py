@@ -50,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
     ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     ntk.set_defaults(run=run_ntk)
+    signal = actions.add_parser("ntk-signal", help="do NTK statistics predict where default errs, beyond the zero-shot "
+                                "loss? Correlations, and a correction fitted leaving one task out")
+    signal.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv",
+                        help="LensBench tables (with CURVES.ntk.json) of at least two tasks")
+    signal.set_defaults(run=run_ntk_signal)
     ceiling = actions.add_parser("ceiling", help="AtS and default against the best score of curve statistics "
                                  "fitted to the truth (a hindsight ceiling)")
     ceiling.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
@@ -152,14 +157,33 @@ def run_ntk(args: argparse.Namespace) -> int:
     _check_installed()
     from lensllm_bench.ntk_answer import answer, markdown
 
-    tables = _tables(args.tables)
-    missing = [t.name for t in tables if t.curves.ntk is None]
-    if missing:
-        raise LensLLMError(f"no NTK spectra for {', '.join(missing)}: give LensBench tables (CURVES.ntk.json beside them)")
+    tables = _ntk_tables(args.tables)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)
         sys.stdout.write(markdown([answer(t) for t in tables], seed=args.seed))
     return 0
+
+
+def run_ntk_signal(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.ntk_signal import errors, markdown
+
+    tables = _ntk_tables(args.tables)
+    if len({t.task for t in tables}) < 2:
+        raise LensLLMError("ntk-signal leaves one task out: give tables of at least two tasks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        sys.stdout.write(markdown([e for t in tables for e in errors(t)]))
+    return 0
+
+
+def _ntk_tables(paths: list[Path]):
+    """The tables at `paths`, each with its NTK spectra (CURVES.ntk.json beside it)."""
+    tables = _tables(paths)
+    missing = [t.name for t in tables if t.curves.ntk is None]
+    if missing:
+        raise LensLLMError(f"no NTK spectra for {', '.join(missing)}: give LensBench tables (CURVES.ntk.json beside them)")
+    return tables
 
 
 def run_ceiling(args: argparse.Namespace) -> int:

@@ -315,6 +315,7 @@ for table in "${lensbench[@]}" "${later[@]}" "${held_out[@]}" "${fifth[@]}"; do
   "$lensllm" bench "$table" --strategy race --initial-sizes 4 --format csv > "$draw_tmp/$name.race4.csv"
 done
 "$lensllm" lensbench ntk "${later[@]}" "${held_out[@]}" "${fifth[@]}" > "$draw_tmp/ntk.md"
+"$lensllm" lensbench ntk-signal "${lensbench[@]}" "${later[@]}" "${held_out[@]}" "${fifth[@]}" > "$draw_tmp/ntk-signal.md"
 {
   sed -n '/^<!-- second draw -->$/,/^<!-- end second draw -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'
@@ -352,6 +353,8 @@ PY
   printf '\n'; e2e_table data/lensbench-seed1/e2e.csv
   sed -n '/^<!-- second draw ntk -->$/,/^<!-- end second draw ntk -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$draw_tmp/ntk.md"
+  sed -n '/^<!-- ntk signal -->$/,/^<!-- end ntk signal -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  printf '\n'; cat "$draw_tmp/ntk-signal.md"
 } >> docs/benchmarks.md
 rm -r "$draw_tmp"
 echo "wrote docs/benchmarks.md"

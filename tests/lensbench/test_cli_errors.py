@@ -39,3 +39,4 @@ def test_the_ntk_signal_needs_two_tasks_to_leave_one_out(capsys):
     data = Path(__file__).resolve().parents[2] / "data"
     assert main(["lensbench", "ntk-signal", str(data / "lensbench" / "cipher.csv"), str(data / "lensbench-seed1" / "cipher.csv")]) == 2
     assert "at least two tasks" in capsys.readouterr().err
+

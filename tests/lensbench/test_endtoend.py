@@ -90,3 +90,13 @@ def test_tables_of_another_plan_are_refused_and_tables_without_one_are_trusted(t
     (tables / "plan.json").write_text(json.dumps({"seed": 0, "tasks": ["cipher"]}))
     with pytest.raises(PlanMismatch, match="measured with another plan"):
         check_same_plan(out, tables)
+
+
+def test_e2e_runs_the_strategy_a_selection_gets_when_it_names_none():
+    from lensllm.cli.lensbench import e2e_strategy
+    from lensllm.cli.main import build_parser
+    from lensllm.selection.spec import LLMSelectionSpec
+
+    parse = build_parser().parse_args
+    assert e2e_strategy(parse(["lensbench", "e2e", "--out", "x"])) == LLMSelectionSpec.model_fields["strategy"].default == "race"
+    assert e2e_strategy(parse(["lensbench", "e2e", "--out", "x", "--strategy", "fixed"])) == "fixed"

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "(default OUT/tables; the repository's are in data/lensbench)")
     e2e.add_argument("--tasks", type=_task_list, help="comma-separated task names (default: all of the generation)")
     e2e.add_argument("--workers", type=options.positive_int, default=2, help="trials at once (default 2, one thread each)")
-    e2e.add_argument("--strategy", choices=("fixed", "race"), default="fixed",
-                     help="fixed: every candidate on every size (default); race: only those that may still win")
+    e2e.add_argument("--strategy", choices=("fixed", "race"),
+                     help="race: only those that may still win (the default, as in a selection); "
+                     "fixed: every candidate on every size")
     e2e.set_defaults(run=run_e2e)
     loo = actions.add_parser("loo", help="choose default's rule by leave-one-task-out; Markdown of the held-out scores")
     loo.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="curve tables (published or LensBench)")
@@ -97,6 +98,13 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def e2e_strategy(args: argparse.Namespace) -> str:
+    """--strategy, or what a selection that names none runs: the benchmark measures what users get."""
+    from lensllm.selection.spec import LLMSelectionSpec
+
+    return args.strategy or LLMSelectionSpec.model_fields["strategy"].default
+
+
 def run_e2e(args: argparse.Namespace) -> int:
     _check_installed()
     from lensllm_bench.endtoend import check_same_plan, run_task, write
@@ -116,12 +124,13 @@ def run_e2e(args: argparse.Namespace) -> int:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
     check_same_plan(args.out, tables)
     models = [m["name"] for m in record["zoo"]]
+    strategy = e2e_strategy(args)
     outcomes = []
     for task in tasks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
-            outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, args.strategy)
-        print(f"{task} ({args.strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
+            outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, strategy)
+        print(f"{task} ({strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         if outcome.max_point_difference > 0:
             print(f"lensllm lensbench e2e: {task}: the selection's points differ from --tables {tables} by up to "

@@ -5,7 +5,7 @@ question, for any method. `default`'s error on a model is its log residual at th
 log(true loss) - log(predicted loss). For each table and budget ratio, each statistic of the NTK at the
 pre-trained weights is rank-correlated (Spearman) with that error over the models, first as it is, then
 with the zero-shot loss partialled out (the curves carry the zero-shot loss already, and the NTK's
-residual term F(0) is a sum of per-example zero-shot losses). Correlation is not yet a better ranking,
+residual term F(0) is a sum of squared per-example zero-shot losses). Correlation is not yet a better ranking,
 so the last test is the one that counts: each prediction is corrected by w times the statistic
 (standardised within its table), w fitted by least squares on every *other* task (leave one task out),
 and the corrected ranking is scored by PearCorr and RelAcc against `default` itself.
@@ -113,7 +113,7 @@ def correlation(found: Sequence[Errors], column: int) -> Correlation:
     raw = [spearman(e.statistics[:, column], e.residual) for e in found]
     tasks = list(dict.fromkeys(e.task for e in found))
     by_task = {t: float(np.mean([r for r, e in zip(raw, found) if e.task == t])) for t in tasks}
-    if column == 0:
+    if STATISTICS[column] == ZERO_SHOT:
         return Correlation(by_task, float(np.mean(raw)), None, None)
     partial = np.array([spearman(e.statistics[:, column], e.residual, e.statistics[:, 0]) for e in found])
     mean = float(partial.mean())

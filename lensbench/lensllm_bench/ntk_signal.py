@@ -85,11 +85,8 @@ def statistics_of(table: Table) -> np.ndarray:
 def errors(table: Table) -> list[Errors]:
     """`default`'s predictions at each of the table's ratios, with the table's statistics."""
     stats = statistics_of(table)
-    return [
-        Errors(table.name, table.task, ratio, select("default", table.curves.up_to(table.target / ratio), table.target).predicted_loss,
-               table.truth, stats)
-        for ratio in table.ratios
-    ]
+    predicted = [select("default", table.curves.up_to(table.target / r), table.target).predicted_loss for r in table.ratios]
+    return [Errors(table.name, table.task, r, p, table.truth, stats) for r, p in zip(table.ratios, predicted)]
 
 
 def spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray | None = None) -> float:
@@ -165,11 +162,13 @@ def markdown(found: Sequence[Errors]) -> str:
     for column, name in enumerate(STATISTICS):
         c = correlation(found, column)
         partial = ("—", "—") if c.partial is None else (f"{c.partial:+.2f}", f"{_pct(c.partial_sign_share)}%")
-        out.append(f"| {name} | " + " | ".join(f"{c.by_task[t]:+.2f}" for t in tasks) + f" | {c.raw:+.2f} | {' | '.join(partial)} |")
+        by_task = " | ".join(f"{c.by_task[t]:+.2f}" for t in tasks)
+        out.append(f"| {name} | {by_task} | {c.raw:+.2f} | {' | '.join(partial)} |")
     out += ["", "| correction, leave one task out | " + " | ".join(f"{t}: PearCorr / RelAcc (%)" for t in tasks) + " |",
             "|---|" + "---|" * len(tasks)]
     for column, name in [(None, "none (`default`)"), *enumerate(STATISTICS)]:
         cells = [corrected(found, column, t) for t in tasks]
         weights = [""] * len(cells) if column is None else [f" (w {c.weight:+.3f})" for c in cells]
-        out.append(f"| {name} | " + " | ".join(f"{_pct(c.pearcorr)} / {_pct(c.relacc)}{w}" for c, w in zip(cells, weights)) + " |")
+        scored = " | ".join(f"{_pct(c.pearcorr)} / {_pct(c.relacc)}{w}" for c, w in zip(cells, weights))
+        out.append(f"| {name} | {scored} |")
     return "\n".join(out) + "\n"

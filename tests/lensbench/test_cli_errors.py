@@ -37,6 +37,7 @@ def test_the_ntk_answer_refuses_tables_without_an_ntk(curves_dir, capsys):
 
 def test_the_ntk_signal_needs_two_tasks_to_leave_one_out(capsys):
     data = Path(__file__).resolve().parents[2] / "data"
-    assert main(["lensbench", "ntk-signal", str(data / "lensbench" / "cipher.csv"), str(data / "lensbench-seed1" / "cipher.csv")]) == 2
+    one_task = [str(data / draw / "cipher.csv") for draw in ("lensbench", "lensbench-seed1")]
+    assert main(["lensbench", "ntk-signal", *one_task]) == 2
     assert "at least two tasks" in capsys.readouterr().err
 

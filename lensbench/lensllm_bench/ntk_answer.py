@@ -53,7 +53,8 @@ def answer(table: Table) -> TableAnswer:
     return TableAnswer(table.name, table.ratios, predictions, table.truth, float(np.mean(outside)))
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A share as a percentage with one decimal, as the benchmark tables print it."""
     return f"{100 * x:.1f}"
 
 
@@ -67,14 +68,14 @@ def markdown(answers: list[TableAnswer], seed: int = 0) -> str:
     for a in answers:
         cells = {(m, k): a.metric(m, k) for m in METHODS for k in ("pearcorr", "relacc", "error")}
         for j, ratio in enumerate(a.ratios):
-            row = [" / ".join(_pct(cells[m, k][j]) for m in METHODS) for k in ("pearcorr", "relacc", "error")]
+            row = [" / ".join(pct(cells[m, k][j]) for m in METHODS) for k in ("pearcorr", "relacc", "error")]
             row.append(_interval(a.difference("lensllm", "rectified", "pearcorr", seed, ratio)))
             out.append(f"| {a.table} | 1/{ratio} | " + " | ".join(row) + " |")
     out += ["", "| task | NTK binds (share of fits) | PearCorr lensllm - rectified | extrapolation error lensllm - rectified | "
             "PearCorr lensllm - ats | RelAcc lensllm - rectified |", "|---|---|---|---|---|---|"]
     for a in answers:
         out.append(
-            f"| {a.table} | {_pct(a.constrained)}% | {_interval(a.difference('lensllm', 'rectified', 'pearcorr', seed))} "
+            f"| {a.table} | {pct(a.constrained)}% | {_interval(a.difference('lensllm', 'rectified', 'pearcorr', seed))} "
             f"| {_interval(a.difference('lensllm', 'rectified', 'error', seed))} "
             f"| {_interval(a.difference('lensllm', 'ats', 'pearcorr', seed))} "
             f"| {_interval(a.difference('lensllm', 'rectified', 'relacc', seed))} |"

@@ -23,6 +23,7 @@ from lensllm.science.laws import NTKSpectrum
 from lensllm.science.metrics import pearcorr, relacc_of_scores
 from lensllm.science.selectors import select
 from lensllm_bench.loo import Table
+from lensllm_bench.ntk_answer import pct
 
 
 def _log(x: float) -> float:
@@ -150,10 +151,6 @@ def corrected(found: Sequence[Errors], column: int | None, task: str) -> Correct
     )
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
 def markdown(found: Sequence[Errors]) -> str:
     tasks = list(dict.fromkeys(e.task for e in found))
     out = ["| statistic | " + " | ".join(f"Spearman on {t}" for t in tasks)
@@ -161,7 +158,7 @@ def markdown(found: Sequence[Errors]) -> str:
            "|---|" + "---|" * (len(tasks) + 3)]
     for column, name in enumerate(STATISTICS):
         c = correlation(found, column)
-        partial = ("—", "—") if c.partial is None else (f"{c.partial:+.2f}", f"{_pct(c.partial_sign_share)}%")
+        partial = ("—", "—") if c.partial is None else (f"{c.partial:+.2f}", f"{pct(c.partial_sign_share)}%")
         by_task = " | ".join(f"{c.by_task[t]:+.2f}" for t in tasks)
         out.append(f"| {name} | {by_task} | {c.raw:+.2f} | {' | '.join(partial)} |")
     out += ["", "| correction, leave one task out | " + " | ".join(f"{t}: PearCorr / RelAcc (%)" for t in tasks) + " |",
@@ -169,6 +166,6 @@ def markdown(found: Sequence[Errors]) -> str:
     for column, name in [(None, "none (`default`)"), *enumerate(STATISTICS)]:
         cells = [corrected(found, column, t) for t in tasks]
         weights = [""] * len(cells) if column is None else [f" (w {c.weight:+.3f})" for c in cells]
-        scored = " | ".join(f"{_pct(c.pearcorr)} / {_pct(c.relacc)}{w}" for c, w in zip(cells, weights))
+        scored = " | ".join(f"{pct(c.pearcorr)} / {pct(c.relacc)}{w}" for c, w in zip(cells, weights))
         out.append(f"| {name} | {scored} |")
     return "\n".join(out) + "\n"

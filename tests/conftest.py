@@ -1,6 +1,7 @@
 """Fixtures shared by every test folder: the published benchmark curves and the demo's tiny models."""
 
 import os
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -25,13 +26,23 @@ def curves_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> Path:
-    """The demo's generated task and three tiny pre-trained causal LMs (lensllm.demo), built once."""
+    """The demo's generated task and three tiny pre-trained causal LMs (lensllm.demo), built once per run: the
+    first xdist worker to need them builds them (half a minute of pre-training) while the others wait, then every
+    worker reads the same folder."""
     import torch
+    from filelock import FileLock
 
     from lensllm.demo import prepare
 
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("demo")
-    prepare(folder, n_train=1024, n_test=64)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's own root, above every worker's
+    folder = shared / "demo"
+    with FileLock(shared / "demo.lock"):
+        if not folder.exists():
+            torch.set_num_threads(1)
+            partial = shared / "demo.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # left by a worker whose build failed
+            prepare(partial, n_train=1024, n_test=64)
+            partial.rename(folder)
     return folder
-

@@ -1,5 +1,7 @@
 """`lensllm select --local` end to end: real runner processes on the demo's tiny models."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -19,17 +21,38 @@ def write_manifest(tmp_path: Path, doc: dict) -> Path:
     return path
 
 
-def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(demo_world, tmp_path, capsys):
-    out = tmp_path / "out"
-    path = write_manifest(tmp_path, selection_manifest(demo_world, demo_models(demo_world)))
-    code = main(["select", str(path), "--local", "--workers", "2", "--out", str(out)])
+# The race's settings: the fixed budget below is also what the race is measured against.
+DEMO_BUDGET = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
+DEMO_RACE = {"epsilon": 0.05, "delta": 0.01}
+
+
+def select_locally(demo_world: Path, folder: Path, strategy: str | None) -> tuple[int, Path, str]:
+    """`lensllm select --local` on the demo's three models: exit code, output folder and what it printed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy or 'race'}",
+                             strategy=strategy, budget=DEMO_BUDGET, race=DEMO_RACE)
+    out = folder / (strategy or "race")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["select", str(write_manifest(folder, doc)), "--local", "--workers", "2", "--out", str(out)])
+    return code, out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fixed_selection(demo_world, tmp_path_factory) -> tuple[int, Path, str]:
+    """One fixed-budget selection, read by the test of its own output and by the race's comparison."""
+    return select_locally(demo_world, tmp_path_factory.mktemp("fixed"), "fixed")
+
+
+def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(fixed_selection, tmp_path, capsys):
+    code, out, printed = fixed_selection
     status = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
     assert code == 0 and status.phase == "Complete"
     assert sorted(r.candidate for r in status.ranking) == ["tiny-gpt2", "tiny-llama", "tiny-opt"]
     assert status.best == "tiny-llama"  # the most pre-trained candidate
-    assert all(len(c.points) == 4 and c.zero_shot and c.ntk for c in status.candidates.values())
+    assert all(len(c.points) == 5 and c.zero_shot and c.ntk for c in status.candidates.values())
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
-    assert "tiny-llama" in capsys.readouterr().out
+    assert "tiny-llama" in printed
 
 
     plot = tmp_path / "report.png"
@@ -76,20 +99,14 @@ def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
 
 
 def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(
-    demo_world, tmp_path, capsys, monkeypatch
+    demo_world, fixed_selection, tmp_path, capsys, monkeypatch
 ):
     """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%).
     The race is the default strategy: its manifest names none."""
-    budget = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
-    statuses = {}
-    for strategy in ("race", "fixed"):
-        doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy}",
-                                 strategy=None if strategy == "race" else strategy,
-                                 budget=budget, race={"epsilon": 0.05, "delta": 0.01})
-        out = tmp_path / strategy
-        assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--workers", "2", "--out", str(out)]) == 0
-        statuses[strategy] = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
-    race, fixed = statuses["race"], statuses["fixed"]
+    code, out, _ = select_locally(demo_world, tmp_path, None)
+    assert code == 0
+    race = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
+    fixed = LLMSelectionStatus.model_validate(json.loads((fixed_selection[1] / "status.json").read_text()))
     assert race.best == fixed.best == "tiny-llama"
     rounds = race.race.rounds
     assert len(rounds) >= 2 and "tiny-gpt2" in [e.candidate for e in rounds[0].eliminated]

@@ -1,5 +1,7 @@
 """The real operator process against the emulated API server, with a kubelet that runs the real
-`lensllm run-trial` for every Job the operator creates."""
+`lensllm run-trial` for every Job the operator creates: on the demo's models where the ranking is checked against
+local mode, around the stand-in's synthetic curves (tests/support/stand_in_trial.py) where only the operator's
+handling of Jobs is (one size in tenths of a second instead of seconds of training)."""
 
 import io
 import sys
@@ -12,7 +14,7 @@ from demo_selection import demo_models, selection_manifest
 from kubernetes.client.rest import ApiException
 from selections import (
     GROUP, PLURAL, SELECTION_TIMEOUT, VERSION, comparable, create, events_of, run_locally, selection_status,
-    wait_for_phase,
+    stand_in_selection, wait_for_phase,
 )
 
 from lensllm.cli.main import main
@@ -58,40 +60,37 @@ def test_three_tiny_candidates_are_ranked_as_local_mode_ranks_them_with_the_same
 
 
 def test_kubectl_apply_of_a_manifest_file_starts_a_selection_and_reports_it(
-    demo_world, namespace, kubelet, start_operator, kubectl, tmp_path, custom, monkeypatch, capsys
+    namespace, stand_in, start_operator, kubectl, tmp_path, custom, monkeypatch, capsys
 ):
     start_operator()
     path = tmp_path / "selection.yaml"
-    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="applied", namespace=namespace,
-                             budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
+    doc = stand_in_selection("applied", "model-a")
+    doc["metadata"]["namespace"] = namespace
     path.write_text(yaml.safe_dump(doc))
     kubectl("apply", "-f", str(path))
     status = wait_for_phase(custom, namespace, "applied", "Complete", "Failed")
     assert status.phase == "Complete", status.conditions
     shown = kubectl("get", "llmsel", "applied", "-n", namespace, "-o", "jsonpath={.status.phase} {.status.best} {.status.progress}")
-    assert shown.stdout == "Complete tiny-opt 1/1"
+    assert shown.stdout == "Complete model-a 1/1"
 
     as_json = kubectl("get", "llmsel", "applied", "-n", namespace, "-o", "json").stdout
     monkeypatch.setattr(sys, "stdin", io.StringIO(as_json))  # kubectl get ... -o json | lensllm report -
     assert main(["report", "-"]) == 0
-    assert "tiny-opt" in capsys.readouterr().out
+    assert "model-a" in capsys.readouterr().out
 
 
 def test_parallelism_one_runs_one_job_at_a_time_and_a_missing_model_degrades_the_selection(
-    demo_world, namespace, kubelet, start_operator, custom, tmp_path
+    namespace, stand_in, start_operator, custom
 ):
     start_operator()
-    models = {"tiny-opt": str(demo_world / "models" / "tiny-opt"), "ghost": str(tmp_path / "missing"),
-              "tiny-llama": str(demo_world / "models" / "tiny-llama")}
-    doc = selection_manifest(demo_world, models, name="careful", parallelism=1, maxFailedCandidates=1,
-                             budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
+    doc = stand_in_selection("careful", "model-a", "missing", "model-b", parallelism=1, maxFailedCandidates=1)
     create(custom, namespace, doc)
     status = wait_for_phase(custom, namespace, "careful", "Complete", "Failed")
     assert status.phase == "Complete"
     assert {c.type for c in status.conditions} == {"Complete", "Degraded"}
-    assert status.candidates["ghost"].state == "Failed" and status.candidates["ghost"].reason == "ModelNotFound"
-    assert sorted(r.candidate for r in status.ranking) == ["tiny-llama", "tiny-opt"]
-    assert kubelet.max_concurrency == 1
+    assert status.candidates["missing"].state == "Failed" and status.candidates["missing"].reason == "ModelNotFound"
+    assert sorted(r.candidate for r in status.ranking) == ["model-a", "model-b"]
+    assert stand_in.max_concurrency == 1
 
 
 def test_an_invalid_spec_is_refused_by_the_schema_or_fails_with_invalid_spec(
@@ -120,11 +119,11 @@ def test_an_invalid_spec_is_refused_by_the_schema_or_fails_with_invalid_spec(
 
 
 def test_a_killed_operator_restarts_and_finishes_with_no_duplicate_job_and_no_lost_result(
-    demo_world, namespace, kubelet, start_operator, custom, batch
+    namespace, stand_in, start_operator, custom, batch
 ):
     operator = start_operator()
-    doc = selection_manifest(demo_world, demo_models(demo_world), name="phoenix", parallelism=1)
-    create(custom, namespace, doc)
+    models = ("model-a", "model-b", "model-c")
+    create(custom, namespace, stand_in_selection("phoenix", *models, parallelism=1))
 
     def first_recorded():
         status = selection_status(custom, namespace, "phoenix")
@@ -139,19 +138,17 @@ def test_a_killed_operator_restarts_and_finishes_with_no_duplicate_job_and_no_lo
         assert status.candidates[name].points == before.candidates[name].points
     jobs = [j.metadata.name for j in batch.list_namespaced_job(namespace).items]
     uid = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "phoenix")["metadata"]["uid"]
-    assert sorted(jobs) == sorted(job_name("phoenix", uid, Trial(c, 0, ())) for c in ("tiny-gpt2", "tiny-opt", "tiny-llama"))
-    assert all(count == 1 for count in kubelet.runs.values()), kubelet.runs
+    assert sorted(jobs) == sorted(job_name("phoenix", uid, Trial(c, 0, ())) for c in models)
+    assert all(count == 1 for count in stand_in.runs.values()), stand_in.runs
 
 
 def test_deleting_a_selection_collects_its_jobs_and_its_metric_series(
-    demo_world, namespace, kubelet, start_operator, custom, batch
+    namespace, stand_in, start_operator, custom, batch
 ):
     operator = start_operator()
-    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt", "tiny-llama"), name="ephemeral",
-                             budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
-    create(custom, namespace, doc)
+    create(custom, namespace, stand_in_selection("ephemeral", "model-a", "model-b"))
     wait_for_phase(custom, namespace, "ephemeral", "Complete")
-    assert operator.sample("lensllm_candidate_predicted_loss", namespace=namespace, selection="ephemeral", candidate="tiny-opt")
+    assert operator.sample("lensllm_candidate_predicted_loss", namespace=namespace, selection="ephemeral", candidate="model-a")
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ephemeral")
     wait_for(lambda: not batch.list_namespaced_job(namespace).items, "the Jobs to be garbage-collected")
     wait_for(lambda: 'selection="ephemeral"' not in operator.metrics(), "the selection's series to disappear")

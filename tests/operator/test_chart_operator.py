@@ -7,7 +7,7 @@ import helm_python
 import kubernetes
 import yaml
 from cluster import free_port, wait_for
-from demo_selection import demo_models, selection_manifest
+from selections import stand_in_selection
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lensllm"
@@ -55,7 +55,7 @@ def process_of(deployment: dict) -> tuple[list[str], dict[str, str]]:
 
 
 def test_the_charts_operator_runs_a_selection_using_exactly_the_access_its_rbac_grants(
-    demo_world, kube, namespace, kubelet, operator_process
+    kube, namespace, stand_in, operator_process
 ):
     metrics, liveness = free_port(), free_port()
     objects = render({"watchNamespaces": [namespace], "metrics": {"port": metrics}, "liveness": {"port": liveness}})
@@ -64,9 +64,8 @@ def test_the_charts_operator_runs_a_selection_using_exactly_the_access_its_rbac_
     operator = operator_process(argv, env=env, ready=f"http://127.0.0.1:{liveness}/healthz", timeout=30)
 
     custom = kubernetes.client.CustomObjectsApi(kube.api)
-    good = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="wired",
-                              budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
-    twins = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="twins")
+    good = stand_in_selection("wired", "model-a")
+    twins = stand_in_selection("twins", "model-a")
     twins["spec"]["candidates"] *= 2
     for doc in (good, twins):
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)

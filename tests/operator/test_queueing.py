@@ -4,12 +4,12 @@ import sys
 
 import kubernetes
 from cluster import free_port, wait_for
-from demo_selection import demo_models, selection_manifest
+from selections import stand_in_selection
 
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
 
 
-def test_a_suspended_job_is_queued_until_admitted_then_runs(demo_world, kube, namespace, kubelet, operator_process):
+def test_a_suspended_job_is_queued_until_admitted_then_runs(kube, namespace, stand_in, operator_process):
     liveness = free_port()
     operator_process(
         [sys.executable, "-m", "lensllm.cli.main", "operator", "--namespace", namespace,
@@ -18,18 +18,17 @@ def test_a_suspended_job_is_queued_until_admitted_then_runs(demo_world, kube, na
     )
     custom = kubernetes.client.CustomObjectsApi(kube.api)
     batch = kubernetes.client.BatchV1Api(kube.api)
-    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="queued", queue="gpu-queue",
-                             budget={"subsetSizes": [16, 32, 64], "targetSize": 1024})
+    doc = stand_in_selection("queued", "model-a", queue="gpu-queue")
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
 
     def candidate_state() -> str | None:
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "queued").get("status") or {}
-        return (status.get("candidates") or {}).get("tiny-opt", {}).get("state")
+        return (status.get("candidates") or {}).get("model-a", {}).get("state")
 
     job = wait_for(lambda: batch.list_namespaced_job(namespace).items, "the trial Job")[0]
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     wait_for(lambda: candidate_state() == "Queued", "the candidate to be Queued")
-    assert kubelet.runs[job.metadata.name] == 0
+    assert stand_in.runs[job.metadata.name] == 0
 
     batch.patch_namespaced_job(job.metadata.name, namespace, {"spec": {"suspend": False}})  # what Kueue does on admission
     wait_for(lambda: candidate_state() == "Succeeded", "the admitted trial to finish", timeout=120, interval=0.2)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import stand_in_trial
-from chaos import SIZES, Schedule, Verdict, duplicate_jobs, points_lost, points_measured_twice
+from chaos import REFUSALS, SIZES, Schedule, Verdict, duplicate_jobs, points_lost, points_measured_twice
 from hypothesis import HealthCheck, given, settings
 from kube_emulator import JournalEntry
 from lensllm.trial.spec import TrialSpec
@@ -80,7 +80,10 @@ def test_schedules_are_drawn_from_their_seed_alone() -> None:
     assert Schedule.draw(7) == Schedule.draw(7) != Schedule.draw(8)
     kinds = {d.kind for seed in range(50) for d in Schedule.draw(seed).disruptions}
     assert kinds == {"kill-operator", "evict", "delete-job", "compact", "drop-watches"}
-    assert {Schedule.draw(seed).strategy for seed in range(16)} == {"fixed", "race"}  # CI's 16 runs hold both
+    ci_runs = [Schedule.draw(seed) for seed in range(12)]  # LENSLLM_CHAOS_RUNS in scripts/test.sh
+    assert {s.strategy for s in ci_runs} == {"fixed", "race"}
+    assert {d.kind for s in ci_runs for d in s.disruptions} == kinds
+    assert {r.code for s in ci_runs for r in s.refusals} == {code for code, *_ in REFUSALS}
 
 
 def spec(tmp_path: Path) -> TrialSpec:

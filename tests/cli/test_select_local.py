@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from demo_selection import demo_models, selection_manifest
+from demo_selection import RACE_BUDGET, RACE_SETTINGS, demo_models, selection_manifest
 
 from lensllm.cli.main import main
 from lensllm.cli.report import race_curves
@@ -21,27 +21,17 @@ def write_manifest(tmp_path: Path, doc: dict) -> Path:
     return path
 
 
-# The race's settings: the fixed budget below is also what the race is measured against.
-DEMO_BUDGET = {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0}
-DEMO_RACE = {"epsilon": 0.05, "delta": 0.01}
-
-
-def select_locally(demo_world: Path, folder: Path, strategy: str | None) -> tuple[int, Path, str]:
-    """`lensllm select --local` on the demo's three models: exit code, output folder and what it printed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = selection_manifest(demo_world, demo_models(demo_world), name=f"demo-{strategy or 'race'}",
-                             strategy=strategy, budget=DEMO_BUDGET, race=DEMO_RACE)
-    out = folder / (strategy or "race")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["select", str(write_manifest(folder, doc)), "--local", "--workers", "2", "--out", str(out)])
-    return code, out, printed.getvalue()
-
-
 @pytest.fixture(scope="module")
 def fixed_selection(demo_world, tmp_path_factory) -> tuple[int, Path, str]:
-    """One fixed-budget selection, read by the test of its own output and by the race's comparison."""
-    return select_locally(demo_world, tmp_path_factory.mktemp("fixed"), "fixed")
+    """`lensllm select --local` on a fixed budget, the race's (demo_selection.RACE_BUDGET): exit code, output folder
+    and what it printed. Read by the test of its own output and by the race's comparison."""
+    folder = tmp_path_factory.mktemp("fixed")
+    doc = selection_manifest(demo_world, demo_models(demo_world), name="demo-fixed", budget=RACE_BUDGET,
+                             race=RACE_SETTINGS)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["select", str(write_manifest(folder, doc)), "--local", "--workers", "2", "--out", str(folder / "out")])
+    return code, folder / "out", printed.getvalue()
 
 
 def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(fixed_selection, tmp_path, capsys):
@@ -99,13 +89,11 @@ def test_report_needs_a_selection_with_a_status(tmp_path, capsys):
 
 
 def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_budget_s_winner(
-    demo_world, fixed_selection, tmp_path, capsys, monkeypatch
+    demo_race, fixed_selection, tmp_path, capsys, monkeypatch
 ):
     """Real runner processes on the demo models; the race decides for real (epsilon 5%, stop at P(best) >= 99%).
-    The race is the default strategy: its manifest names none."""
-    code, out, _ = select_locally(demo_world, tmp_path, None)
-    assert code == 0
-    race = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
+    The race is the default strategy: its manifest names none (demo_selection.race_manifest)."""
+    race = LLMSelectionStatus.model_validate(json.loads((demo_race / "status.json").read_text()))
     fixed = LLMSelectionStatus.model_validate(json.loads((fixed_selection[1] / "status.json").read_text()))
     assert race.best == fixed.best == "tiny-llama"
     rounds = race.race.rounds
@@ -124,7 +112,7 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
 
     capsys.readouterr()
     monkeypatch.setenv("COLUMNS", "260")  # rows on one line each
-    assert main(["report", str(tmp_path / "race" / "selection.json")]) == 0
+    assert main(["report", str(demo_race / "selection.json")]) == 0
     report = capsys.readouterr().out
     assert f"race: {len(rounds)} rounds, stopped: {race.race.stop}" in report and "out in round 0" in report
     round_1 = "tiny-llama" if len(rounds[1].sizes) == 1 else f"{len(rounds[1].sizes)} candidates"
@@ -142,5 +130,5 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
         assert low <= row.predicted_loss <= high
         assert np.allclose(row.curve(row.sizes), row.losses, rtol=0.1)  # the law's curve runs through its points
     plot = tmp_path / "race.png"
-    assert main(["report", str(tmp_path / "race" / "selection.json"), "--plot", str(plot)]) == 0
+    assert main(["report", str(demo_race / "selection.json"), "--plot", str(plot)]) == 0
     assert plot.read_bytes().startswith(b"\x89PNG")

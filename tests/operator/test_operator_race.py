@@ -1,24 +1,20 @@
 """A race run by the real operator against the emulated API server: rounds of trial Jobs, an operator restart."""
 
+import json
 from collections import Counter
 
 import pytest
 from cluster import wait_for
-from demo_selection import demo_models, selection_manifest
-from selections import GROUP, PLURAL, VERSION, comparable, create, run_locally, stand_in_selection, wait_for_phase
+from demo_selection import race_manifest
+from selections import GROUP, PLURAL, VERSION, comparable, create, stand_in_selection, wait_for_phase
 from stand_in_trial import read_ledger
-
-# Every size up to 256 is affordable on the demo's 1,024 examples; elimination at P(best) < 5%, a stop at >= 99%.
-RACE = {"strategy": "race", "budget": {"baseSize": 16, "doublings": 4, "targetSize": 1024, "maxComputeFraction": 1.0},
-        "race": {"epsilon": 0.05, "delta": 0.01}, "parallelism": 3}
 
 
 def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
-    demo_world, namespace, kubelet, start_operator, custom, tmp_path
+    demo_world, demo_race, namespace, kubelet, start_operator, custom
 ):
     operator = start_operator()
-    doc = selection_manifest(demo_world, demo_models(demo_world), name="race", **RACE)
-    create(custom, namespace, doc)
+    create(custom, namespace, race_manifest(demo_world))
     status = wait_for_phase(custom, namespace, "race", "Complete", "Failed")
     assert status.phase == "Complete", status.conditions
     assert status.best == "tiny-llama" and status.ranking[-1].candidate == "tiny-gpt2"
@@ -42,7 +38,7 @@ def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
         status.race.compute_fraction
     )
     cluster_status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "race")["status"]
-    assert comparable(run_locally(doc, tmp_path)) == comparable(cluster_status)
+    assert comparable(json.loads((demo_race / "status.json").read_text())) == comparable(cluster_status)
 
 
 # Stand-in curves (tests/support/stand_in_trial.py): model-h is far behind from the first sizes on, model-a and

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lognormal_task import SPECIALS, write_task, write_tokenizer  # noqa: E402
 
-from lensllm.trial.modeling import evaluation_flops, training_flops  # noqa: E402
+from lensllm.trial.modeling import evaluation_flops  # noqa: E402
 from lensllm.trial.recipe import TrialRecipe  # noqa: E402
 from lensllm.trial.spec import TrialSpec  # noqa: E402
 

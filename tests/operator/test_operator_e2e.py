@@ -6,7 +6,6 @@ handling of Jobs is (one size in tenths of a second instead of seconds of traini
 import io
 import sys
 
-import kubernetes
 import pytest
 import yaml
 from cluster import wait_for

@@ -24,7 +24,6 @@ from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
 from lensllm.science.curves import Curves
 from lensllm.science.metrics import pearcorr, relacc
 from lensllm.science.racing import (
-    Assessment,
     RaceCandidate,
     RaceSettings,
     RankedCandidate,

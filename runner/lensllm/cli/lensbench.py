@@ -107,9 +107,6 @@ def e2e_strategy(args: argparse.Namespace) -> str:
 
 def run_e2e(args: argparse.Namespace) -> int:
     _check_installed()
-    from lensllm_bench.endtoend import check_same_plan, run_task, write
-    from lensllm_bench.generate import Budget
-
     record_path = args.out / "generation.json"
     if not record_path.exists():
         raise LensLLMError(f"--out {args.out}: no generation.json (run `lensllm lensbench generate --out {args.out}` first)")
@@ -122,6 +119,10 @@ def run_e2e(args: argparse.Namespace) -> int:
     missing = [f"{task}.points.csv" for task in tasks if not (tables / f"{task}.points.csv").is_file()]
     if missing:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
+    # Imported once the arguments are known good: they load torch and transformers (seconds), bad input answers at once.
+    from lensllm_bench.endtoend import check_same_plan, run_task, write
+    from lensllm_bench.generate import Budget
+
     check_same_plan(args.out, tables)
     models = [m["name"] for m in record["zoo"]]
     strategy = e2e_strategy(args)

@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from lensllm.selection import status as st
-from lensllm.selection.plan import Trial, next_trials
+from lensllm.selection.plan import Trial, current_round, next_trials
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.result import TrialResult
 from lensllm_operator import kube
@@ -92,6 +92,7 @@ def _record_of(status: st.LLMSelectionStatus, candidate: str, job: Body) -> st.T
 
 async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:
     """Fold every Job's state into the status; read the result of each newly finished one."""
+    round_ = current_round(status)
     for name, job in cluster.jobs.items():
         candidate = job["metadata"]["labels"].get(CANDIDATE_LABEL)
         if candidate not in status.candidates:
@@ -99,6 +100,12 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
         record = _record_of(status, candidate, job)
         pods = cluster.pods.get(name, [])
         _accrue(ctx, cluster, candidate, job, pods, effects)
+        if record.round > round_:
+            # Launched by a pass whose status write was then refused or cut short by a restart: the round before it
+            # is undecided here. Read now, its points would decide that round (as if already measured, it would
+            # plan nothing more). The round is decided again first, the same way (same points, same seed), and
+            # its launch adopts this Job.
+            continue
         if record.state in (*st.TERMINAL, "Lost"):
             continue
         state = job_state(job, pods)

@@ -26,6 +26,8 @@ class Context:
     failures: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (namespace, name, kind) -> streak
     retry_due: dict[tuple[str, str], float] = field(default_factory=dict)  # when a transient error's retry is due
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # Ended selections whose unfinished Jobs this process has deleted, or found none: (namespace, name) -> uid.
+    ended_and_swept: dict[tuple[str, str], str] = field(default_factory=dict)
     # Active Jobs with no pod (uid -> first seen so): no object records since when a replacement is owed.
     podless_since: dict[str, datetime] = field(default_factory=dict)
     # Where races are decided and selections ranked: off the event loop, one at a time. Decisions of many
@@ -40,10 +42,16 @@ class Context:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
 
     def forget_errors(self, namespace: str, name: str) -> None:
-        """Drop a deleted selection's error streaks and pending retry."""
+        """Drop a selection's error streaks and pending retry."""
         self.retry_due.pop((namespace, name), None)
         for kind in ("transient", "unexpected"):
             self.failures.pop((namespace, name, kind), None)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop all a deleted selection left here (a new one may take its name)."""
+        self.forget_errors(namespace, name)
+        self.ended_and_swept.pop((namespace, name), None)
+        self.metrics.forget(namespace, name)
 
 
 @dataclass
@@ -60,7 +68,15 @@ class Effects:
         self.calls.append(lambda: fn(*args, **kwargs))
 
     async def run(self) -> None:
+        """Run every call, even after one fails (a failed delete must not cost the metrics after it); then raise the
+        first failure, so the selection is retried (effects that follow from the status are decided again)."""
+        failures = []
         for call in self.calls:
-            outcome = call()
-            if inspect.isawaitable(outcome):
-                await outcome
+            try:
+                outcome = call()
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as err:  # noqa: BLE001 (raised below, once the other calls have run)
+                failures.append(err)
+        if failures:
+            raise failures[0]

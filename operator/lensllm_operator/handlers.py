@@ -93,5 +93,4 @@ async def selection_event(
     memo.resync.start_once(memo.ctx, logger)
     memo.resync.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if type == "DELETED":
-        memo.ctx.metrics.forget(namespace, name)
-        memo.ctx.forget_errors(namespace, name)
+        memo.ctx.forget(namespace, name)

@@ -177,14 +177,16 @@ async def delete_job(namespace: str, name: str) -> None:
 
 
 async def list_workloads(namespace: str, selector: str) -> list[dict[str, Any]] | None:
-    """Kueue's Workloads matching `selector`; None where Kueue is not installed (or not readable)."""
+    """Kueue's Workloads matching `selector`: none where Kueue is not installed, None where they are not readable."""
     try:
         answer = await asyncio.to_thread(
             _custom().list_namespaced_custom_object, KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
             label_selector=selector, _preload_content=False,
         )
     except ApiException as err:
-        if err.status in (403, 404):
+        if err.status == 404:  # no such resource: Kueue's CRDs are not installed
+            return []
+        if err.status == 403:
             return None
         raise
     return _json(answer).get("items") or []

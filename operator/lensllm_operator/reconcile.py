@@ -47,6 +47,10 @@ class InvalidSpec(Exception):
     """The selection's spec fails validation or the operator's policy; the message names the field."""
 
 
+class SelectionGone(Exception):
+    """The selection was deleted while a pass worked on it: what the pass decided has no one to go to."""
+
+
 def parse_spec(raw: Any, started: bool = False) -> LLMSelectionSpec:
     """The spec, validated strictly: what the CRD's types accept, nothing coerced (local mode does the same)."""
     if not isinstance(raw, dict):
@@ -91,25 +95,38 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> None:
     key = (namespace, name)
     if key in ctx.waiting:
         return
+    lock = ctx.lock(namespace, name)
     ctx.waiting.add(key)
-    async with ctx.lock(namespace, name):
-        ctx.waiting.discard(key)
-        try:
-            for _ in range(CONFLICT_RETRIES):
-                body = await kube.get_selection(namespace, name)
-                if body is None or await _reconcile(ctx, body):
-                    break
-        except Exception as err:
-            kind = "transient" if kube.transient(err) else "unexpected"
-            ctx.metrics.reconcile_errors.labels(kind=kind).inc()
-            if kind == "transient":
-                delay = _retry_delay(ctx, key)
-                raise kopf.TemporaryError(f"{kube.error_message(err)}; retrying in {delay:g}s", delay=delay) from err
-            streak = ctx.failures[(*key, kind)] = ctx.failures.get((*key, kind), 0) + 1
-            if streak >= MAX_UNEXPECTED_ERRORS:
-                await _give_up(ctx, namespace, name, err)
-            raise
-        ctx.forget_errors(namespace, name)
+    try:
+        await lock.acquire()
+    finally:
+        ctx.waiting.discard(key)  # also when cancelled while waiting: later calls must not return thinking one waits
+    try:
+        await _reconcile_locked(ctx, namespace, name)
+    finally:
+        lock.release()
+
+
+async def _reconcile_locked(ctx: Context, namespace: str, name: str) -> None:
+    key = (namespace, name)
+    try:
+        for _ in range(CONFLICT_RETRIES):
+            body = await kube.get_selection(namespace, name)
+            if body is None or await _reconcile(ctx, body):
+                break
+    except SelectionGone:
+        return  # deleted during the pass: its DELETED event dropped its series, nothing may bring them back
+    except Exception as err:
+        kind = "transient" if kube.transient(err) else "unexpected"
+        ctx.metrics.reconcile_errors.labels(kind=kind).inc()
+        if kind == "transient":
+            delay = _retry_delay(ctx, key)
+            raise kopf.TemporaryError(f"{kube.error_message(err)}; retrying in {delay:g}s", delay=delay) from err
+        streak = ctx.failures[(*key, kind)] = ctx.failures.get((*key, kind), 0) + 1
+        if streak >= MAX_UNEXPECTED_ERRORS:
+            await _give_up(ctx, namespace, name, err)
+        raise
+    ctx.forget_errors(namespace, name)
 
 
 def _retry_delay(ctx: Context, key: tuple[str, str]) -> float:
@@ -133,6 +150,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     """One pass; False when the status write met a conflict (409) and the pass should be redone."""
     raw = body.get("status") or {}
     if raw.get("phase") in st.TERMINAL_PHASES:
+        await _stop_leftover_jobs(ctx, body)
         _export(ctx, body, st.LLMSelectionStatus.model_validate(raw), 0.0)  # after a restart, keep their series
         return True
     generation = body["metadata"].get("generation")
@@ -215,13 +233,19 @@ async def _observe(body: Body, spec: LLMSelectionSpec, status: st.LLMSelectionSt
     if any(name not in read for name in set(jobs) | recorded):  # an idle selection, all read, lists no pods
         for pod in await kube.list_pods(namespace, selector):
             pods.setdefault(pod["metadata"].get("labels", {}).get("job-name", ""), []).append(pod)
-    workloads: dict[str, list[Body]] = {}
+    workloads: dict[str, list[Body]] | None = {}
     queued = [j["metadata"]["uid"] for j in jobs.values() if (j.get("spec") or {}).get("suspend") and job_state(j) not in st.TERMINAL]
     if spec.queue and queued:
         found = await kube.list_workloads(namespace, f"kueue.x-k8s.io/job-uid in ({','.join(queued)})")
-        for workload in found or []:
-            workloads.setdefault(workload["metadata"].get("labels", {}).get("kueue.x-k8s.io/job-uid", ""), []).append(workload)
+        workloads = None if found is None else _by_job_uid(found)
     return Cluster(body=body, spec=spec, jobs=jobs, pods=pods, workloads=workloads, now=datetime.now(timezone.utc))
+
+
+def _by_job_uid(workloads: list[Body]) -> dict[str, list[Body]]:
+    grouped: dict[str, list[Body]] = {}
+    for workload in workloads:
+        grouped.setdefault(workload["metadata"].get("labels", {}).get("kueue.x-k8s.io/job-uid", ""), []).append(workload)
+    return grouped
 
 
 async def _write(body: Body, raw: Body, status: st.LLMSelectionStatus) -> bool:
@@ -231,11 +255,13 @@ async def _write(body: Body, raw: Body, status: st.LLMSelectionStatus) -> bool:
     if not patch:
         return True  # nothing changed: an idle selection costs no write
     try:
-        await kube.patch_selection_status(namespace, name, body["metadata"]["uid"], patch)
+        written = await kube.patch_selection_status(namespace, name, body["metadata"]["uid"], patch)
     except ApiException as err:
         if err.status == 409:
             return False
         raise
+    if not written:
+        raise SelectionGone(f"{namespace}/{name}")
     return True
 
 
@@ -257,13 +283,30 @@ async def _end(ctx: Context, body: Body, raw: Body, reason: str, message: str, e
     if not await _write(body, raw, status):
         return False
     kopf.warn(body, reason=reason, message=message)
-    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
-    for job in await kube.list_jobs(namespace, f"{SELECTION_LABEL}={label_value(body['metadata']['name'])}"):
-        if owned_by(job, uid) and job_state(job) not in st.TERMINAL:
-            await kube.delete_job(namespace, job["metadata"]["name"])
+    await _delete_unfinished_jobs(body)
     await effects.run()
     _export(ctx, body, status, 0.0)
     return True
+
+
+async def _stop_leftover_jobs(ctx: Context, body: Body) -> None:
+    """Delete the unfinished Jobs of an ended selection, once per operator process.
+
+    The pass that ended it deletes them after writing the terminal status; if it died there, or a delete failed,
+    no later pass would (ended selections are not reconciled further), and a queued Job could start hours
+    later. The first pass over an ended selection since start-up (the resume of every selection) looks again.
+    """
+    key, uid = (body["metadata"]["namespace"], body["metadata"]["name"]), body["metadata"]["uid"]
+    if ctx.ended_and_swept.get(key) != uid:
+        await _delete_unfinished_jobs(body)
+        ctx.ended_and_swept[key] = uid
+
+
+async def _delete_unfinished_jobs(body: Body) -> None:
+    namespace, name, uid = body["metadata"]["namespace"], body["metadata"]["name"], body["metadata"]["uid"]
+    for job in await kube.list_jobs(namespace, f"{SELECTION_LABEL}={label_value(name)}"):
+        if owned_by(job, uid) and job_state(job) not in st.TERMINAL and not job["metadata"].get("deletionTimestamp"):
+            await kube.delete_job(namespace, job["metadata"]["name"])
 
 
 async def _give_up(ctx: Context, namespace: str, name: str, err: Exception) -> None:
@@ -271,7 +314,10 @@ async def _give_up(ctx: Context, namespace: str, name: str, err: Exception) -> N
     body = await kube.get_selection(namespace, name)
     if body is not None:
         message = f"reconciliation failed {MAX_UNEXPECTED_ERRORS} times in a row: {type(err).__name__}: {err}"
-        await _end(ctx, body, body.get("status") or {}, "ReconcileFailed", message[:1000], Effects())
+        try:
+            await _end(ctx, body, body.get("status") or {}, "ReconcileFailed", message[:1000], Effects())
+        except SelectionGone:
+            return
         ctx.failures.pop((namespace, name, "unexpected"), None)
 
 

@@ -40,7 +40,7 @@ class Cluster:
     spec: LLMSelectionSpec
     jobs: dict[str, Body]  # live Jobs the selection owns, by name
     pods: dict[str, list[Body]]  # their pods, by Job name
-    workloads: dict[str, list[Body]]  # Kueue Workloads, by Job uid
+    workloads: dict[str, list[Body]] | None  # Kueue Workloads, by Job uid; None where the operator may not read them
     now: datetime
 
     @property
@@ -181,13 +181,14 @@ def _watch_unfinished(
     """Name what holds an unfinished trial back, once per reason; fail it when it never starts."""
     suspended = bool((job.get("spec") or {}).get("suspend"))
     holdup = diagnose(pods)
+    workloads = None if cluster.workloads is None else cluster.workloads.get(job["metadata"]["uid"], [])
     if holdup is None and suspended and cluster.spec.queue:
-        holdup = workload_holdup(cluster.workloads.get(job["metadata"]["uid"], []))
+        holdup = workload_holdup(workloads or [])
     before = status.candidates[candidate].reason
     status = st.mark_waiting(status, candidate, *(holdup or (None, None)))
     if holdup and holdup[0] != before:
         effects.later(kopf.warn, cluster.body, reason=holdup[0], message=f"candidate {candidate}: {holdup[1]}")
-    since, what, idle = _pending_since(job, pods, suspended, holdup)
+    since, what, idle = _pending_since(job, pods, suspended, holdup, has_workload=workloads is None or bool(workloads))
     timeout = _pending_timeout(ctx, cluster)
     if since is None or running(pods) or (cluster.now - since).total_seconds() <= timeout:
         return status
@@ -230,21 +231,25 @@ def _fail_unstarted(
 
 
 def _pending_since(
-    job: Body, pods: list[Body], suspended: bool, holdup: tuple[str, str] | None
+    job: Body, pods: list[Body], suspended: bool, holdup: tuple[str, str] | None, *, has_workload: bool
 ) -> tuple[datetime | None, str, str]:
     """Since when the trial should be running, what happened then, and what has not happened since.
 
     Its newest pod: from its creation while it has not ended (a replacement for an evicted pod waits from its own
     creation, not the Job's); from its end once it ended with no pod after it, since the Job controller then owes
     a replacement, which a ResourceQuota or an admission webhook may refuse for good (only the Job's FailedCreate
-    events say so). Without pods, the Job. A queued Job waits as long as Kueue needs, unless Kueue refuses it.
+    events say so). Without pods, the Job. A queued Job waits as long as Kueue needs, unless Kueue refuses it or
+    never takes it up (no Workload: Kueue is not installed, or does not manage Jobs in this namespace).
     """
     name = job["metadata"]["name"]
     not_started = "no pod of it has started"
     if suspended:
         inadmissible = holdup is not None and holdup[0] == "KueueInadmissible"
-        since = parse_time(job["metadata"].get("creationTimestamp")) if inadmissible else None
-        return since, f"Job {name} was created", not_started
+        since = parse_time(job["metadata"].get("creationTimestamp")) if inadmissible or not has_workload else None
+        idle = not_started if has_workload else (
+            "Kueue made no Workload for it (is Kueue installed, with its batch/job integration, and does it manage "
+            "this namespace?), so nothing will unsuspend it")
+        return since, f"Job {name} was created", idle
     if pods:
         newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
         pod = f"pod {newest['metadata']['name']} of Job {name}"
@@ -353,8 +358,8 @@ def _refused(
 ) -> st.LLMSelectionStatus:
     """The API server (or the client, before sending) refused the Job: a quota waits, anything else fails."""
     message = kube.error_message(err)
-    if isinstance(err, ApiException) and err.status == 403:
-        # Forbidden: typically a ResourceQuota that is full now and may not be later.
+    if isinstance(err, ApiException) and err.status == 403 and "exceeded quota" in message:
+        # A ResourceQuota that is full now and may not be later. Any other 403 (RBAC, a LimitRange) stays.
         if status.candidates[candidate].reason != "JobForbidden":
             effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")
         return st.mark_waiting(status, candidate, "JobForbidden", message)

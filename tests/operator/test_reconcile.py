@@ -7,6 +7,7 @@ single calls fail by wrapping the operator's own API functions (`lensllm_operato
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -635,3 +636,137 @@ def test_a_selection_whose_status_has_no_digest_was_started_as_a_fixed_budget(ku
     assert status.phase == "Running" and status.race is None, status.conditions
     assert status.spec_digest == fixed.digest()  # what a later edit of the spec is checked against
     assert only_job_sizes(kube, namespace) == "16,32,64,128"
+
+
+def jobs_left(kube, namespace: str) -> list[str]:
+    return [j.metadata.name for j in kubernetes.client.BatchV1Api(kube.api).list_namespaced_job(namespace).items
+            if not j.metadata.deletion_timestamp]
+
+
+def test_an_ended_selections_unfinished_job_is_deleted_even_when_the_pass_that_ended_it_could_not(
+    kube, namespace, ctx, custom, monkeypatch
+):
+    """Ended passes are not reconciled further: a Job the ending pass failed to delete, or that a dead operator left,
+    would start whenever a GPU frees up, for a selection that has reported already."""
+    create_selection(custom, namespace, "tolerant", tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}])
+    reconcile_once(ctx, namespace, "tolerant")
+    assert len(jobs_left(kube, namespace)) == 1
+    real_delete = operator_kube.delete_job
+
+    async def unavailable(namespace, name):
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    monkeypatch.setattr(operator_kube, "delete_job", unavailable)
+    # The operator is upgraded with a stricter policy: the running selection fails with a reason.
+    ctx.config = dataclasses.replace(ctx.config, allowed_toleration_keys=())
+    with pytest.raises(kopf.TemporaryError):
+        reconcile_once(ctx, namespace, "tolerant")  # writes Failed (InvalidSpec), then its delete fails
+    assert status_of(custom, namespace, "tolerant").reason == "InvalidSpec"
+    assert len(jobs_left(kube, namespace)) == 1
+
+    monkeypatch.setattr(operator_kube, "delete_job", real_delete)
+    reconcile_once(ctx, namespace, "tolerant")  # a Job event or the retry: the selection has ended
+    assert jobs_left(kube, namespace) == []
+
+    # An operator that died after writing the terminal status: the next one stops the Job on its first pass.
+    create_selection(custom, namespace, "orphaned")
+    reconcile_once(ctx, namespace, "orphaned")
+    ended = status_of(custom, namespace, "orphaned").model_copy(update={"phase": "Failed", "reason": "SpecChanged"})
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "orphaned", {"status": ended.dump()})
+    restarted = Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
+    reconcile_once(restarted, namespace, "orphaned")
+    assert jobs_left(kube, namespace) == []
+
+    listed = []
+
+    async def counted(namespace, selector):
+        listed.append(selector)
+        return []
+
+    monkeypatch.setattr(operator_kube, "list_jobs", counted)
+    reconcile_once(restarted, namespace, "orphaned")  # looked once in this process: ended selections cost no calls
+    assert listed == []
+
+
+def test_a_reconciliation_cancelled_while_it_waits_for_the_lock_does_not_block_the_next(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "patient")
+
+    async def scenario():
+        posting_events()
+        lock = ctx.lock(namespace, "patient")
+        await lock.acquire()
+        waiter = asyncio.create_task(reconcile(ctx, namespace, "patient"))
+        await asyncio.sleep(0.1)
+        waiter.cancel()  # the operator's shutdown, a handler's timeout
+        await asyncio.gather(waiter, return_exceptions=True)
+        lock.release()
+        await reconcile(ctx, namespace, "patient")
+
+    asyncio.run(scenario())
+    assert status_of(custom, namespace, "patient").phase == "Running"
+
+
+def test_a_selection_deleted_during_its_pass_leaves_no_metric_series(kube, namespace, ctx, custom, monkeypatch):
+    create_selection(custom, namespace, "fleeting")
+    real = operator_kube.patch_selection_status
+
+    async def deleted_first(namespace, name, uid, status):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        ctx.metrics.forget(namespace, name)  # what its DELETED event does, while the pass works on it
+        return await real(namespace, name, uid, status)
+
+    monkeypatch.setattr(operator_kube, "patch_selection_status", deleted_first)
+    reconcile_once(ctx, namespace, "fleeting")
+    assert 'selection="fleeting"' not in generate_latest(ctx.metrics.registry).decode()
+
+
+@pytest.mark.parametrize(
+    "message, outcome",
+    [
+        ('jobs.batch "x" is forbidden: exceeded quota: jobs, requested: count/jobs.batch=1, used: '
+         "count/jobs.batch=4, limited: count/jobs.batch=4", ("Running", "Pending", "JobForbidden")),
+        ('jobs.batch is forbidden: User "system:serviceaccount:lensllm:lensllm-operator" cannot create resource "jobs" '
+         'in API group "batch" in the namespace "team-a"', ("Failed", "Failed", "JobRejected")),
+    ],
+)
+def test_a_full_quota_is_waited_for_and_any_other_forbidden_job_fails_its_candidate_at_once(
+    kube, namespace, ctx, custom, monkeypatch, message, outcome
+):
+    """A quota frees up as other Jobs end; a missing RBAC rule or a LimitRange never does."""
+    def forbidden():
+        err = ApiException(status=403, reason="Forbidden")
+        err.body = json.dumps({"kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden", "message": message})
+        raise err
+
+    monkeypatch.setattr(operator_kube, "create_job", lambda namespace, job: asyncio.to_thread(forbidden))
+    create_selection(custom, namespace, "forbidden")
+    reconcile_once(ctx, namespace, "forbidden")
+    status = status_of(custom, namespace, "forbidden")
+    entry = status.candidates["a"]
+    assert (status.phase, entry.state, entry.reason) == outcome
+    assert "forbidden" in entry.message
+
+
+@pytest.mark.parametrize("workloads_readable", [True, False])
+def test_a_queued_job_kueue_never_takes_up_fails_after_the_pending_timeout(
+    kube, namespace, ctx, custom, monkeypatch, workloads_readable
+):
+    """spec.queue where Kueue is not installed (or does not manage the namespace): nothing will unsuspend the Job.
+    Where the operator may not read Workloads it cannot tell, and waits as for any queue."""
+    if not workloads_readable:
+        async def unreadable(namespace, selector):
+            return None
+
+        monkeypatch.setattr(operator_kube, "list_workloads", unreadable)
+    create_selection(custom, namespace, "unqueued", queue="gpu-queue", pendingTimeoutSeconds=1)
+    reconcile_once(ctx, namespace, "unqueued")
+    assert status_of(custom, namespace, "unqueued").candidates["a"].state == "Queued"
+    time.sleep(2.2)  # the API server's timestamps have whole seconds
+    reconcile_once(ctx, namespace, "unqueued")
+    status = status_of(custom, namespace, "unqueued")
+    entry = status.candidates["a"]
+    if workloads_readable:
+        assert (status.phase, entry.reason) == ("Failed", "PendingTimeout")
+        assert "Kueue made no Workload for it" in entry.message
+    else:
+        assert (status.phase, entry.state) == ("Running", "Queued")

@@ -1,11 +1,13 @@
 """Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
+import asyncio
 from datetime import datetime, timezone
 
 import pytest
 
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm_operator.config import ConfigError, OperatorConfig
+from lensllm_operator.context import Effects
 from lensllm_operator.pods import diagnose, oom_killed, run_seconds, started, termination_message, workload_holdup
 from lensllm_operator.policy import violation
 from lensllm_operator.reconcile import InvalidSpec, merge_patch, parse_spec
@@ -154,3 +156,18 @@ def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay(
     retry_due = {("ns", "running"): 30.0}
     assert selections.due(now=29.0, retry_due=retry_due) == [("ns", "new")]
     assert ("ns", "running") in selections.due(now=30.0, retry_due=retry_due)
+
+
+def test_an_effect_that_fails_does_not_cost_the_ones_after_it_and_its_error_is_raised():
+    done = []
+
+    async def delete_job():
+        raise ConnectionError("API server unreachable")
+
+    effects = Effects()
+    effects.later(done.append, "metrics")
+    effects.later(delete_job)
+    effects.later(done.append, "event")
+    with pytest.raises(ConnectionError):
+        asyncio.run(effects.run())
+    assert done == ["metrics", "event"]

@@ -322,7 +322,8 @@ class LLMSelectionSpec(WireModel):
         ge=1,
         description="Fail a candidate whose trial has not started this long after its newest pod (else its Job) "
         "was created: a replacement pod after an eviction waits anew, a Job Kueue holds waits until Kueue admits "
-        "it or calls it inadmissible; defaults to the operator's setting.",
+        "it or calls it inadmissible (or, when Kueue makes no Workload for it, from its creation); defaults to the "
+        "operator's setting.",
     )
     backoff_limit: int = Field(default=1, ge=0, le=20, description="Retries of a trial pod that failed (disruptions do not count).")
     suspend: bool = Field(default=False, description="Create no new trial Jobs while true.")

@@ -150,20 +150,20 @@ class OperatorMetrics:
         self.trial_duration.labels(outcome=outcome).observe(seconds)
         self.trial_gpu_seconds.labels(namespace=namespace, outcome=outcome, reason=reason).inc(gpu_seconds)
 
-    def accrue_gpu_time(self, namespace: str, selection: str, job: str, gpu_seconds: float, *, seen_before_start: bool) -> None:
-        """Add what a trial's GPU time grew by since it was last seen.
+    def accrue_gpu_time(self, namespace: str, selection: str, pod: str, gpu_seconds: float, *, seen_before_start: bool) -> None:
+        """Add what a trial pod's GPU time grew by since it was last seen.
 
-        A trial first seen by this process but created before it started has been counted by
+        A pod first seen by this process but created before it started has been counted by
         the previous operator process: its time so far becomes the baseline, not an increase.
         """
         accounted = self._accounted.setdefault((namespace, selection), {})
-        if job not in accounted and seen_before_start:
-            accounted[job] = gpu_seconds
+        if pod not in accounted and seen_before_start:
+            accounted[pod] = gpu_seconds
             return
-        grown = gpu_seconds - accounted.get(job, 0.0)
+        grown = gpu_seconds - accounted.get(pod, 0.0)
         if grown > 0:
             self.gpu_seconds.labels(namespace=namespace).inc(grown)
-            accounted[job] = gpu_seconds
+            accounted[pod] = gpu_seconds
 
     def set_costs(self, namespace: str, name: str, spent_gpu_seconds: float, full_gpu_seconds: float | None) -> None:
         self.selection_gpu_seconds.labels(namespace=namespace, selection=name).set(spent_gpu_seconds)

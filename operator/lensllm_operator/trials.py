@@ -99,7 +99,7 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
             continue
         record = _record_of(status, candidate, job)
         pods = cluster.pods.get(name, [])
-        _accrue(ctx, cluster, candidate, job, pods, effects)
+        _accrue(ctx, cluster, candidate, pods, effects)
         if record.round > round_:
             # Launched by a pass whose status write was then refused or cut short by a restart: the round before it
             # is undecided here. Read now, its points would decide that round (as if already measured, it would
@@ -122,12 +122,16 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
     return status
 
 
-def _accrue(ctx: Context, cluster: Cluster, candidate: str, job: Body, pods: list[Body], effects: Effects) -> None:
-    gpu_seconds = run_seconds(pods, cluster.now) * gpus_of(cluster.spec, candidate)
-    created = parse_time(job["metadata"].get("creationTimestamp"))
-    before = created is not None and created < ctx.started_at
-    effects.later(ctx.metrics.accrue_gpu_time, cluster.namespace, cluster.name, job["metadata"]["name"], gpu_seconds,
-                  seen_before_start=before)
+def _accrue(ctx: Context, cluster: Cluster, candidate: str, pods: list[Body], effects: Effects) -> None:
+    """GPU time, pod by pod: an evicted pod is deleted, and what it ran must neither vanish with it nor swallow the
+    first as many seconds of its replacement (a total per Job drops when a pod goes)."""
+    gpus = gpus_of(cluster.spec, candidate)
+    started = ctx.started_at.replace(microsecond=0)  # the API server's timestamps have whole seconds
+    for pod in pods:
+        created = parse_time(pod["metadata"].get("creationTimestamp"))
+        before = created is not None and created < started
+        effects.later(ctx.metrics.accrue_gpu_time, cluster.namespace, cluster.name, pod["metadata"]["name"],
+                      run_seconds([pod], cluster.now) * gpus, seen_before_start=before)
 
 
 def _read_result(
@@ -302,11 +306,31 @@ async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, 
     trials = next_trials(spec, status)[: max(spec.parallelism - busy, 0)]
     answers = await asyncio.gather(*(_submit(ctx, cluster, trial) for trial in trials), return_exceptions=True)
     for answer in answers:
-        if isinstance(answer, BaseException):
-            raise answer  # transient: nothing is written; the Jobs that were created are adopted next time
+        if isinstance(answer, BaseException) and not kube.transient(answer):
+            raise answer  # a bug, not the cluster: nothing is written (repeated, it fails the selection)
     for trial, answer in zip(trials, answers):
-        status = _record_submission(ctx, cluster, status, trial, answer, effects)
+        if isinstance(answer, BaseException):
+            status = _create_failing(cluster, status, trial.candidate, answer, effects)
+        else:
+            status = _record_submission(ctx, cluster, status, trial, answer, effects)
     return status
+
+
+def _create_failing(
+    cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, err: BaseException, effects: Effects
+) -> st.LLMSelectionStatus:
+    """A transient error creating a trial's Job (5xx, throttling, a broken connection): the status still records what
+    this pass read, says why the candidate waits, and the error is raised once it is written, so the selection is
+    retried with a growing delay. A Job created although its answer was lost is adopted by the next pass."""
+    message = kube.error_message(err)
+    if status.candidates[candidate].reason != "JobCreateFailing":
+        effects.later(kopf.warn, cluster.body, reason="JobCreateFailing", message=f"candidate {candidate}: {message}")
+    effects.later(_raise, err)
+    return st.mark_waiting(status, candidate, "JobCreateFailing", message)
+
+
+def _raise(err: BaseException) -> None:
+    raise err
 
 
 @dataclass(frozen=True)

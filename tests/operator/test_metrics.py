@@ -57,14 +57,14 @@ def test_failed_trials_count_their_real_duration_and_gpu_time_by_reason():
 
 def test_gpu_time_accrues_while_trials_run_and_a_restart_counts_nothing_twice():
     metrics = OperatorMetrics(CollectorRegistry())
-    metrics.accrue_gpu_time("ns", "a", "job-1", 30.0, seen_before_start=False)
-    metrics.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=False)
-    metrics.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=False)
+    metrics.accrue_gpu_time("ns", "a", "pod-1", 30.0, seen_before_start=False)
+    metrics.accrue_gpu_time("ns", "a", "pod-1", 90.0, seen_before_start=False)
+    metrics.accrue_gpu_time("ns", "a", "pod-1", 90.0, seen_before_start=False)
     assert 'lensllm_gpu_seconds_total{namespace="ns"} 90.0' in exposition(metrics)
 
-    restarted = OperatorMetrics(CollectorRegistry())  # the previous process counted job-1's first 90 s
-    restarted.accrue_gpu_time("ns", "a", "job-1", 90.0, seen_before_start=True)
-    restarted.accrue_gpu_time("ns", "a", "job-1", 100.0, seen_before_start=True)
+    restarted = OperatorMetrics(CollectorRegistry())  # the previous process counted pod-1's first 90 s
+    restarted.accrue_gpu_time("ns", "a", "pod-1", 90.0, seen_before_start=True)
+    restarted.accrue_gpu_time("ns", "a", "pod-1", 100.0, seen_before_start=True)
     assert 'lensllm_gpu_seconds_total{namespace="ns"} 10.0' in exposition(restarted)
 
 

@@ -770,3 +770,48 @@ def test_a_queued_job_kueue_never_takes_up_fails_after_the_pending_timeout(
         assert "Kueue made no Workload for it" in entry.message
     else:
         assert (status.phase, entry.state) == ("Running", "Queued")
+
+
+def test_a_job_the_api_server_keeps_failing_to_create_is_retried_and_what_was_read_is_written_meanwhile(
+    kube, namespace, ctx, custom, monkeypatch
+):
+    """A broken admission webhook answers every create with 500: the results read are not held back with it."""
+    create_selection(custom, namespace, "webhook", parallelism=1,
+                     candidates=[{"name": "a", "model": "/models/a"}, {"name": "b", "model": "/models/b"}])
+    reconcile_once(ctx, namespace, "webhook")  # a's Job
+    finish_job(kube, namespace, only_job(kube, namespace), result_message())
+    real_create = operator_kube.create_job
+
+    async def broken_webhook(namespace, job):
+        raise ApiException(status=500, reason="Internal Server Error")
+
+    monkeypatch.setattr(operator_kube, "create_job", broken_webhook)
+    for _ in range(2):
+        with pytest.raises(kopf.TemporaryError):
+            reconcile_once(ctx, namespace, "webhook")
+        status = status_of(custom, namespace, "webhook")
+        assert [p.size for p in status.candidates["a"].points] == SIZES and status.candidates["a"].state == "Succeeded"
+        assert (status.candidates["b"].state, status.candidates["b"].reason) == ("Pending", "JobCreateFailing")
+    assert trials_counted(ctx) == 1
+
+    monkeypatch.setattr(operator_kube, "create_job", real_create)
+    reconcile_once(ctx, namespace, "webhook")
+    assert status_of(custom, namespace, "webhook").candidates["b"].state == "Queued"
+
+
+def gpu_seconds_counted(ctx: Context) -> float:
+    text = generate_latest(ctx.metrics.registry).decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lensllm_gpu_seconds_total{"))
+
+
+def test_an_evicted_pods_gpu_time_stays_counted_and_its_replacements_counts_in_full(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "drained", resources={"nvidia.com/gpu": 2})
+    reconcile_once(ctx, namespace, "drained")
+    job = only_job(kube, namespace)
+    kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(job, namespace, {"status": {"active": 1}})
+    first = run_pod(kube, namespace, job, "first", {"running": {"startedAt": stamp(3600)}})
+    reconcile_once(ctx, namespace, "drained")
+    evict(kube, namespace, first)  # `kubectl drain`: the pod is deleted
+    run_pod(kube, namespace, job, "second", {"running": {"startedAt": stamp(600)}})
+    reconcile_once(ctx, namespace, "drained")
+    assert gpu_seconds_counted(ctx) == pytest.approx(2 * (3600 + 600), abs=20)

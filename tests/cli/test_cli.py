@@ -152,3 +152,13 @@ def test_the_command_line_starts_without_importing_torch_or_kopf():
     code = "import sys, lensllm.cli.main; print(sorted({'torch', 'transformers', 'kopf'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("where", ["/proc/lensllm.png", "a-folder.png"])
+def test_a_plot_that_cannot_be_written_is_refused_before_any_work(small_csv, capsys, tmp_path, where):
+    plot = tmp_path / where if not where.startswith("/") else where
+    if where == "a-folder.png":
+        plot.mkdir()
+    code, out, err = run_cli(["fit", small_csv, "--max-n", "3200", "--plot", plot], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"lensllm fit: error: --plot {plot}: ")

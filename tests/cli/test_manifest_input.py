@@ -114,3 +114,15 @@ def test_the_cluster_example_reads_as_the_crd_accepts_it():
 
     manifest = read_manifest(repo / "examples" / "cluster-selection.yaml")
     assert manifest.spec.budget.target_size == 204045 and manifest.spec.dataset.revision
+
+
+@pytest.mark.parametrize("out", ["/proc/lensllm-out", "a-file"])
+def test_select_local_refuses_an_output_folder_it_cannot_write_before_any_work(out, tmp_path, capsys):
+    manifest = tmp_path / "selection.yaml"
+    manifest.write_text(yaml.safe_dump(SELECTION))
+    target = out if out.startswith("/") else tmp_path / out
+    if out == "a-file":
+        target.write_text("")
+    assert main(["select", str(manifest), "--local", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lensllm select: error: --out {target}: ") and "\n" not in err

@@ -160,3 +160,20 @@ def test_spec_from_an_environment_variable_is_read_like_a_file(
     monkeypatch.delenv("TRIAL_SPEC")
     assert main(["run-trial", "--spec-env", "TRIAL_SPEC", "--termination-log", os.devnull]) == 2
     assert "TRIAL_SPEC: the environment variable is not set" in capsys.readouterr().err
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_training_and_the_other_output_still_says_why(
+    tiny_models, task_dir, spec_template, spec_file, trial_process, tmp_path
+):
+    spec = spec_file(spec_template(tiny_models["gpt2"], task_dir, subsetSizes=[32], ntk={"enabled": False}))
+    log, folder = tmp_path / "termination-log", tmp_path / "a-folder"
+    folder.mkdir()
+    proc = trial_process("--spec", spec, "--out", folder, "--termination-log", log)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"lensllm run-trial: InvalidSpec: --out {folder}: is a folder; give a file name"
+    assert json.loads(log.read_text())["reason"] == "InvalidSpec"
+
+    out = tmp_path / "result.json"
+    proc = trial_process("--spec", spec, "--out", out, "--termination-log", "/proc/no-such-log")
+    assert proc.returncode == 2 and "--termination-log /proc/no-such-log: cannot be written" in proc.stderr
+    assert TrialResult.model_validate_json(out.read_text()).points == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lensllm.curves_io import read_curves
 from lensllm.errors import CurvesFileError, LensLLMError
+from lensllm.output_paths import check_file
 from lensllm.science.curves import Curves
 from lensllm.science.selectors import SELECTORS
 
@@ -87,4 +88,5 @@ def check_plot_path(path: Path | None) -> None:
         raise LensLLMError(f"--plot {path}: use a .png, .svg or .pdf file name")
     if not path.parent.exists():
         raise LensLLMError(f"--plot {path}: folder {path.parent} does not exist")
+    check_file(path, "--plot")
 

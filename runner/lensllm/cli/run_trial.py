@@ -8,8 +8,10 @@ the compact result to the termination log. torch is imported only once the spec 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lensllm.errors import LensLLMError
+from lensllm.output_paths import check_file
 from lensllm.trial import documents
 from lensllm.trial.failures import EXIT_RUNTIME, EXIT_USAGE, TrialFailure, exit_code
 from lensllm.trial.memory import PlanError, parse_bytes
@@ -59,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.plan_only:
             return _plan_only(spec, args.gpu_memory)
+        unwritable = _unwritable_output(args, spec)
+        if unwritable:  # before hours of training whose result would have nowhere to go; to the other output
+            path, why = unwritable
+            failed = TrialResult(status="Failed", reason="InvalidSpec", message=why, spec=spec)
+            return _deliver(failed, args, spec, skip=path)
         # torch and transformers load here, not at CLI start: a bad spec fails fast and light.
         from lensllm.trial.recipe import run_trial
 
@@ -95,14 +102,33 @@ def _print_event(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _deliver(result: TrialResult, args: argparse.Namespace, spec) -> int:
-    """Write the result everywhere it is expected; a failure also gets one line on stderr."""
-    try:
-        documents.write_result(documents.result_path(args.out, spec), result)
-        documents.write_termination_message(documents.termination_log_path(args.termination_log, spec), result)
-    except OSError as err:
-        print(f"lensllm run-trial: error: cannot write the result: {err}", file=sys.stderr)
-        return EXIT_RUNTIME
+def _unwritable_output(args: argparse.Namespace, spec) -> tuple[Path, str] | None:
+    """The result's or the termination log's path, if it cannot be written, and why."""
+    outputs = ((documents.result_path(args.out, spec), "--out" if args.out else "output.resultPath"),
+               (documents.termination_log_path(args.termination_log, spec),
+                "--termination-log" if args.termination_log else "output.terminationLogPath"))
+    for path, flag in outputs:
+        try:
+            if path is not None:
+                check_file(path, flag)
+        except LensLLMError as err:
+            return path, str(err)
+    return None
+
+
+def _deliver(result: TrialResult, args: argparse.Namespace, spec, skip: Path | None = None) -> int:
+    """Write the result everywhere it is expected (but `skip`), each place whatever becomes of the other; a failure
+    also gets one line on stderr."""
+    unwritten = False
+    for write, path in ((documents.write_result, documents.result_path(args.out, spec)),
+                        (documents.write_termination_message, documents.termination_log_path(args.termination_log, spec))):
+        if path is None or path == skip:
+            continue
+        try:
+            write(path, result)
+        except OSError as err:
+            print(f"lensllm run-trial: error: cannot write the result: {err}", file=sys.stderr)
+            unwritten = True
     if result.status != "Succeeded":
         print(f"lensllm run-trial: {result.reason}: {result.message}", file=sys.stderr)
-    return exit_code(result)
+    return EXIT_RUNTIME if unwritten and result.status == "Succeeded" else exit_code(result)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lensllm.cli.report import plot_selection, print_tables
 from lensllm.errors import LensLLMError
+from lensllm.output_paths import check_folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise LensLLMError(f"--workers must be >= 1, got {args.workers}")
     manifest = read_manifest(args.selection)
     out = args.out or Path("lensllm-out") / manifest.name
+    check_folder(out, "--out")
     console = Console(stderr=True)
     # One step per subset size: a race's later rounds measure the zero-shot loss again, so it is not counted.
     steps = len(manifest.spec.budget.sizes)
@@ -58,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
         status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
     print_tables(status, manifest.spec.budget.target_size)
+    plot = ""
     if status.ranking:
         plot_selection(status, manifest.spec, out / "curves.png")
-    print(f"status: {out / 'status.json'}  resource: {out / 'selection.json'}  plot: {out / 'curves.png'}", file=sys.stderr)
+        plot = f"  plot: {out / 'curves.png'}"
+    print(f"status: {out / 'status.json'}  resource: {out / 'selection.json'}{plot}", file=sys.stderr)
     return 0 if status.phase == "Complete" else 1
 
 

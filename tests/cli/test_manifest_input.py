@@ -70,6 +70,8 @@ def with_spec(**changes) -> str:
         (yaml.safe_dump(SELECTION) + "bomb:\n" + "".join(f"  {line}\n" for line in alias_bomb().splitlines()), "alias"),
         ("spec: " + nested(10_000) + "\n", "levels deep"),
         (yaml.safe_dump({**SELECTION, "spec": None}), "spec: expected an object"),
+        (yaml.safe_dump({**SELECTION, "spec": {**SELECTION["spec"], "training": {"learningRate": float("inf")}}}),
+         "spec.training.learningRate: Input should be a finite number"),
     ],
 )
 def test_select_local_refuses_bad_manifests_with_exit_2_and_one_line(text, says, tmp_path, capsys):

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import Field, FiniteFloat, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import MIN_FIT_POINTS
@@ -147,7 +147,7 @@ class Budget(WireModel):
         description="Sizes are baseSize x 2^0 .. 2^doublings.",
     )
     target_size: int = Field(ge=1, le=2**53, description="Training-set size to predict the loss at (usually the full dataset).")
-    max_compute_fraction: float | None = Field(
+    max_compute_fraction: FiniteFloat | None = Field(
         default=None,
         gt=0.0,
         le=1.0,
@@ -181,10 +181,10 @@ class Budget(WireModel):
 class RaceSpec(WireModel):
     """How sure the race must be (strategy race): eliminate at P(best) < epsilon, stop at P(best) >= 1 - delta."""
 
-    epsilon: float = Field(
+    epsilon: FiniteFloat = Field(
         default=0.01, gt=0.0, le=0.5, description="Eliminate a candidate whose probability of being best falls below this."
     )
-    delta: float = Field(
+    delta: FiniteFloat = Field(
         default=0.05, gt=0.0, le=0.5, description="Stop once one candidate is best with probability >= 1 - delta."
     )
     initial_sizes: int = Field(

@@ -100,7 +100,8 @@ class CandidateStatus(WireModel):
         default=None, description="Strategy race: probability of being best at targetSize, after its last round."
     )
     interval: list[float] | None = Field(
-        default=None, max_length=2, description="Strategy race: prediction interval (90%) of the bits per byte at targetSize."
+        default=None, min_length=2, max_length=2,
+        description="Strategy race: prediction interval (90%) of the bits per byte at targetSize.",
     )
     eliminated_in: int | None = Field(default=None, description="Strategy race: the round after which it was eliminated.")
     elimination_reason: str | None = Field(default=None, description="Strategy race: why it was eliminated.")

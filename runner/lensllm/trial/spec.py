@@ -9,7 +9,7 @@ plain JSON types (Literal enums, numbers, strings, lists). Pure pydantic: no tor
 from itertools import pairwise
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -114,8 +114,8 @@ class LoraSpec(WireModel):
     """Low-rank adapters (peft LoRA), used when training.method is lora."""
 
     r: int = Field(default=8, ge=1, description="Adapter rank.")
-    alpha: float = Field(default=16.0, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
-    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    alpha: FiniteFloat = Field(default=16.0, gt=0, description="Scaling numerator: updates are scaled by alpha / r.")
+    dropout: FiniteFloat = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[Annotated[str, StringConstraints(max_length=NAME_LIMIT)]] = Field(
         default_factory=list,
         max_length=64, description="Module names to adapt; empty means every linear layer but the output head."
@@ -128,7 +128,7 @@ class TrainingSpec(WireModel):
     method: Literal["full", "lora"] = Field(
         default="full", description="Fine-tune every weight, or LoRA adapters only."
     )
-    learning_rate: float = Field(default=1e-4, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: FiniteFloat = Field(default=1e-4, gt=0, description="Peak AdamW learning rate.")
     epochs: int = Field(default=1, ge=1, description="Passes over each subset.")
     batch_size: int = Field(
         default=8,
@@ -145,10 +145,10 @@ class TrainingSpec(WireModel):
     max_seq_length: int = Field(
         default=512, ge=4, description="Longest tokenised example; prompts are cut from the left first."
     )
-    warmup_ratio: float = Field(
+    warmup_ratio: FiniteFloat = Field(
         default=0.0, ge=0, le=1, description="Fraction of the steps spent warming the learning rate up from 0."
     )
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
+    weight_decay: FiniteFloat = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient norm clipping threshold.")
     gradient_checkpointing: bool | None = Field(
         default=None,
@@ -173,7 +173,7 @@ class NTKSpec(WireModel):
         ge=1,
         description="Probe examples n (the first n of the seeded training order); the Gram matrix is n x n.",
     )
-    eta: float | None = Field(
+    eta: FiniteFloat | None = Field(
         default=None, gt=0, description="Learning rate of the NTK dynamics; defaults to training.learningRate."
     )
     scope: Literal["auto", "all", "lora", "lastBlocks"] = Field(

@@ -6,6 +6,7 @@ runner images, token Secrets and tolerations listed here, so creating an LLMSele
 grants more than the chart allows.
 """
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -73,6 +74,17 @@ class OperatorConfig:
             allowed_token_secrets=_split(env.get("LENSLLM_ALLOWED_TOKEN_SECRETS", ",".join(d.allowed_token_secrets))),
         )
 
+    def __post_init__(self) -> None:
+        """Settings from flags (`with_overrides`) are checked as those from the environment are."""
+        for name in ("metrics_port", "liveness_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{name.replace('_', ' ')} {port}: expected 1 to 65535")
+        if self.metrics_port == self.liveness_port:
+            raise ConfigError(f"metrics port and liveness port are both {self.metrics_port}: give two ports")
+        if not self.resync_seconds > 0:  # also NaN: a resync that never runs
+            raise ConfigError(f"resync seconds {self.resync_seconds}: expected a positive number")
+
     def image_allowed(self, image: str) -> bool:
         allowed = self.allowed_runner_images or (image_repository(self.runner_image),)
         repository = image_repository(image)
@@ -87,6 +99,8 @@ def _number(env: dict[str, str], name: str, default: float, kind: type) -> int |
         number = kind(value)
     except ValueError:
         raise ConfigError(f"{name}={value!r}: expected a {kind.__name__}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}={value!r}: expected a finite number")
     if number < 0:
         raise ConfigError(f"{name}={value!r}: must be >= 0")
     return number

@@ -132,3 +132,24 @@ def test_a_local_race_eliminates_a_hopeless_candidate_early_and_picks_the_fixed_
     plot = tmp_path / "race.png"
     assert main(["report", str(demo_race / "selection.json"), "--plot", str(plot)]) == 0
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_race_report_plots_a_prediction_outside_its_interval_and_refuses_one_with_no_decided_round(
+    demo_race, tmp_path, capsys
+):
+    """The race predicts the mean of its draws in log space and bounds them by quantiles: skewed draws can put the
+    mean outside the bounds, which must not cost the plot. A status with no decided round has nothing to plot."""
+    document = json.loads((demo_race / "selection.json").read_text())
+    entry = document["status"]["candidates"]["tiny-llama"]
+    entry["interval"] = [entry["predictedLoss"] * 1.1, entry["predictedLoss"] * 1.2]
+    skewed, plot = tmp_path / "skewed.json", tmp_path / "skewed.png"
+    skewed.write_text(json.dumps(document))
+    assert main(["report", str(skewed), "--plot", str(plot)]) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+    document["status"]["race"]["rounds"] = []
+    undecided = tmp_path / "undecided.json"
+    undecided.write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["report", str(undecided), "--plot", str(tmp_path / "undecided.png")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err

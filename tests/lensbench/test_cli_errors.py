@@ -41,3 +41,24 @@ def test_the_ntk_signal_needs_two_tasks_to_leave_one_out(capsys):
     assert main(["lensbench", "ntk-signal", *one_task]) == 2
     assert "at least two tasks" in capsys.readouterr().err
 
+
+
+def test_a_corrupt_generation_record_exits_2_naming_it(tmp_path, capsys):
+    (tmp_path / "generation.json").write_text('{"tasks": ["cipher"]')
+    assert main(["lensbench", "e2e", "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'generation.json'}: not a generation record" in capsys.readouterr().err
+
+
+def test_leave_one_task_out_needs_two_tasks_and_seeds_are_not_negative(capsys):
+    data = Path(__file__).resolve().parents[2] / "data"
+    assert main(["lensbench", "loo", *(str(data / draw / "cipher.csv") for draw in ("lensbench", "lensbench-seed1"))]) == 2
+    assert "give tables of at least two tasks" in capsys.readouterr().err
+    proc = lensllm("lensbench", "ntk", str(data / "lensbench" / "cipher.csv"), "--seed", "-1")
+    assert proc.returncode == 2 and "--seed: expected an integer >= 0, got '-1'" in proc.stderr
+
+
+def test_generate_refuses_an_output_folder_it_cannot_make(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["lensbench", "generate", "--out", str(taken), "--quick"]) == 2
+    assert f"--out {taken}: is a file; give a folder" in capsys.readouterr().err

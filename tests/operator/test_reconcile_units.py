@@ -1,6 +1,7 @@
 """Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
 import asyncio
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -138,9 +139,23 @@ def test_what_the_operator_allows_by_default_and_by_setting():
     assert violation(LLMSelectionSpec.model_validate({**SPEC, **ours}), config) is None
 
 
-def test_a_bad_operator_setting_is_a_clear_error():
-    with pytest.raises(ConfigError, match="LENSLLM_RESYNC_SECONDS='soon': expected a float"):
-        OperatorConfig.from_env({"LENSLLM_RESYNC_SECONDS": "soon"})
+@pytest.mark.parametrize("env, says", [
+    ({"LENSLLM_RESYNC_SECONDS": "soon"}, "LENSLLM_RESYNC_SECONDS='soon': expected a float"),
+    ({"LENSLLM_RESYNC_SECONDS": "nan"}, "LENSLLM_RESYNC_SECONDS='nan': expected a finite number"),
+    ({"LENSLLM_RESYNC_SECONDS": "0"}, "resync seconds 0.0: expected a positive number"),
+    ({"LENSLLM_METRICS_PORT": "99999"}, "metrics port 99999: expected 1 to 65535"),
+    ({"LENSLLM_LIVENESS_PORT": "8000"}, "metrics port and liveness port are both 8000"),
+])
+def test_a_bad_operator_setting_is_a_clear_error(env, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        OperatorConfig.from_env(env)
+
+
+def test_a_bad_operator_flag_is_checked_as_its_variable_is():
+    from lensllm_operator.run import with_overrides
+
+    with pytest.raises(ConfigError, match="liveness port 0: expected 1 to 65535"):
+        with_overrides(OperatorConfig(), liveness_port=0)
 
 
 def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay():

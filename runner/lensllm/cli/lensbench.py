@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lensllm.cli import options
 from lensllm.errors import LensLLMError
+from lensllm.output_paths import check_folder
 from lensllm.science.laws import LawWarning
 
 
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     gen = actions.add_parser("generate", help="build the zoo and tasks, measure, write the tables")
     gen.add_argument("--out", type=Path, required=True, help="folder for everything (resumes what is there)")
-    gen.add_argument("--seed", type=int, default=0, help="seed of tasks, zoo and measurements (default 0)")
+    gen.add_argument("--seed", type=options.seed, default=0, help="seed of tasks, zoo and measurements (default 0)")
     gen.add_argument("--tasks", type=_task_list, help="comma-separated built-in task names or dataset folders")
     gen.add_argument("--quick", action="store_true", help="a miniature: 3 models, 2 offline tasks, tiny sizes")
     gen.add_argument("--workers", type=options.positive_int, default=1, help="worker processes (default 1)")
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     loo.set_defaults(run=run_loo)
     ntk = actions.add_parser("ntk", help="lensllm with the measured NTK vs rectified vs ats, with bootstrap intervals")
     ntk.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv", help="LensBench tables (with CURVES.ntk.json)")
-    ntk.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    ntk.add_argument("--seed", type=options.seed, default=0, help="seed of the bootstrap (default 0)")
     ntk.set_defaults(run=run_ntk)
     signal = actions.add_parser("ntk-signal", help="do NTK statistics predict where default errs, beyond the zero-shot "
                                 "loss? Correlations, and a correction fitted leaving one task out")
@@ -77,6 +78,7 @@ def _task_list(text: str) -> tuple[str, ...]:
 
 def run_generate(args: argparse.Namespace) -> int:
     _check_installed()
+    check_folder(args.out, "--out")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from lensllm_bench.generate import Settings, default_tasks, generate
     from lensllm_bench.tasks import BUILT_IN
@@ -110,7 +112,7 @@ def run_e2e(args: argparse.Namespace) -> int:
     record_path = args.out / "generation.json"
     if not record_path.exists():
         raise LensLLMError(f"--out {args.out}: no generation.json (run `lensllm lensbench generate --out {args.out}` first)")
-    record = json.loads(record_path.read_text())
+    record = _generation_record(record_path)
     tasks = args.tasks or tuple(record["tasks"])
     unknown = sorted(set(tasks) - set(record["tasks"]))
     if unknown:
@@ -143,6 +145,17 @@ def run_e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_record(path: Path) -> dict:
+    """generation.json, with what e2e reads from it."""
+    try:
+        record = json.loads(path.read_text())
+        if not (isinstance(record["tasks"], list) and isinstance(record["zoo"], list) and isinstance(record["budget"], dict)):
+            raise TypeError("tasks, zoo or budget of the wrong type")
+    except (ValueError, KeyError, TypeError) as err:
+        raise LensLLMError(f"{path}: not a generation record ({type(err).__name__}: {err})") from None
+    return record
+
+
 def _tables(paths: list[Path]):
     from lensllm_bench.loo import load_all
 
@@ -153,6 +166,8 @@ def run_loo(args: argparse.Namespace) -> int:
     _check_installed()
     from lensllm_bench.loo import describe, evaluate, markdown
 
+    if len({path.stem for path in args.tables}) < 2:  # the draws of one task share its file name
+        raise LensLLMError("loo leaves one task out: give tables of at least two tasks")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # hundreds of fits; bounds are expected
         evaluation = evaluate(_tables(args.tables))

@@ -1,5 +1,6 @@
 """Matplotlib figures for the CLI: benchmark metrics against budget or compute, and fitted curves."""
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,8 @@ def plot_race_fits(rows: Sequence[RaceCurve], target: float, path: Path) -> None
         label = f"{row.name} ({row.law}{f', out after round {row.eliminated_in}' if out else ''})"
         ax.scatter(row.sizes, row.losses, s=18, color=color)
         ax.plot(grid, row.curve(grid), color=color, lw=1.2, ls="--" if out else "-", label=label)
-        if row.predicted_loss is not None and row.interval is not None:
-            low, high = row.interval
-            ax.errorbar([target], [row.predicted_loss], yerr=[[row.predicted_loss - low], [high - row.predicted_loss]],
+        if row.predicted_loss is not None and math.isfinite(row.predicted_loss) and row.predicted_loss > 0:
+            ax.errorbar([target], [row.predicted_loss], yerr=_error_bar(row.predicted_loss, row.interval),
                         fmt="*", ms=10, color=color, capsize=3)
     ax.axvline(target, color="black", ls="--", lw=1, label=f"target {target:,.0f}")
     ax.set_xscale("log")
@@ -110,6 +110,15 @@ def plot_race_fits(rows: Sequence[RaceCurve], target: float, path: Path) -> None
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _error_bar(predicted: float, interval: tuple[float, float] | None) -> list[list[float]] | None:
+    """The interval as distances below and above the prediction. The race predicts the mean of its draws in log
+    space and bounds them by quantiles: with skewed draws the mean may lie outside the bounds (no bar that side)."""
+    if interval is None or not all(math.isfinite(v) for v in interval):
+        return None
+    low, high = interval
+    return [[max(predicted - low, 0.0)], [max(high - predicted, 0.0)]]
 
 
 def plot_race(runs: Sequence[RaceReplay], front: Sequence[QualityPoint], fixed: Sequence[QualityPoint], path: Path, title: str) -> None:

@@ -142,7 +142,10 @@ def plot_selection(status, spec, path: Path) -> None:
     if not status.ranking:
         raise LensLLMError("no candidate succeeded: nothing to plot")
     if status.race is not None:
-        plot_race_fits(race_curves(status), spec.budget.target_size, path)
+        rows = race_curves(status)
+        if not rows:
+            raise LensLLMError("no candidate of the race has a decided round: nothing to plot")
+        plot_race_fits(rows, spec.budget.target_size, path)
         return
     curves, spectra = selection_curves(status)
     with warnings.catch_warnings():

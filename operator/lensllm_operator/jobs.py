@@ -226,7 +226,3 @@ def _work_volume_name(spec: LLMSelectionSpec, config: OperatorConfig) -> str:
     """A writable model cache that also keeps results is one volume mounted twice, not two of one claim."""
     shared = spec.model_cache and not spec.work_volume and work_claim(spec, config) == spec.model_cache.claim_name
     return "hf-cache" if shared else "work"
-
-
-def gpus_of(spec: LLMSelectionSpec, candidate: str) -> int:
-    return spec.resources_for(candidate).gpus

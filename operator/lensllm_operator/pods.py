@@ -9,6 +9,8 @@ pods really ran is what metrics and the status count, whether or not a result ca
 from datetime import datetime
 from typing import Any
 
+from lensllm.selection.spec import gpus_in
+from lensllm.selection.status import PodRun, TimeSpent, iso
 from lensllm_operator.jobs import CONTAINER
 
 Body = dict[str, Any]
@@ -52,6 +54,13 @@ def running(pods: list[Body]) -> bool:
     return any("running" in (_runner(pod).get("state") or {}) for pod in pods)
 
 
+def may_start(pods: list[Body]) -> Body | None:
+    """The oldest pod that has not started yet and that nothing is deleting: it may start at any time."""
+    waiting = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending" and not started([p])
+               and not p["metadata"].get("deletionTimestamp")]
+    return min(waiting, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
 def finished_at(pod: Body) -> datetime | None:
     """When the runner of `pod` ended; None while it has not."""
     terminated = (_runner(pod).get("state") or {}).get("terminated")
@@ -60,18 +69,67 @@ def finished_at(pod: Body) -> datetime | None:
 
 def run_seconds(pods: list[Body], now: datetime) -> float:
     """Seconds the runner container ran, over all the trial's pods (retries and evicted ones too)."""
-    total = 0.0
-    for pod in pods:
-        state = _runner(pod).get("state") or {}
-        if "terminated" in state:
-            begin, end = parse_time(state["terminated"].get("startedAt")), parse_time(state["terminated"].get("finishedAt"))
-        elif "running" in state:
-            begin, end = parse_time(state["running"].get("startedAt")), now
-        else:
-            continue
-        if begin and end:
-            total += max((end - begin).total_seconds(), 0.0)
-    return total
+    return sum((end - begin).total_seconds() for begin, end in filter(None, (_span(pod, now) for pod in pods)))
+
+
+def _span(pod: Body, now: datetime) -> tuple[datetime, datetime] | None:
+    """When the runner of `pod` started, and when it ended (now while it runs); None before it started."""
+    state = _runner(pod).get("state") or {}
+    if "terminated" in state:
+        begin, end = parse_time(state["terminated"].get("startedAt")), parse_time(state["terminated"].get("finishedAt"))
+    elif "running" in state:
+        begin, end = parse_time(state["running"].get("startedAt")), now
+    else:
+        return None
+    return (begin, max(end, begin)) if begin and end else None
+
+
+def gpus_held(pod: Body) -> int:
+    """GPUs the runner container of `pod` holds: its limits (requested alike), whatever the spec says now."""
+    container = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER), {})
+    limits = (container.get("resources") or {}).get("limits") or {}
+    return gpus_in({name: int(count) for name, count in limits.items() if name.endswith("/gpu")})
+
+
+def track(runs: list[PodRun], pods: list[Body], now: datetime) -> list[PodRun]:
+    """A trial's record of the pods that ran, brought up to date with its pods now.
+
+    A pod is added once its runner has started, and gets its end once seen ended. A pod that went before it was
+    seen ended (evicted, preempted, its node lost) ended at the latest when the next pod of the trial was created:
+    the Job controller replaces a pod once it terminates. With no next pod, now.
+    """
+    present = {pod["metadata"]["name"]: pod for pod in pods}
+    updated = []
+    for run in runs:
+        pod = present.get(run.name)
+        if run.ended_at is None:
+            end = _replaced_at(run, pods, now) if pod is None else finished_at(pod)
+            run = run if end is None else run.model_copy(update={"ended_at": iso(end)})
+        updated.append(run)
+    known = {run.name for run in runs}
+    for name, pod in present.items():
+        span = _span(pod, now)
+        if name not in known and span is not None:
+            ended = finished_at(pod)
+            updated.append(PodRun(name=name, gpus=gpus_held(pod), started_at=iso(span[0]),
+                                  ended_at=iso(ended) if ended else None))
+    return updated
+
+
+def _replaced_at(run: PodRun, pods: list[Body], now: datetime) -> datetime:
+    started = parse_time(run.started_at)
+    created = [parse_time(p["metadata"].get("creationTimestamp")) for p in pods]
+    return min([c for c in created if c is not None and c >= started], default=now)
+
+
+def time_spent(runs: list[PodRun], pods: list[Body], now: datetime) -> TimeSpent:
+    """What a trial's pods ran: the pods there now, as they say, and the gone ones, as `runs` recorded them."""
+    present = {pod["metadata"]["name"] for pod in pods}
+    spans = [(span, gpus_held(pod)) for pod in pods if (span := _span(pod, now)) is not None]
+    spans += [((parse_time(run.started_at), parse_time(run.ended_at) if run.ended_at else now), run.gpus)
+              for run in runs if run.name not in present]
+    seconds = [((end - begin).total_seconds(), gpus) for (begin, end), gpus in spans]
+    return TimeSpent(sum(s for s, _ in seconds), sum(s * gpus for s, gpus in seconds))
 
 
 def diagnose(pods: list[Body]) -> tuple[str, str] | None:

@@ -29,9 +29,9 @@ from lensllm.selection.spec import EARLIER_DEFAULTS, IMMUTABLE_FIELDS, LLMSelect
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube, policy
 from lensllm_operator.context import Context, Effects
-from lensllm_operator.jobs import CANDIDATE_LABEL, SELECTION_LABEL, gpus_of
+from lensllm_operator.jobs import CANDIDATE_LABEL, SELECTION_LABEL
 from lensllm_operator.names import label_value
-from lensllm_operator.pods import run_seconds
+from lensllm_operator.pods import time_spent
 from lensllm_operator.trials import Cluster, collect, find_lost, job_state, launch, owned_by
 
 # A status write refused with 409 is re-read and retried at once, this many times.
@@ -198,7 +198,7 @@ async def _reconcile(ctx: Context, body: Body) -> bool:
     _stop_abandoned(cluster, status, effects)
     _expire_read_jobs(ctx, cluster, status, effects)
     await effects.run()
-    _export(ctx, body, status, _running_gpu_seconds(cluster))
+    _export(ctx, body, status, _running_gpu_seconds(cluster, status))
     return True
 
 
@@ -343,13 +343,10 @@ def _expire_read_jobs(ctx: Context, cluster: Cluster, status: st.LLMSelectionSta
             effects.later(kube.set_job_ttl, cluster.namespace, name, ttl)
 
 
-def _running_gpu_seconds(cluster: Cluster) -> float:
-    total = 0.0
-    for name, job in cluster.jobs.items():
-        candidate = job["metadata"]["labels"].get(CANDIDATE_LABEL)
-        if job_state(job) not in st.TERMINAL and candidate in {c.name for c in cluster.spec.candidates}:
-            total += run_seconds(cluster.pods.get(name, []), cluster.now) * gpus_of(cluster.spec, candidate)
-    return total
+def _running_gpu_seconds(cluster: Cluster, status: st.LLMSelectionStatus) -> float:
+    """GPU time of the unfinished trials so far, their evicted pods' included."""
+    unfinished = [t for e in status.candidates.values() for t in e.trials if t.state in ("Queued", "Running")]
+    return sum(time_spent(t.pods or [], cluster.pods.get(t.job_name, []), cluster.now).gpu_seconds for t in unfinished)
 
 
 def announce(body: Body, status: st.LLMSelectionStatus) -> None:

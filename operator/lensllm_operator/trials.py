@@ -23,10 +23,11 @@ from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.result import TrialResult
 from lensllm_operator import kube
 from lensllm_operator.context import Context, Effects
-from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, gpus_of
+from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job
 from lensllm_operator.names import job_name
 from lensllm_operator.pods import (
-    diagnose, finished_at, oom_killed, parse_time, run_seconds, running, started, termination_message, workload_holdup,
+    diagnose, finished_at, gpus_held, may_start, oom_killed, parse_time, run_seconds, running, started, termination_message,
+    time_spent, track, workload_holdup,
 )
 
 Body = dict[str, Any]
@@ -109,12 +110,15 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
         if record.state in (*st.TERMINAL, "Lost"):
             continue
         state = job_state(job, pods)
+        runs = track(record.pods or [], pods, cluster.now) or None
         if record.state == "Running" and state == "Queued" and not pods and not (job.get("spec") or {}).get("suspend"):
             # Between an evicted pod and the Job controller's replacement: still running, unless none comes.
+            status = st.mark_trial(status, candidate, record.model_copy(update={"pods": runs}))
             status = _watch_podless(ctx, cluster, status, candidate, job, effects)
             continue
         ctx.podless_since.pop(job["metadata"]["uid"], None)
-        status = st.mark_trial(status, candidate, record.model_copy(update={"state": state if state not in st.TERMINAL else "Running"}))
+        shown = state if state not in st.TERMINAL else "Running"  # until its result is read
+        status = st.mark_trial(status, candidate, record.model_copy(update={"state": shown, "pods": runs}))
         if state in st.TERMINAL:
             status = _read_result(ctx, cluster, status, candidate, job, pods, effects)
         else:
@@ -125,21 +129,18 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
 def _accrue(ctx: Context, cluster: Cluster, candidate: str, pods: list[Body], effects: Effects) -> None:
     """GPU time, pod by pod: an evicted pod is deleted, and what it ran must neither vanish with it nor swallow the
     first as many seconds of its replacement (a total per Job drops when a pod goes)."""
-    gpus = gpus_of(cluster.spec, candidate)
     started = ctx.started_at.replace(microsecond=0)  # the API server's timestamps have whole seconds
     for pod in pods:
         created = parse_time(pod["metadata"].get("creationTimestamp"))
         before = created is not None and created < started
         effects.later(ctx.metrics.accrue_gpu_time, cluster.namespace, cluster.name, pod["metadata"]["name"],
-                      run_seconds([pod], cluster.now) * gpus, seen_before_start=before)
+                      run_seconds([pod], cluster.now) * gpus_held(pod), seen_before_start=before)
 
 
 def _read_result(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, pods: list[Body], effects: Effects
 ) -> st.LLMSelectionStatus:
     name = job["metadata"]["name"]
-    gpus = gpus_of(cluster.spec, candidate)
-    seconds = run_seconds(pods, cluster.now)
     message = termination_message(pods)
     failed = _failed_condition(job)
     if message is None and not pods and failed is None:
@@ -149,14 +150,28 @@ def _read_result(
         effects.later(kube.delete_job, cluster.namespace, name)
         return status
     result = _parsed(message)
+    spent = _spent(cluster, status, candidate, name)
     if result is not None:
-        status = st.record_result(status, cluster.spec, candidate, name, result, gpus, seconds=seconds or None)
+        status = st.record_result(status, cluster.spec, candidate, name, result, gpus_held(pods[0]), _measured(spent))
     else:
-        status = st.record_failure(status, candidate, name, *_why_no_result(name, pods, failed), seconds, gpus)
+        status = st.record_failure(status, candidate, name, *_why_no_result(name, pods, failed), spent)
     entry = status.candidates[candidate]
     outcome = "succeeded" if entry.state == "Succeeded" else "failed"
-    effects.later(ctx.metrics.record_trial, cluster.namespace, outcome, entry.reason or "Succeeded", seconds, seconds * gpus)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, outcome, entry.reason or "Succeeded", spent.seconds,
+                  spent.gpu_seconds)
     return status
+
+
+def _measured(spent: st.TimeSpent) -> st.TimeSpent | None:
+    """None where the pods' whole-second timestamps measured nothing: the result's own wall time is finer."""
+    return spent if spent.seconds else None
+
+
+def _spent(cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: str) -> st.TimeSpent:
+    """What a trial's pods ran, those gone before it ended included."""
+    record = next(t for t in status.candidates[candidate].trials if t.job_name == job)
+    pods = cluster.pods.get(job, [])
+    return time_spent(track(record.pods or [], pods, cluster.now), pods, cluster.now)
 
 
 def _parsed(message: str | None) -> TrialResult | None:
@@ -228,8 +243,9 @@ def _fail_unstarted(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, reason: str, what: str,
     why: str, effects: Effects,
 ) -> st.LLMSelectionStatus:
-    status = st.record_failure(status, candidate, job["metadata"]["name"], reason, f"{what}: {why}")
-    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, 0.0, 0.0)
+    spent = _spent(cluster, status, candidate, job["metadata"]["name"])
+    status = st.record_failure(status, candidate, job["metadata"]["name"], reason, f"{what}: {why}", spent)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, spent.seconds, spent.gpu_seconds)
     effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate} failed: {what}: {why}")
     return status
 
@@ -269,32 +285,46 @@ def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, eff
 
     While the runner of the gone Job still runs in a pod (graceful deletion, delayed garbage
     collection, an orphaning delete), its trial waits: a new attempt now could measure the same sizes
-    as the dying pod. Once none runs, a pod that finished with a result is read (salvaged);
-    otherwise the trial is lost and the plan runs it again, resuming from what its attempts saved.
+    as the dying pod. So it does while a pod left behind by an orphaning delete has not started yet
+    (up to the pending timeout: the operator may not delete pods). Once none runs, a pod that finished
+    with a result is read (salvaged); otherwise the trial is lost and the plan runs it again, resuming
+    from what its attempts saved. The GPU time of its pods counts either way.
     """
     for candidate, entry in status.candidates.items():
         for trial in entry.trials:
             if trial.state not in ("Queued", "Running") or trial.job_name in cluster.jobs:
                 continue
             pods = cluster.pods.get(trial.job_name, [])
-            if running(pods):
+            left = may_start(pods)
+            if running(pods) or (left is not None and not _waited_out(ctx, cluster, left)):
                 continue
+            spent = _spent(cluster, status, candidate, trial.job_name)
             result = _parsed(termination_message(pods))
             if result is not None and result.status == "Succeeded":
-                status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods, effects)
+                status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods[0], spent, effects)
             else:
                 why = f"Job {trial.job_name} was deleted before its result was read"
-                status = st.record_lost(status, candidate, trial.job_name, why)
+                if left is not None:
+                    why += (f"; its pod {left['metadata']['name']} was left behind, not started after "
+                            f"{_pending_timeout(ctx, cluster)}s: delete it, or it may run alongside the next attempt")
+                    effects.later(kopf.warn, cluster.body, reason="PodLeftBehind", message=f"candidate {candidate}: {why}")
+                status = st.record_lost(status, candidate, trial.job_name, why, spent)
+                effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobLost", spent.seconds,
+                              spent.gpu_seconds)
     return status
+
+
+def _waited_out(ctx: Context, cluster: Cluster, pod: Body) -> bool:
+    created = parse_time(pod["metadata"].get("creationTimestamp"))
+    return created is None or (cluster.now - created).total_seconds() > _pending_timeout(ctx, cluster)
 
 
 def _salvaged(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: str, result: TrialResult,
-    pods: list[Body], effects: Effects,
+    pod: Body, spent: st.TimeSpent, effects: Effects,
 ) -> st.LLMSelectionStatus:
-    gpus, seconds = gpus_of(cluster.spec, candidate), run_seconds(pods, cluster.now)
-    effects.later(ctx.metrics.record_trial, cluster.namespace, "succeeded", "Succeeded", seconds, seconds * gpus)
-    return st.record_result(status, cluster.spec, candidate, job, result, gpus, seconds=seconds or None)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "succeeded", "Succeeded", spent.seconds, spent.gpu_seconds)
+    return st.record_result(status, cluster.spec, candidate, job, result, gpus_held(pod), _measured(spent))
 
 
 async def launch(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, effects: Effects) -> st.LLMSelectionStatus:

@@ -98,10 +98,12 @@ def run_pod(kube, namespace: str, job: str, suffix: str, state: dict, phase: str
     core, batch = kubernetes.client.CoreV1Api(kube.api), kubernetes.client.BatchV1Api(kube.api)
     body = batch.read_namespaced_job(job, namespace)
     labels = {**body.spec.template.metadata.labels, "job-name": job}
+    resources = body.spec.template.spec.containers[0].resources.to_dict()
     pod = core.create_namespaced_pod(namespace, {
         "metadata": {"name": f"{job[:50]}-{suffix}", "labels": labels,
                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": body.metadata.uid}]},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "runner", "image": "runner"}]},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "runner", "image": "runner", "resources": {key: value for key, value in resources.items() if value}}]},
     })
     core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
         "phase": phase, "conditions": list(conditions),
@@ -115,6 +117,11 @@ def finish_job(kube, namespace: str, job: str, message: str) -> None:
     now = stamp()
     terminated = {"exitCode": 0, "reason": "Completed", "message": message, "startedAt": now, "finishedAt": now}
     run_pod(kube, namespace, job, "pod", {"terminated": terminated}, "Succeeded")
+    complete_job(kube, namespace, job)
+
+
+def complete_job(kube, namespace: str, job: str) -> None:
+    now = stamp()
     kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(job, namespace, {"status": {
         "succeeded": 1, "completionTime": now,
         "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}})
@@ -812,6 +819,62 @@ def test_an_evicted_pods_gpu_time_stays_counted_and_its_replacements_counts_in_f
     first = run_pod(kube, namespace, job, "first", {"running": {"startedAt": stamp(3600)}})
     reconcile_once(ctx, namespace, "drained")
     evict(kube, namespace, first)  # `kubectl drain`: the pod is deleted
-    run_pod(kube, namespace, job, "second", {"running": {"startedAt": stamp(600)}})
+    second = run_pod(kube, namespace, job, "second", {"running": {"startedAt": stamp(600)}})
     reconcile_once(ctx, namespace, "drained")
     assert gpu_seconds_counted(ctx) == pytest.approx(2 * (3600 + 600), abs=20)
+
+    # The status too: the evicted pod, gone before the trial ended, was recorded while it ran.
+    end_pod(kube, namespace, second, {"exitCode": 0, "reason": "Completed", "message": result_message(),
+                                      "startedAt": stamp(600), "finishedAt": stamp()})
+    complete_job(kube, namespace, job)
+    reconcile_once(ctx, namespace, "drained")
+    status = status_of(custom, namespace, "drained")
+    (trial,) = status.candidates["a"].trials
+    assert (trial.state, trial.pods) == ("Succeeded", None) and trial.seconds == pytest.approx(3600 + 600, abs=20)
+    assert status.compute.gpu_seconds == pytest.approx(2 * (3600 + 600), abs=40)
+    assert trial_gpu_seconds_booked(ctx) == pytest.approx(status.compute.gpu_seconds)
+
+
+def test_gpu_time_is_priced_at_the_gpus_the_pods_held_not_at_a_later_edit_of_the_spec(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "regrown", resources={"nvidia.com/gpu": 1})
+    reconcile_once(ctx, namespace, "regrown")
+    job = only_job(kube, namespace)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "regrown",
+                                          {"spec": {"resources": {"nvidia.com/gpu": 4}}})
+    ended = {"exitCode": 0, "reason": "Completed", "message": result_message(), "startedAt": stamp(100), "finishedAt": stamp()}
+    run_pod(kube, namespace, job, "pod", {"terminated": ended}, "Succeeded")
+    complete_job(kube, namespace, job)
+    reconcile_once(ctx, namespace, "regrown")
+    entry = status_of(custom, namespace, "regrown").candidates["a"]
+    assert entry.state == "Succeeded" and entry.gpu_seconds == pytest.approx(100, abs=2)  # 1 GPU, not 4
+
+
+def test_a_pod_orphaned_before_it_started_holds_its_trial_back_for_the_pending_timeout(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "orphans", pendingTimeoutSeconds=1)
+    reconcile_once(ctx, namespace, "orphans")
+    job = only_job(kube, namespace)
+    pod = run_pod(kube, namespace, job, "pod", {"waiting": {"reason": "ContainerCreating"}}, "Pending")
+    # kubectl delete --cascade=orphan (and the API's default for Jobs): the pod stays, and may start later.
+    kubernetes.client.BatchV1Api(kube.api).delete_namespaced_job(job, namespace, propagation_policy="Orphan")
+    reconcile_once(ctx, namespace, "orphans")
+    assert [t.state for t in status_of(custom, namespace, "orphans").candidates["a"].trials] == ["Queued"]
+    assert jobs_of(kube, namespace) == []  # no second attempt while the left pod may start
+
+    time.sleep(2.1)
+    events = reconcile_once(ctx, namespace, "orphans")
+    trials = status_of(custom, namespace, "orphans").candidates["a"].trials
+    assert [(t.attempt, t.state) for t in trials] == [(0, "Lost"), (1, "Queued")]
+    assert [e.reason for e in events if e.reason == "PodLeftBehind"] == ["PodLeftBehind"]
+    assert any(f"its pod {pod} was left behind" in e.message for e in events)
+
+
+def end_pod(kube, namespace: str, pod: str, terminated: dict) -> None:
+    kubernetes.client.CoreV1Api(kube.api).patch_namespaced_pod_status(pod, namespace, {"status": {
+        "phase": "Succeeded" if terminated["exitCode"] == 0 else "Failed",
+        "containerStatuses": [{"name": "runner", "image": "runner", "imageID": "", "ready": False, "restartCount": 0,
+                               "state": {"terminated": terminated}}]}})
+
+
+def trial_gpu_seconds_booked(ctx: Context) -> float:
+    text = generate_latest(ctx.metrics.registry).decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lensllm_trial_gpu_seconds_total{"))

@@ -7,9 +7,12 @@ from datetime import datetime, timezone
 import pytest
 
 from lensllm.selection.spec import LLMSelectionSpec
+from lensllm.selection.status import TimeSpent
 from lensllm_operator.config import ConfigError, OperatorConfig
 from lensllm_operator.context import Effects
-from lensllm_operator.pods import diagnose, oom_killed, run_seconds, started, termination_message, workload_holdup
+from lensllm_operator.pods import (
+    diagnose, oom_killed, run_seconds, started, termination_message, time_spent, track, workload_holdup,
+)
 from lensllm_operator.policy import violation
 from lensllm_operator.reconcile import InvalidSpec, merge_patch, parse_spec
 from lensllm_operator.trials import job_state
@@ -55,6 +58,25 @@ def test_pods_run_time_counts_every_attempt_and_the_running_one_up_to_now():
     assert run_seconds(pods, now) == 100 + 300
     assert started(pods) and not started([pod(state={"waiting": {"reason": "ErrImagePull"}})])
     assert "memory limit" in oom_killed(pods)
+
+
+def test_a_trials_record_of_its_pods_keeps_the_time_of_those_gone_before_it_ended():
+    now = datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc)
+    with_gpus = {"containers": [{"name": "runner", "resources": {"limits": {"nvidia.com/gpu": "2", "memory": "8Gi"}}}]}
+    evicted = {**pod("a", state={"running": {"startedAt": "2026-01-01T00:00:00Z"}}), "spec": with_gpus}
+    failed = {**pod("b", state=terminated(started="2026-01-01T00:00:00Z", finished="2026-01-01T00:00:10Z")),
+              "spec": with_gpus}
+    runs = track([], [evicted, failed], now)
+    assert [(r.name, r.gpus, r.started_at, r.ended_at) for r in runs] == [
+        ("a", 2, "2026-01-01T00:00:00Z", None), ("b", 2, "2026-01-01T00:00:00Z", "2026-01-01T00:00:10Z")]
+
+    replacement = {**pod("c", created="2026-01-01T00:20:00Z", state={"running": {"startedAt": "2026-01-01T00:30:00Z"}}),
+                   "spec": with_gpus}
+    runs = track(runs, [replacement], now)  # a and b are gone: a ended at the latest when c was made
+    assert [(r.name, r.ended_at) for r in runs] == [
+        ("a", "2026-01-01T00:20:00Z"), ("b", "2026-01-01T00:00:10Z"), ("c", None)]
+    assert time_spent(runs, [replacement], now) == TimeSpent(1200 + 10 + 1800, 2 * (1200 + 10 + 1800))
+    assert track(runs, [], now)[-1].ended_at == "2026-01-01T01:00:00Z"  # gone with no pod after it: now, at the latest
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ trial's compact result keeps all its points.
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, FiniteFloat, StringConstraints, ValidationInfo, field_validator, model_validator
@@ -114,8 +115,12 @@ class Resources(WireModel):
 
     @property
     def gpus(self) -> int:
-        """GPUs a pod holds: nvidia.com/gpu plus extended resources named <vendor>/gpu."""
-        return (self.gpu or 0) + sum(n for name, n in self.extended.items() if name.endswith("/gpu"))
+        return gpus_in({"nvidia.com/gpu": self.gpu or 0, **self.extended})
+
+
+def gpus_in(counts: Mapping[str, int]) -> int:
+    """GPUs among a pod's resource counts: nvidia.com/gpu and every extended resource named <vendor>/gpu."""
+    return sum(count for name, count in counts.items() if name.endswith("/gpu"))
 
 
 class SelectionCandidate(CandidateSpec):

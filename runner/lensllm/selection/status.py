@@ -7,6 +7,7 @@ to Kubernetes or runs a model. A race (spec.strategy race) adds `race`, one reco
 decided round, and each candidate's P(best), interval and elimination.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -35,7 +36,12 @@ MAX_ROUNDS = racing.RaceSettings().max_rounds
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return iso(datetime.now(timezone.utc).replace(microsecond=0))
+
+
+def iso(moment: datetime) -> str:
+    """A UTC time as the API server writes it."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 class Condition(WireModel):
@@ -63,6 +69,28 @@ class CurvePoint(WireModel):
     )
 
 
+class PodRun(WireModel):
+    """A pod of an unfinished trial whose runner started: kept so that its GPU time counts once the pod is gone."""
+
+    name: str = Field(description="The pod.")
+    gpus: int = Field(ge=0, description="GPUs it held.")
+    started_at: str = Field(description="When its runner started.")
+    ended_at: str | None = Field(
+        default=None, description="When its runner ended; for a pod deleted first, when its replacement was created."
+    )
+
+
+@dataclass(frozen=True)
+class TimeSpent:
+    """What a trial's pods ran: seconds summed over pods, and the same weighted by each pod's GPUs."""
+
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+NO_TIME = TimeSpent()
+
+
 class TrialRecord(WireModel):
     """One runner Job of a candidate: which sizes it covered and how it ended."""
 
@@ -71,7 +99,10 @@ class TrialRecord(WireModel):
     attempt: int = Field(default=0, description="0 for the trial's first Job; +1 for each Job that replaced a lost one.")
     sizes: list[int] = Field(description="Subset sizes the trial fine-tuned on.")
     state: TrialState = Field(description="Queued, Running, Succeeded, Failed, or Lost (its Job vanished).")
-    seconds: float | None = Field(default=None, description="Wall time of the trial.")
+    seconds: float | None = Field(default=None, description="Wall time of the trial (its pods', summed).")
+    pods: list[PodRun] | None = Field(
+        default=None, description="While the trial is unfinished: its pods that ran (an evicted pod's time still counts)."
+    )
 
 
 class CandidateStatus(WireModel):
@@ -248,23 +279,33 @@ def mark_trial(status: LLMSelectionStatus, candidate: str, record: TrialRecord) 
     return new
 
 
-def record_lost(status: LLMSelectionStatus, candidate: str, job_name: str, why: str) -> LLMSelectionStatus:
-    """A trial's Job vanished before its result was read: run it again, unless it has used up its attempts."""
+def record_lost(
+    status: LLMSelectionStatus, candidate: str, job_name: str, why: str, spent: TimeSpent = NO_TIME
+) -> LLMSelectionStatus:
+    """A trial's Job vanished before its result was read: run it again, unless it has used up its attempts.
+
+    `spent` is what its pods ran before they went: spent all the same."""
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
-    for trial in entry.trials:
-        if trial.job_name == job_name:
-            trial.state = "Lost"
+    _end_trial(entry, job_name, "Lost", spent)
     if entry.state in TERMINAL:
         # A later attempt already ended it (its Job was created before this one's loss was written).
-        return new
+        return _with_totals(new)
     round_ = next((t.round for t in entry.trials if t.job_name == job_name), 0)
     if sum(t.state == "Lost" and t.round == round_ for t in entry.trials) >= MAX_ATTEMPTS:
         entry.state, entry.reason = "Failed", "JobLost"
         entry.message = f"{MAX_ATTEMPTS} Jobs of this trial vanished before their result was read; the last: {why}"
         return _with_totals(new)
     entry.state, entry.reason, entry.message = "Pending", "JobLost", why
-    return new
+    return _with_totals(new)
+
+
+def _end_trial(entry: CandidateStatus, job_name: str, state: TrialState, spent: TimeSpent) -> None:
+    """Mark a trial ended and book what its pods ran (its record of them is no longer needed)."""
+    for trial in entry.trials:
+        if trial.job_name == job_name:
+            trial.state, trial.seconds, trial.pods = state, spent.seconds, None
+    entry.gpu_seconds += spent.gpu_seconds
 
 
 def mark_waiting(status: LLMSelectionStatus, candidate: str, reason: str | None, message: str | None) -> LLMSelectionStatus:
@@ -283,26 +324,23 @@ def record_result(
     job_name: str,
     result: TrialResult,
     gpus: int,
-    seconds: float | None = None,
+    spent: TimeSpent | None = None,
 ) -> LLMSelectionStatus:
     """Fold a finished trial's result into the candidate's status.
 
-    `seconds` is how long the trial's pods ran (every attempt), where Kubernetes tells; the
-    result's own wall time otherwise.
+    `spent` is what the trial's pods ran (every pod, evicted ones too), where Kubernetes tells; the
+    result's own wall time on `gpus` GPUs otherwise. `gpus` also prices full fine-tuning.
     """
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
     ok = result.status == "Succeeded"
-    seconds = result.seconds if seconds is None else seconds
-    for trial in entry.trials:
-        if trial.job_name == job_name:
-            trial.state, trial.seconds = ("Succeeded" if ok else "Failed"), seconds
+    spent = spent or TimeSpent(result.seconds, result.seconds * gpus)  # GPUs held for the whole trial; none on CPU
+    _end_trial(entry, job_name, "Succeeded" if ok else "Failed", spent)
     known = {p.size for p in entry.points}
     entry.points = sorted(entry.points + [_point(p.size, p.test) for p in result.points if p.size not in known], key=lambda p: p.size)
     entry.zero_shot = _point(0, result.zero_shot) if result.zero_shot else entry.zero_shot
     entry.ntk = result.ntk or entry.ntk
     entry.flops += result.total_flops()
-    entry.gpu_seconds += seconds * gpus  # GPUs held for the whole trial; none on CPU
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
     entry.full_finetune_flops, entry.full_finetune_gpu_seconds = _full_finetune_estimate(result, spec, gpus)
@@ -312,18 +350,15 @@ def record_result(
 
 
 def record_failure(
-    status: LLMSelectionStatus, candidate: str, job_name: str, reason: str, message: str, seconds: float = 0.0, gpus: int = 0
+    status: LLMSelectionStatus, candidate: str, job_name: str, reason: str, message: str, spent: TimeSpent = NO_TIME
 ) -> LLMSelectionStatus:
     """A trial ended without a usable result (no or malformed result, a Job that never ran or was refused).
 
-    `seconds` is the time its pods ran, as Kubernetes saw it: GPUs held are spent even by a failure.
+    `spent` is what its pods ran, as Kubernetes saw it: GPUs held are spent even by a failure.
     """
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
-    for trial in entry.trials:
-        if trial.job_name == job_name:
-            trial.state, trial.seconds = "Failed", seconds
-    entry.gpu_seconds += seconds * gpus
+    _end_trial(entry, job_name, "Failed", spent)
     entry.state, entry.reason, entry.message = "Failed", reason, message
     return _with_totals(new)
 

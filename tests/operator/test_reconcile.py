@@ -878,3 +878,32 @@ def end_pod(kube, namespace: str, pod: str, terminated: dict) -> None:
 def trial_gpu_seconds_booked(ctx: Context) -> float:
     text = generate_latest(ctx.metrics.registry).decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lensllm_trial_gpu_seconds_total{"))
+
+
+def test_a_status_written_by_a_newer_operator_goes_on_after_a_rollback(kube, namespace, ctx, custom, monkeypatch):
+    """Helm never downgrades the CRD, so fields a newer operator wrote stay in the status an older one reads."""
+    create_selection(custom, namespace, "rolled")
+    reconcile_once(ctx, namespace, "rolled")
+    job = only_job(kube, namespace)
+    real_get, seen_writes = operator_kube.get_selection, []
+
+    async def newer_status(namespace, name):
+        body = await real_get(namespace, name)
+        status = body["status"]
+        status["newTopLevel"] = {"x": 1}
+        candidate = status["candidates"]["a"]
+        candidate["newPerCandidate"] = 1
+        candidate["trials"][0]["newPerTrial"] = "x"
+        return body
+
+    async def patch(namespace, name, uid, status):
+        seen_writes.append(status)
+        return await real_patch(namespace, name, uid, status)
+
+    real_patch = operator_kube.patch_selection_status
+    monkeypatch.setattr(operator_kube, "get_selection", newer_status)
+    monkeypatch.setattr(operator_kube, "patch_selection_status", patch)
+    finish_job(kube, namespace, job, result_message())
+    reconcile_once(ctx, namespace, "rolled")
+    assert status_of(custom, namespace, "rolled").phase == "Complete"
+    assert seen_writes[0]["newTopLevel"] is None  # what this version does not keep, it drops

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from lensllm.science.laws import rectified_loss
 from lensllm.selection import status as st
 from lensllm.selection.plan import next_trials
 from lensllm.selection.spec import LLMSelectionSpec
-from lensllm.trial.result import Evaluation, SizePoint, TrainingStats, TrialResult
+from lensllm.trial.result import Evaluation, NTKSummary, SizePoint, TrainingStats, TrialResult
 
 SIZES = [100, 200, 400, 800, 1600]
 NOW = "2026-01-01T00:00:00Z"
@@ -103,6 +104,20 @@ def test_more_failures_than_allowed_fail_the_selection(spec):
 def test_the_status_document_round_trips_through_json(spec):
     status = st.finalize(run_all(spec), spec, 1, NOW)
     assert st.LLMSelectionStatus.model_validate(status.dump()) == status
+
+
+def test_a_status_ignores_what_a_newer_release_added_while_a_spec_refuses_unknown_keys(spec):
+    status = st.finalize(run_all(spec), spec, 1, NOW)
+    status.candidates["steep"].ntk = NTKSummary(n=2, eta=1.0, scope="all", parameters=10, eigenvalues=[2.0, 1.0],
+                                                projections_sq=[1.0, 1.0], residual_norm_sq=2.0, seconds=1.0)
+    newer = status.dump()
+    newer["queueTime"] = "2027-01-01T00:00:00Z"
+    newer["compute"]["energyJoules"] = 1.0
+    newer["candidates"]["steep"]["ntk"]["trace"] = 3.0
+    newer["candidates"]["steep"]["trials"][0]["node"] = "gpu-7"
+    assert st.LLMSelectionStatus.model_validate(newer) == status
+    with pytest.raises(ValidationError, match="queueTime"):
+        LLMSelectionSpec.model_validate({**spec.model_dump(by_alias=True, exclude_none=True), "queueTime": "now"})
 
 
 def test_the_race_learns_what_a_uniform_guess_scores_from_the_zero_shot_point_only(spec):

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from lensllm.errors import LensLLMError
 from lensllm.science import racing
@@ -35,6 +35,13 @@ MAX_ATTEMPTS = 3
 MAX_ROUNDS = racing.RaceSettings().max_rounds
 
 
+class StatusModel(WireModel):
+    """A part of the status. Unlike a spec, it ignores keys it does not know: after a rollback, the status a newer
+    operator wrote must load here, or every running selection would fail (this version's next write drops them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 def now_iso() -> str:
     return iso(datetime.now(timezone.utc).replace(microsecond=0))
 
@@ -44,7 +51,7 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-class Condition(WireModel):
+class Condition(StatusModel):
     """A Kubernetes-style condition."""
 
     type: str = Field(description="Condition type: Complete, Failed, Degraded or LawsAgree (races).")
@@ -55,7 +62,7 @@ class Condition(WireModel):
     observed_generation: int | None = Field(default=None, description="Spec generation the condition was computed from.")
 
 
-class CurvePoint(WireModel):
+class CurvePoint(StatusModel):
     """A measured point of a candidate's learning curve (size 0: zero-shot)."""
 
     size: int = Field(description="Training examples (0 for zero-shot).")
@@ -69,7 +76,7 @@ class CurvePoint(WireModel):
     )
 
 
-class PodRun(WireModel):
+class PodRun(StatusModel):
     """A pod of an unfinished trial whose runner started: kept so that its GPU time counts once the pod is gone."""
 
     name: str = Field(description="The pod.")
@@ -91,7 +98,7 @@ class TimeSpent:
 NO_TIME = TimeSpent()
 
 
-class TrialRecord(WireModel):
+class TrialRecord(StatusModel):
     """One runner Job of a candidate: which sizes it covered and how it ended."""
 
     job_name: str = Field(description="The batch/v1 Job.")
@@ -105,7 +112,7 @@ class TrialRecord(WireModel):
     )
 
 
-class CandidateStatus(WireModel):
+class CandidateStatus(StatusModel):
     """Everything known about one candidate."""
 
     state: CandidateState = Field(default="Pending", description="Pending, Queued, Running, Succeeded or Failed.")
@@ -141,7 +148,7 @@ class CandidateStatus(WireModel):
     )
 
 
-class RankEntry(WireModel):
+class RankEntry(StatusModel):
     candidate: str = Field(description="Candidate name.")
     predicted_loss: float = Field(description="Predicted bits per byte at targetSize.")
     lower_confidence: bool | None = Field(
@@ -149,12 +156,12 @@ class RankEntry(WireModel):
     )
 
 
-class Elimination(WireModel):
+class Elimination(StatusModel):
     candidate: str = Field(description="Candidate name.")
     reason: str = Field(description="Why it left the race.")
 
 
-class RoundRecord(WireModel):
+class RoundRecord(StatusModel):
     """One round of a race: who ran which sizes, the law the assessment used, who left, and what it cost."""
 
     round: int = Field(description="0 for the first round.")
@@ -180,7 +187,7 @@ class RoundRecord(WireModel):
     )
 
 
-class RaceStatus(WireModel):
+class RaceStatus(StatusModel):
     """Strategy race: every round decided so far and what the race spent."""
 
     rounds: list[RoundRecord] = Field(default_factory=list, max_length=MAX_ROUNDS, description="Decided rounds, oldest first.")
@@ -195,7 +202,7 @@ class RaceStatus(WireModel):
     fixed_budget_fraction: float = Field(description="What a fixed budget over the same subset sizes spends, on the same scale.")
 
 
-class Compute(WireModel):
+class Compute(StatusModel):
     """What the selection spent against what fully fine-tuning every candidate would cost."""
 
     flops: float = Field(default=0.0, description="Estimated FLOPs spent by all trials.")
@@ -206,7 +213,7 @@ class Compute(WireModel):
     fraction_of_full: float | None = Field(default=None, description="flops / fullFinetuneFlops.")
 
 
-class LLMSelectionStatus(WireModel):
+class LLMSelectionStatus(StatusModel):
     observed_generation: int | None = Field(default=None, description="Spec generation last acted on.")
     phase: Phase = Field(default="Pending", description="Pending, Running, Complete or Failed.")
     conditions: list[Condition] = Field(default_factory=list, description="Complete, Failed, Degraded.")

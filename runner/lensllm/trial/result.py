@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from lensllm import __version__
 from lensllm.science.laws import NULL_MODE_TOLERANCE
@@ -88,7 +88,11 @@ class SizePoint(WireModel):
 
 
 class NTKSummary(WireModel):
-    """The empirical NTK at the pre-trained weights, reduced to what the LENSLLM law needs."""
+    """The empirical NTK at the pre-trained weights, reduced to what the LENSLLM law needs.
+
+    A selection's status keeps it, so it ignores keys it does not know, as the status does (see StatusModel)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     n: int = Field(description="Probe examples (the Gram matrix is n x n).")
     eta: float = Field(description="Learning rate of the NTK dynamics F(t) = sum_k c_k^2 exp(-2 eta lambda_k t).")

@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lensllm.cli.main import main
@@ -56,9 +57,12 @@ def test_plan_with_lora_fits_every_candidate_on_80gb_and_prints_json_plans(tmp_p
     assert plans["qwen-7b"]["trainableParameters"] == 20_185_088  # r 8 on every linear layer of 28 blocks
 
 
-def test_plan_with_a_bad_size_is_a_usage_error(tmp_path, capsys):
-    assert main(["plan", str(selection(tmp_path, "lora")), "--gpu-memory", "lots"]) == 2
-    assert "'lots' is not a size" in capsys.readouterr().err
+@pytest.mark.parametrize(("size", "says"), [("lots", "'lots' is not a size"), ("0", "'0' is not a positive size"),
+                                           ("0.0001", "'0.0001' is not a positive size"), ("-1Gi", "'-1Gi' is not a size")])
+def test_plan_with_a_bad_size_is_a_usage_error_naming_the_flag(size, says, tmp_path, capsys):
+    assert main(["plan", str(selection(tmp_path, "lora")), f"--gpu-memory={size}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lensllm plan: error: --gpu-memory: {says}; use e.g. 80Gi, 80G or a number of bytes\n"
 
 
 def test_run_trial_plan_only_prints_the_plan_and_its_parts(tiny_models, task_dir, spec_template, spec_file, capsys):

@@ -68,7 +68,10 @@ def planning_device(kind: str, gpu_memory: str | None) -> tuple[Device, str | No
     if kind == "cpu":
         return Device(kind="cpu", total_bytes=host_memory_bytes()), None
     if gpu_memory is not None:
-        return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+        try:
+            return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+        except PlanError as err:
+            raise PlanError(f"--gpu-memory: {err}") from None
     found = nvidia_smi_memory_bytes()
     if found is not None:
         return Device(kind="cuda", total_bytes=found), None

@@ -66,6 +66,12 @@ def test_bench_table_shows_means_per_method(small_csv, capsys):
     assert code == 0 and "PearCorr" in out and "RelAcc" in out and "subtuning" in out
 
 
+def test_fit_refuses_a_target_below_the_largest_size_it_fits(small_csv, capsys):
+    code, out, err = run_cli(["fit", small_csv, "--max-n", "800", "--target", "100"], capsys)
+    assert (code, out) == (2, "")
+    assert err == "lensllm fit: error: --target 100 is below 800, the largest size fitted (--max-n)\n"
+
+
 def test_fit_reads_stdin_and_writes_csv_in_input_order(capsys, monkeypatch):
     code, out, _ = run_cli(
         ["fit", "-", "--max-n", "1600", "--target", "1000000", "--method", "rectified", "--format", "csv"],

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
             f"(columns: {', '.join(str(int(s)) for s in full.sizes)})"
         )
     target = options.resolve_target(full, args.target)
+    if target < args.max_n:  # the laws extrapolate upward: below the fitted points they predict nothing sensible
+        raise CurvesFileError(f"--target {target} is below {args.max_n}, the largest size fitted (--max-n)")
     curves = full.up_to(args.max_n)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LawWarning)

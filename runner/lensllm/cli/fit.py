@@ -1,7 +1,6 @@
 """`lensllm fit`: fit one method to every model's curve within a budget and rank them."""
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render.fit_csv(records))
     elif args.format == "json":
         doc = {"method": args.method, "max_n": args.max_n, "target_n": target, "models": records}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(render.json_text(doc) + "\n")
     else:
         render.print_tables([render.fit_table(records, args.method, args.max_n, target)])
     for note in dict.fromkeys(str(w.message) for w in caught):

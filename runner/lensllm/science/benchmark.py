@@ -86,12 +86,14 @@ def _budget(curves: Curves, target: float, ratio: int) -> tuple[float, Curves]:
 
 
 def summarize(rows: Sequence[BenchRow]) -> dict[str, dict[str, float]]:
-    """Per-method means of PearCorr and RelAcc over the ratios."""
+    """Per-method means of PearCorr and RelAcc over the ratios; PearCorr over the ratios where it is defined
+    (NaN where it is nowhere: every true loss equal)."""
     out: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
+        defined = [r.pearcorr for r in mine if not np.isnan(r.pearcorr)]
         out[method] = {
-            "pearcorr": float(np.nanmean([r.pearcorr for r in mine])),
+            "pearcorr": float(np.mean(defined)) if defined else float("nan"),
             "relacc": float(np.mean([r.relacc for r in mine])),
         }
     return out

@@ -69,3 +69,15 @@ def test_a_race_that_ran_under_a_cap_refused_today_is_still_reported(tmp_path, c
                                 "spec": spec, "status": race_status({"lensllm": "a", "vanilla": "a"}, [complete]).dump()}))
     assert main(["report", str(path)]) == 0
     assert "race: 2 rounds, stopped: exhausted" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_status_that_is_not_an_object_is_refused_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "selection.json"
+    spec = {"candidates": [{"name": "a", "model": "org/a"}], "dataset": {"source": "d", "inputField": "q", "targetField": "a"},
+            "budget": {"baseSize": 8, "doublings": 4, "targetSize": 2048}}
+    path.write_text(json.dumps({"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": "s"},
+                                "spec": spec, "status": [1]}))
+    assert main(["report", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"lensllm report: error: {path}: status: Input should be a valid dictionary or instance of LLMSelectionStatus\n"
+    )

@@ -81,6 +81,15 @@ def test_bench_with_equal_true_losses_writes_null_not_nan_and_no_warning(tmp_pat
     assert code == 0 and "│ ats      │ n/a │  n/a │" in out
 
 
+@pytest.mark.parametrize("strategy", ["fixed", "race"])
+def test_bench_on_one_model_is_refused_naming_the_file(strategy, tmp_path, capsys):
+    path = tmp_path / "one.csv"
+    path.write_text("model,0,100,200,400,800,size\nalone,4,3.5,3.2,3.0,2.9,1e6\n")
+    code, out, err = run_cli(["bench", path, "--strategy", strategy], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"lensllm bench: error: {path}: 1 model (alone); scoring a selection needs at least two\n"
+
+
 def test_bench_table_shows_means_per_method(small_csv, capsys):
     code, out, _ = run_cli(["bench", small_csv, "--target", "3200", "--ratios", "2", "--methods", "subtuning"], capsys)
     assert code == 0 and "PearCorr" in out and "RelAcc" in out and "subtuning" in out

@@ -62,3 +62,21 @@ def test_generate_refuses_an_output_folder_it_cannot_make(tmp_path, capsys):
     taken.write_text("")
     assert main(["lensbench", "generate", "--out", str(taken), "--quick"]) == 2
     assert f"--out {taken}: is a file; give a folder" in capsys.readouterr().err
+
+
+def test_ceiling_and_loo_name_the_table_that_is_bad_among_several(curves_dir, tmp_path, capsys):
+    short = tmp_path / "short.csv"
+    short.write_text("model,0,100,200\na,3,2,1\nb,4,3,2\n")
+    assert main(["lensbench", "loo", str(curves_dir / "flan.csv"), str(curves_dir / "wmt19.csv"), str(short)]) == 2
+    assert capsys.readouterr().err.startswith(f"lensllm lensbench: error: {short}: no budget ratio among")
+    few = tmp_path / "few.csv"  # scored by ratio, but three models cannot bound the ceiling's fit
+    few.write_text(SMALL_TABLE)
+    assert main(["lensbench", "ceiling", str(few), str(curves_dir / "flan.csv")]) == 2
+    assert capsys.readouterr().err == f"lensllm lensbench: error: {few}: 3 models cannot bound a fit of 3 statistics\n"
+
+
+SMALL_TABLE = """model,0,100,200,400,800,1600,3200
+steep,14.1,10.8324,9.8776,8.7890,7.6402,6.5015,5.4252
+flat,4.0,3.1228,3.0148,2.9026,2.7962,2.7016,2.6172
+worst,8.5,7.0797,6.8714,6.6376,6.3978,6.1633,5.9295
+"""

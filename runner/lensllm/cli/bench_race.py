@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 
 from lensllm.cli import options, race_render
-from lensllm.errors import LensLLMError
-from lensllm.science.benchmark import usable_ratios
+from lensllm.errors import LensLLMError, naming
+from lensllm.science.benchmark import check_comparable, usable_ratios
 from lensllm.science.laws import LawWarning
 from lensllm.science.race_replay import capped, fixed_budget_points, race_grid, race_points, race_runs
 from lensllm.science.racing import RaceSettings
@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     settings = RaceSettings(**{name: getattr(args, name) for name in SETTINGS_FIELDS if getattr(args, name) is not None})
     seeds = list(range(args.seeds or DEFAULT_SEEDS))
     name = Path(args.curves).stem
-    with warnings.catch_warnings():
+    with naming(args.curves), warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # hundreds of bootstrap fits; bounds are expected
+        check_comparable(curves)
         if args.format == "csv":
             sys.stdout.write(race_render.runs_csv(race_runs(curves, target, settings, seeds)))
             return 0

@@ -62,6 +62,12 @@ def run_benchmark(curves: Curves, methods: Sequence[str], ratios: Sequence[int],
     return rows
 
 
+def check_comparable(curves: Curves) -> None:
+    """PearCorr and RelAcc compare models: a table of one cannot score a selection."""
+    if curves.n_models < 2:
+        raise CurveError(f"{curves.n_models} model ({', '.join(curves.models)}); scoring a selection needs at least two")
+
+
 def usable_ratios(curves: Curves, target: float, ratios: Sequence[int] = PAPER_RATIOS) -> list[int]:
     """The ratios that leave every law enough subset sizes to fit (LensBench tables are shorter)."""
     usable = [r for r in ratios if r >= 1 and np.count_nonzero(curves.sizes <= target / r) >= MIN_FIT_POINTS]

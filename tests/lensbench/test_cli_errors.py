@@ -1,11 +1,15 @@
 """`lensllm lensbench` refuses bad input with one line and exit code 2."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from lensllm.cli.main import main
+from lensllm.errors import LensLLMError
+
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def lensllm(*args: str) -> subprocess.CompletedProcess:
@@ -80,3 +84,36 @@ steep,14.1,10.8324,9.8776,8.7890,7.6402,6.5015,5.4252
 flat,4.0,3.1228,3.0148,2.9026,2.7962,2.7016,2.6172
 worst,8.5,7.0797,6.8714,6.6376,6.3978,6.1633,5.9295
 """
+
+
+def a_generation(out: Path, zoo: list[str]) -> None:
+    """A generation record like the published one (data/lensbench), with its zoo's names replaced by `zoo`."""
+    record = json.loads((DATA / "lensbench" / "generation.json").read_text())
+    record["zoo"] = [{"name": name} for name in zoo]
+    (out / "generation.json").write_text(json.dumps(record))
+
+
+def test_e2e_refuses_truth_tables_of_another_zoo_before_running_anything(tmp_path, capsys):
+    a_generation(tmp_path, ["gpt2-xs-code-1k", "opt-xs-none-1k"])  # --quick's zoo against the full tables
+    assert main(["lensbench", "e2e", "--out", str(tmp_path), "--tables", str(DATA / "lensbench"), "--tasks", "cipher"]) == 2
+    assert capsys.readouterr().err == (f"lensllm lensbench: error: {DATA / 'lensbench' / 'cipher.points.csv'}: no truth for "
+                                       "gpt2-xs-code-1k at 8 and 13 more: are these tables of this generation's zoo and budget?\n")
+    assert not (tmp_path / "e2e").exists()
+
+
+def test_e2e_keeps_the_tasks_it_scored_when_a_later_one_fails(tmp_path, capsys, monkeypatch):
+    from lensllm_bench import endtoend
+
+    a_generation(tmp_path, ["gpt2-xs-mix-1k", "opt-s-fortunes-4k"])
+
+    def run_task(task: str, models, *args) -> endtoend.Outcome:
+        if task == "gloss":
+            raise LensLLMError("gloss: the selection failed")
+        return endtoend.Outcome(task, "race", models[0], 1.0, models[0], 1.0, 1.0, 0.1, 0.1, 0.0, models[0], 2)
+
+    monkeypatch.setattr(endtoend, "run_task", run_task)
+    args = ["lensbench", "e2e", "--out", str(tmp_path), "--tables", str(DATA / "lensbench"), "--tasks", "cipher,gloss"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == "lensllm lensbench: error: gloss: the selection failed\n"
+    rows = (tmp_path / "e2e" / "e2e.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("cipher,race,gpt2-xs-mix-1k,")

@@ -122,25 +122,28 @@ def run_e2e(args: argparse.Namespace) -> int:
     if missing:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
     # Imported once the arguments are known good: they load torch and transformers (seconds), bad input answers at once.
-    from lensllm_bench.endtoend import check_same_plan, run_task, write
+    from lensllm_bench.endtoend import check_same_plan, check_truth, run_task, write
     from lensllm_bench.generate import Budget
 
     check_same_plan(args.out, tables)
     models = [m["name"] for m in record["zoo"]]
+    try:
+        budget = Budget(**record["budget"])
+    except TypeError as err:
+        raise LensLLMError(f"{record_path}: not a generation record (budget: {err})") from None
+    check_truth(list(tasks), models, tables, budget)
     strategy = e2e_strategy(args)
-    outcomes = []
+    path = args.out / "e2e" / "e2e.csv"
     for task in tasks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
-            outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, strategy)
+            outcome = run_task(task, models, args.out, tables, budget, args.workers, strategy)
         print(f"{task} ({strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         if outcome.max_point_difference > 0:
             print(f"lensllm lensbench e2e: {task}: the selection's points differ from --tables {tables} by up to "
                   f"{outcome.max_point_difference:.3g} bits per byte: are they this zoo's?", file=sys.stderr)
-        outcomes.append(outcome)
-    path = args.out / "e2e" / "e2e.csv"
-    write(outcomes, path)
+        write([outcome], path)  # each task as it is scored: a later failure loses no finished selection
     print(f"written to {path}")
     return 0
 

@@ -117,3 +117,26 @@ def test_e2e_keeps_the_tasks_it_scored_when_a_later_one_fails(tmp_path, capsys, 
     assert capsys.readouterr().err == "lensllm lensbench: error: gloss: the selection failed\n"
     rows = (tmp_path / "e2e" / "e2e.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("cipher,race,gpt2-xs-mix-1k,")
+
+
+def test_quick_with_only_folder_tasks_is_refused_before_claiming_the_output(tmp_path, capsys):
+    folder = tmp_path / "task"
+    folder.mkdir()
+    for split, rows in (("train", 64), ("test", 8)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"input": f"w{i}", "target": f"x{i}"}) + "\n" for i in range(rows)))
+    out = tmp_path / "out"
+    assert main(["lensbench", "generate", "--out", str(out), "--quick", "--tasks", str(folder)]) == 2
+    assert capsys.readouterr().err == ("lensllm lensbench: error: --tasks: none gives text to pre-train the zoo on, which "
+                                       "leaves only opt-xs-none-1k (untrained): add docstring or cipher, or drop --quick\n")
+    assert not (out / "plan.json").exists()
+
+
+def test_folder_tasks_alone_pretrain_the_full_zoo_on_the_fortunes():
+    from lensllm_bench.generate import Settings, pretrainable_zoo
+    from lensllm_bench.zoo import pretraining_corpora
+
+    assert pretraining_corpora({}, None, seed=0) == {}
+    corpora = pretraining_corpora({}, ["a", "b"], seed=0)
+    assert corpora["fortunes"] == ["a", "b"] and sorted(corpora["mix"]) == ["a", "b"]
+    settings = Settings(out=Path("out"), seed=0, tasks=("my/task",), quick=False, workers=1, debs=Path("debs"))
+    assert {m.corpus for m in pretrainable_zoo(settings)} == {"fortunes", "mix", "none"}

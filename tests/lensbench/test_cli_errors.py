@@ -140,3 +140,13 @@ def test_folder_tasks_alone_pretrain_the_full_zoo_on_the_fortunes():
     assert corpora["fortunes"] == ["a", "b"] and sorted(corpora["mix"]) == ["a", "b"]
     settings = Settings(out=Path("out"), seed=0, tasks=("my/task",), quick=False, workers=1, debs=Path("debs"))
     assert {m.corpus for m in pretrainable_zoo(settings)} == {"fortunes", "mix", "none"}
+
+
+def test_a_bad_task_is_refused_before_torch_loads_and_before_the_output_is_made(tmp_path):
+    out = tmp_path / "out"
+    code = ("import sys; from lensllm.cli.main import main; "
+            f"code = main(['lensbench', 'generate', '--out', {str(out)!r}, '--tasks', 'bogus']); "
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.stdout.split() == ["2", "False", "False"] and "'bogus' is neither a built-in task" in proc.stderr
+    assert not out.exists()

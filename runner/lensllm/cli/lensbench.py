@@ -78,15 +78,16 @@ def _task_list(text: str) -> tuple[str, ...]:
 
 def run_generate(args: argparse.Namespace) -> int:
     _check_installed()
+    from lensllm_bench.tasks import BUILT_IN
+
+    for name in args.tasks or ():  # checked before the generator's imports: torch and transformers take seconds
+        if name not in BUILT_IN and not Path(name).is_dir():
+            raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
     check_folder(args.out, "--out")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from lensllm_bench.generate import Settings, default_tasks, generate
-    from lensllm_bench.tasks import BUILT_IN
 
     tasks = args.tasks or default_tasks(args.quick)
-    for name in tasks:
-        if name not in BUILT_IN and not Path(name).is_dir():
-            raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
     settings = Settings(
         out=args.out, seed=args.seed, tasks=tasks, quick=args.quick, workers=args.workers,
         debs=args.debs or args.out / "debs", zoo_only=args.zoo_only,

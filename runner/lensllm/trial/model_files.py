@@ -52,8 +52,9 @@ def _hub_shaped(model: str) -> bool:
 
 
 def model_not_found(model: str, err: BaseException) -> ModelNotFound:
-    """The failure of loading `model`: where it was looked for when it is no local folder, else the library's reason."""
-    if Path(model).expanduser().exists():
+    """The failure of loading `model`: where it was looked for when no file was found (an OSError) and it is no local
+    folder, else the library's reason (a config it cannot read, say)."""
+    if not isinstance(err, OSError) or Path(model).expanduser().exists():
         return ModelNotFound(f"candidate.model {model!r}: {first_line(err)}")
     from huggingface_hub import is_offline_mode
 

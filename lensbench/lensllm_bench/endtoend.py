@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from lensllm.errors import LensLLMError
 from lensllm.science.metrics import relacc
 from lensllm.science.selectors import select
 from lensllm.selection.status import LLMSelectionStatus, selection_curves
@@ -97,6 +98,23 @@ def check_same_plan(out: Path, tables: Path) -> None:
                            "differ): their truth is another zoo's")
 
 
+def check_truth(tasks: list[str], models: list[str], tables: Path, budget) -> None:
+    """Every point the scores read is in the truth tables: a table of another zoo or budget is refused before hours of
+    selections, not by a KeyError after them."""
+    sizes = (*budget.sizes, budget.target)
+    for task in tasks:
+        path = tables / f"{task}.points.csv"
+        try:
+            points = read_points(path)
+        except (KeyError, ValueError) as err:
+            raise LensLLMError(f"{path}: not a LensBench points table ({type(err).__name__}: {err})") from None
+        missing = [f"{m} at {s}" for m in models for s in sizes if (m, s) not in points]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise LensLLMError(f"{path}: no truth for {missing[0]}{more}: are these tables of this generation's zoo "
+                               "and budget?")
+
+
 def read_points(path: Path) -> dict[tuple[str, int], dict[str, float]]:
     """Seed 0's measurements of a `TASK.points.csv`, by (model, size): the generator's numbers as a table holds them."""
     with open(path, newline="") as f:
@@ -139,6 +157,7 @@ def write(outcomes: list[Outcome], path: Path) -> None:
             if tuple(next(reader, ())) == COLUMNS:
                 replaced = {(row[0], row[1]) for row in fresh}
                 kept = [row for row in reader if (row[0], row[1]) not in replaced]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COLUMNS)

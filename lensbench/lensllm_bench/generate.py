@@ -28,7 +28,7 @@ from lensllm.errors import LensLLMError
 from lensllm_bench import corpora, tables
 from lensllm_bench.measure import Unit, pending, run_unit, trial_spec
 from lensllm_bench.tasks import BUILT_IN, OFFLINE_TASKS, Task, TaskError, folder_task, write_task
-from lensllm_bench.zoo import QUICK_ZOO, ZOO, ZooModel, build_model, pretraining_corpora
+from lensllm_bench.zoo import QUICK_ZOO, TASK_CORPUS, ZOO, ZooModel, build_model, pretraining_corpora
 
 TOKENIZER_LINES_PER_CORPUS = 4000
 
@@ -106,10 +106,14 @@ def claim(settings: Settings) -> None:
 def generate(settings: Settings, log: Callable[[str], None]) -> dict:
     """Run every step; returns the generation record (also written to OUT/generation.json)."""
     start, cpu = time.perf_counter(), time.process_time()
+    zoo = pretrainable_zoo(settings)
+    if len(zoo) < 2:  # before plan.json is claimed: a corrected command may use the same --out
+        givers = [task for task, corpus in TASK_CORPUS.items() if corpus in {m.corpus for m in settings.zoo}]
+        raise TaskError(f"--tasks: none gives text to pre-train the zoo on, which leaves only {', '.join(m.name for m in zoo)}"
+                        f" (untrained): add {' or '.join(givers)}{', or drop --quick' if settings.quick else ''}")
     claim(settings)
     tasks, related, fortunes = _prepare_tasks(settings, log)
     corpora_lines = pretraining_corpora(related, fortunes, settings.seed)
-    zoo = [m for m in settings.zoo if m.corpus in corpora_lines or m.corpus == "none"]
     skipped = sorted({m.corpus for m in settings.zoo} - set(corpora_lines) - {"none"})
     if skipped:
         log(f"no text for corpora {', '.join(skipped)} (their tasks are not selected): their models are left out")
@@ -135,6 +139,17 @@ def generate(settings: Settings, log: Callable[[str], None]) -> dict:
         tables.write_tables(settings.out, [t.name for t in tasks], zoo, settings.budget)
         log(f"tables written to {settings.out / 'tables'}")
     return record
+
+
+def pretrainable_zoo(settings: Settings) -> list[ZooModel]:
+    """The zoo's models these settings give pre-training text to (a selected built-in task's related text; the fortunes,
+    except with --quick; `mix` when there is any), and the untrained ones."""
+    corpora = {TASK_CORPUS[task] for task in settings.tasks if task in TASK_CORPUS}
+    if not settings.quick:
+        corpora.add("fortunes")
+    if corpora:
+        corpora.add("mix")
+    return [m for m in settings.zoo if m.corpus in corpora or m.corpus == "none"]
 
 
 def _prepare_tasks(settings: Settings, log) -> tuple[list[Task], dict[str, list[str]], list[str] | None]:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from lensllm.curves_io import read_curves
-from lensllm.errors import LensLLMError
-from lensllm.science.benchmark import PAPER_RATIOS, usable_ratios
+from lensllm.errors import LensLLMError, naming
+from lensllm.science.benchmark import PAPER_RATIOS, check_comparable, usable_ratios
 from lensllm.science.curves import Curves
 from lensllm.science.laws import AtSLaw
 from lensllm.science.metrics import pearcorr, relacc
@@ -59,7 +59,10 @@ class Table:
 def load(path: Path, name: str | None = None) -> Table:
     curves = read_curves(path)
     target = curves.target_size if curves.target_size is not None else float(curves.sizes[-1])
-    return Table(name or path.stem, curves, target, tuple(usable_ratios(curves, target, PAPER_RATIOS)), path.stem)
+    with naming(path):  # checked here, where the file is known: the scores of many tables run together
+        check_comparable(curves)
+        ratios = tuple(usable_ratios(curves, target, PAPER_RATIOS))
+    return Table(name or path.stem, curves, target, ratios, path.stem)
 
 
 def load_all(paths: Sequence[Path]) -> list[Table]:

@@ -19,7 +19,6 @@ from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensllm.demo import task_rows, vocabulary
 from lensllm.errors import LensLLMError
 from lensllm_bench import corpora
 
@@ -112,6 +111,8 @@ def _snippets(text: str, lines: int = 6) -> list[str]:
 
 
 def cipher(cache: Path, n_rows: int, seed: int) -> TaskSource:
+    from lensllm.demo import task_rows, vocabulary  # the demo imports torch: seconds a check of --tasks must not wait
+
     dictionary = vocabulary(400, seed)
     rows = [corpora.Pair(r["input"], r["target"]) for r in task_rows(dictionary, n_rows, random.Random(seed))]
     other = task_rows(dictionary, _related_count(n_rows), random.Random(seed + 1))

@@ -103,9 +103,10 @@ def pretraining_corpora(related: dict[str, list[str]], fortunes: list[str] | Non
     corpora = {TASK_CORPUS[task]: lines for task, lines in related.items() if task in TASK_CORPUS}
     if fortunes is not None:
         corpora["fortunes"] = fortunes
-    rng = random.Random(seed)
-    per_corpus = min(len(lines) for lines in corpora.values())
-    corpora["mix"] = [line for lines in corpora.values() for line in rng.sample(lines, per_corpus)]
+    if corpora:  # folder tasks bring no related text: with --quick (no fortunes) there may be nothing to mix
+        rng = random.Random(seed)
+        per_corpus = min(len(lines) for lines in corpora.values())
+        corpora["mix"] = [line for lines in corpora.values() for line in rng.sample(lines, per_corpus)]
     return corpora
 
 

@@ -4,6 +4,9 @@ Every error here is the user's fault (bad input): callers show its message on on
 line and do not retry. The CLI maps them to exit code 2.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class LensLLMError(ValueError):
     """Base class of every input error this package raises on purpose."""
@@ -27,3 +30,13 @@ class NotFittedError(LensLLMError):
 
 class UnknownMethodError(LensLLMError):
     """A selection method name is not one of the known ones."""
+
+
+@contextmanager
+def naming(where: object) -> Iterator[None]:
+    """Prefix the message of an input error raised inside with `where` (the file it concerns), keeping its type: a
+    check deep in the science core does not know which of several tables it was given."""
+    try:
+        yield
+    except LensLLMError as err:
+        raise type(err)(f"{where}: {err}") from None

@@ -100,7 +100,8 @@ def test_options_of_the_other_strategy_exit_2_naming_them(race_csv, capsys, extr
     assert code == 2 and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(("option", "value"), [("--max-rounds", "0"), ("--delta", "1"), ("--epsilon", "x"), ("--max-compute-fraction", "-0.1")])
+@pytest.mark.parametrize(("option", "value"), [("--max-rounds", "0"), ("--delta", "1"), ("--epsilon", "x"), ("--max-compute-fraction", "-0.1"),
+     ("--max-compute-fraction", "5")])
 def test_race_settings_out_of_range_are_usage_errors(race_csv, capsys, option, value):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", str(race_csv), "--strategy", "race", option, value])

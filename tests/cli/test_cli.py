@@ -3,6 +3,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -61,9 +62,43 @@ def test_bench_json_markdown_and_plot(curves_dir, capsys, tmp_path):
     assert code == 0 and "| ats | 98.9 | 97.6 |" in out
 
 
+def test_bench_with_equal_true_losses_writes_null_not_nan_and_no_warning(tmp_path, capsys):
+    """PearCorr is undefined when every model reaches the same loss: JSON says null, tables say n/a."""
+    path = tmp_path / "equal.csv"
+    path.write_text("model,0,100,200,400,800\na,4,3.5,3.2,3.0,2.5\nb,5,4.0,3.4,3.1,2.5\nc,6,4.5,3.6,3.2,2.5\n")
+    args = ["bench", path, "--ratios", "2", "--methods", "ats,zeroshot"]
+
+    def not_json(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" must not reach the user
+        code, out, err = run_cli([*args, "--format", "json"], capsys)
+        doc = json.loads(out, parse_constant=not_json)
+        assert (code, err) == (0, "")
+        assert doc["means"]["ats"] == {"pearcorr": None, "relacc": 1.0} and doc["rows"][0]["pearcorr"] is None
+        code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "│ ats      │ n/a │  n/a │" in out
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "race"])
+def test_bench_on_one_model_is_refused_naming_the_file(strategy, tmp_path, capsys):
+    path = tmp_path / "one.csv"
+    path.write_text("model,0,100,200,400,800,size\nalone,4,3.5,3.2,3.0,2.9,1e6\n")
+    code, out, err = run_cli(["bench", path, "--strategy", strategy], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"lensllm bench: error: {path}: 1 model (alone); scoring a selection needs at least two\n"
+
+
 def test_bench_table_shows_means_per_method(small_csv, capsys):
     code, out, _ = run_cli(["bench", small_csv, "--target", "3200", "--ratios", "2", "--methods", "subtuning"], capsys)
     assert code == 0 and "PearCorr" in out and "RelAcc" in out and "subtuning" in out
+
+
+def test_fit_refuses_a_target_below_the_largest_size_it_fits(small_csv, capsys):
+    code, out, err = run_cli(["fit", small_csv, "--max-n", "800", "--target", "100"], capsys)
+    assert (code, out) == (2, "")
+    assert err == "lensllm fit: error: --target 100 is below 800, the largest size fitted (--max-n)\n"
 
 
 def test_fit_reads_stdin_and_writes_csv_in_input_order(capsys, monkeypatch):

@@ -3,6 +3,8 @@ learn the task from scratch."""
 
 import json
 
+import pytest
+
 from rich.console import Console
 
 from lensllm.cli.main import main
@@ -69,3 +71,28 @@ def test_a_race_that_ran_under_a_cap_refused_today_is_still_reported(tmp_path, c
                                 "spec": spec, "status": race_status({"lensllm": "a", "vanilla": "a"}, [complete]).dump()}))
     assert main(["report", str(path)]) == 0
     assert "race: 2 rounds, stopped: exhausted" in " ".join(capsys.readouterr().out.split())
+
+
+def a_selection(tmp_path, status: object):
+    path = tmp_path / "selection.json"
+    spec = {"candidates": [{"name": "a", "model": "org/a"}], "dataset": {"source": "d", "inputField": "q", "targetField": "a"},
+            "budget": {"baseSize": 8, "doublings": 4, "targetSize": 2048}}
+    path.write_text(json.dumps({"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": "s"},
+                                "spec": spec, "status": status}))
+    return path
+
+
+@pytest.mark.parametrize(("status", "says"), [
+    ([1], "status: Input should be a valid dictionary or instance of LLMSelectionStatus"),
+    ({"candidates": {"a": {"model": "org/a", "predictedLoss": float("nan")}}},
+     "status.candidates.a.predictedLoss: Input should be a finite number"),
+    ({"candidates": {"a": {"model": "org/a", "pBest": 7}}}, "status.candidates.a.pBest: Input should be less than or equal to 1"),
+    ({"candidates": {"a": {"model": "org/a", "interval": [1.0, float("inf")]}}},
+     "status.candidates.a.interval.1: Input should be a finite number"),
+    ({"ranking": [{"candidate": "a", "predictedLoss": float("nan")}]}, "status.ranking.0.predictedLoss: Input should be a finite"),
+])
+def test_a_status_that_is_not_valid_is_refused_naming_the_file_and_field(status, says, tmp_path, capsys):
+    path = a_selection(tmp_path, status)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lensllm report: error: {path}: {says}") and err.count("\n") == 1

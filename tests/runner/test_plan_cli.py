@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lensllm.cli.main import main
@@ -56,9 +57,25 @@ def test_plan_with_lora_fits_every_candidate_on_80gb_and_prints_json_plans(tmp_p
     assert plans["qwen-7b"]["trainableParameters"] == 20_185_088  # r 8 on every linear layer of 28 blocks
 
 
-def test_plan_with_a_bad_size_is_a_usage_error(tmp_path, capsys):
-    assert main(["plan", str(selection(tmp_path, "lora")), "--gpu-memory", "lots"]) == 2
-    assert "'lots' is not a size" in capsys.readouterr().err
+@pytest.mark.parametrize(("size", "says"), [("lots", "'lots' is not a size"), ("0", "'0' is not a positive size"),
+                                           ("0.0001", "'0.0001' is not a positive size"), ("-1Gi", "'-1Gi' is not a size")])
+def test_plan_with_a_bad_size_is_a_usage_error_naming_the_flag(size, says, tmp_path, capsys):
+    assert main(["plan", str(selection(tmp_path, "lora")), f"--gpu-memory={size}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lensllm plan: error: --gpu-memory: {says}; use e.g. 80Gi, 80G or a number of bytes\n"
+
+
+def test_plan_says_a_missing_model_was_not_found_locally_and_exits_2(tmp_path, capsys):
+    path = selection(tmp_path, "lora")
+    manifest = yaml.safe_load(path.read_text())
+    manifest["spec"]["candidates"][1:] = [{"name": "dot", "model": "./nope"}, {"name": "hub", "model": "models/nope"}]
+    path.write_text(yaml.safe_dump(manifest))
+    assert main(["plan", str(path), "--gpu-memory", "80Gi"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0] == "lensllm plan: error: candidate dot: candidate.model './nope': not found locally (no such directory)"
+    assert lines[1].startswith("lensllm plan: error: candidate hub: candidate.model 'models/nope': not found locally")
+    assert len(lines) == 2 and "qwen-0-5b" in captured.out  # the candidate that can be planned still is
 
 
 def test_run_trial_plan_only_prints_the_plan_and_its_parts(tiny_models, task_dir, spec_template, spec_file, capsys):

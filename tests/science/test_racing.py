@@ -227,6 +227,7 @@ def test_compute_fraction_weights_each_point_by_parameters():
         ({"epsilon": 0.0}, "epsilon must be in"),
         ({"delta": 1.0}, "delta must be in"),
         ({"max_compute_fraction": -1.0}, "max_compute_fraction"),
+        ({"max_compute_fraction": 5.0}, "max_compute_fraction must be at most 1, got 5.0"),
         ({"initial_sizes": 0}, "initial_sizes must be a positive integer"),
         ({"initial_sizes": 2}, "initial_sizes must be at least 3"),
         ({"max_rounds": 2.5}, "max_rounds must be a positive integer"),

@@ -7,8 +7,8 @@ import warnings
 from pathlib import Path
 
 from lensllm.cli import bench_race, options, render
-from lensllm.errors import LensLLMError
-from lensllm.science.benchmark import run_benchmark, usable_ratios
+from lensllm.errors import LensLLMError, naming
+from lensllm.science.benchmark import check_comparable, run_benchmark, usable_ratios
 from lensllm.science.laws import LawWarning
 
 
@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     options.check_plot_path(args.plot)
     curves = options.load_curves(args.curves)
     target = options.resolve_target(curves, args.target)
-    with warnings.catch_warnings():
+    with naming(args.curves), warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # a benchmark fits hundreds of curves; bounds are expected
+        check_comparable(curves)
         rows = run_benchmark(curves, methods, args.ratios or usable_ratios(curves, target), target)
     if args.format == "table":
         render.print_tables(render.bench_tables(rows))

@@ -11,11 +11,11 @@ import warnings
 from pathlib import Path
 
 from lensllm.cli import options, race_render
-from lensllm.errors import LensLLMError
-from lensllm.science.benchmark import usable_ratios
+from lensllm.errors import LensLLMError, naming
+from lensllm.science.benchmark import check_comparable, usable_ratios
 from lensllm.science.laws import LawWarning
 from lensllm.science.race_replay import capped, fixed_budget_points, race_grid, race_points, race_runs
-from lensllm.science.racing import RaceSettings
+from lensllm.science.racing import MAX_COMPUTE_FRACTION, RaceSettings
 from lensllm.science.uncertainty import LAWS
 
 
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     race.add_argument("--delta", type=options.fraction, help=f"stop when P(best) >= 1 - this (default {d.delta:g})")
     race.add_argument(
         "--max-compute-fraction",
-        type=options.positive_float,
+        type=compute_fraction,
         help="stop before a round would spend more than this share of fully fine-tuning every candidate "
         "(default: no cap, at most what a fixed budget over the same sizes spends)",
     )
@@ -41,6 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     race.add_argument("--max-rounds", type=options.positive_int, help=f"rounds at most (default {d.max_rounds})")
     race.add_argument("--laws", type=law_list, help=f"laws whose bootstrap draws are pooled (default {','.join(d.laws)})")
     race.add_argument("--seeds", type=options.positive_int, help=f"replay with seeds 0..N-1 (default {DEFAULT_SEEDS})")
+
+
+def compute_fraction(text: str) -> float:
+    """A cap as the spec's budget.maxComputeFraction takes it: above 0, at most MAX_COMPUTE_FRACTION."""
+    value = options.positive_float(text)
+    if value > MAX_COMPUTE_FRACTION:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most {MAX_COMPUTE_FRACTION:g}, got {text!r}")
+    return value
 
 
 def law_list(text: str) -> tuple[str, ...]:
@@ -66,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     settings = RaceSettings(**{name: getattr(args, name) for name in SETTINGS_FIELDS if getattr(args, name) is not None})
     seeds = list(range(args.seeds or DEFAULT_SEEDS))
     name = Path(args.curves).stem
-    with warnings.catch_warnings():
+    with naming(args.curves), warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)  # hundreds of bootstrap fits; bounds are expected
+        check_comparable(curves)
         if args.format == "csv":
             sys.stdout.write(race_render.runs_csv(race_runs(curves, target, settings, seeds)))
             return 0

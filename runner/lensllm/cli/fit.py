@@ -1,7 +1,6 @@
 """`lensllm fit`: fit one method to every model's curve within a budget and rank them."""
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
             f"(columns: {', '.join(str(int(s)) for s in full.sizes)})"
         )
     target = options.resolve_target(full, args.target)
+    if target < args.max_n:  # the laws extrapolate upward: below the fitted points they predict nothing sensible
+        raise CurvesFileError(f"--target {target} is below {args.max_n}, the largest size fitted (--max-n)")
     curves = full.up_to(args.max_n)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LawWarning)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render.fit_csv(records))
     elif args.format == "json":
         doc = {"method": args.method, "max_n": args.max_n, "target_n": target, "models": records}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(render.json_text(doc) + "\n")
     else:
         render.print_tables([render.fit_table(records, args.method, args.max_n, target)])
     for note in dict.fromkeys(str(w.message) for w in caught):

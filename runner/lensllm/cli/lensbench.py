@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from lensllm.cli import options
-from lensllm.errors import LensLLMError
+from lensllm.errors import LensLLMError, naming
 from lensllm.output_paths import check_folder
 from lensllm.science.laws import LawWarning
 
@@ -78,15 +78,16 @@ def _task_list(text: str) -> tuple[str, ...]:
 
 def run_generate(args: argparse.Namespace) -> int:
     _check_installed()
+    from lensllm_bench.tasks import BUILT_IN
+
+    for name in args.tasks or ():  # checked before the generator's imports: torch and transformers take seconds
+        if name not in BUILT_IN and not Path(name).is_dir():
+            raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
     check_folder(args.out, "--out")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from lensllm_bench.generate import Settings, default_tasks, generate
-    from lensllm_bench.tasks import BUILT_IN
 
     tasks = args.tasks or default_tasks(args.quick)
-    for name in tasks:
-        if name not in BUILT_IN and not Path(name).is_dir():
-            raise LensLLMError(f"--tasks: {name!r} is neither a built-in task ({', '.join(BUILT_IN)}) nor a folder")
     settings = Settings(
         out=args.out, seed=args.seed, tasks=tasks, quick=args.quick, workers=args.workers,
         debs=args.debs or args.out / "debs", zoo_only=args.zoo_only,
@@ -122,25 +123,28 @@ def run_e2e(args: argparse.Namespace) -> int:
     if missing:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
     # Imported once the arguments are known good: they load torch and transformers (seconds), bad input answers at once.
-    from lensllm_bench.endtoend import check_same_plan, run_task, write
+    from lensllm_bench.endtoend import check_same_plan, check_truth, run_task, write
     from lensllm_bench.generate import Budget
 
     check_same_plan(args.out, tables)
     models = [m["name"] for m in record["zoo"]]
+    try:
+        budget = Budget(**record["budget"])
+    except TypeError as err:
+        raise LensLLMError(f"{record_path}: not a generation record (budget: {err})") from None
+    check_truth(list(tasks), models, tables, budget)
     strategy = e2e_strategy(args)
-    outcomes = []
+    path = args.out / "e2e" / "e2e.csv"
     for task in tasks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
-            outcome = run_task(task, models, args.out, tables, Budget(**record["budget"]), args.workers, strategy)
+            outcome = run_task(task, models, args.out, tables, budget, args.workers, strategy)
         print(f"{task} ({strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         if outcome.max_point_difference > 0:
             print(f"lensllm lensbench e2e: {task}: the selection's points differ from --tables {tables} by up to "
                   f"{outcome.max_point_difference:.3g} bits per byte: are they this zoo's?", file=sys.stderr)
-        outcomes.append(outcome)
-    path = args.out / "e2e" / "e2e.csv"
-    write(outcomes, path)
+        write([outcome], path)  # each task as it is scored: a later failure loses no finished selection
     print(f"written to {path}")
     return 0
 
@@ -215,8 +219,11 @@ def run_ceiling(args: argparse.Namespace) -> int:
     _check_installed()
     from lensllm_bench.ceiling import ceilings, markdown
 
-    tables = _tables(args.tables)
+    results = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LawWarning)
-        sys.stdout.write(markdown([ceilings(t) for t in tables]))
+        for path, table in zip(args.tables, _tables(args.tables)):
+            with naming(path):  # a table too small or without zero-shot losses is found only here
+                results.append(ceilings(table))
+    sys.stdout.write(markdown(results))
     return 0

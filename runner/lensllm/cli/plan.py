@@ -7,6 +7,7 @@ device in each phase, and the micro-batch, checkpointing and NTK method chosen t
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -23,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "plan",
         help="show the memory plan of every candidate of a selection (what fits on the GPU, and how)",
         description="Plan each candidate's trial from its config alone: peak memory of training, evaluation "
-        "and the NTK, and the micro-batch, gradient checkpointing and NTK method that make it fit. Exit 1 when "
-        "some candidate will not fit.",
+        "and the NTK, and the micro-batch, gradient checkpointing and NTK method that make it fit. Exit 2 when "
+        "some candidate cannot be planned (its model not found, a config not understood), else 1 when some "
+        "candidate will not fit.",
     )
     p.add_argument("selection", type=Path, metavar="SELECTION.yaml", help="an LLMSelection manifest")
     add_device_arguments(p)
@@ -52,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
         except (TrialFailure, LensLLMError) as err:
             rows.append((candidate.name, str(err)))
     show(rows, args.format, note)
-    return 0 if all(isinstance(p, MemoryPlan) and p.fits for _, p in rows) else 1
+    errors = [(name, p) for name, p in rows if isinstance(p, str)]
+    for name, error in errors:  # the others' plans are still shown: one bad candidate need not hide them
+        print(f"lensllm plan: error: candidate {name}: {error}", file=sys.stderr)
+    if errors:
+        return 2
+    return 0 if all(p.fits for _, p in rows) else 1
 
 
 def _beside(spec: TrialSpec, folder: Path) -> TrialSpec:
@@ -72,9 +79,6 @@ def show(rows: list[tuple[str, MemoryPlan | str]], fmt: str, note: str | None) -
     console.print(plan_table(rows))
     if len(rows) == 1 and isinstance(rows[0][1], MemoryPlan):
         console.print(parts_table(rows[0][1]))
-    for name, plan in rows:
-        if isinstance(plan, str):
-            console.print(f"{name}: {plan}", style="red", soft_wrap=True)
     if note:
         console.print(f"note: {note}", style="yellow")
 

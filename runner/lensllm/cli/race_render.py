@@ -5,13 +5,12 @@ table and the Markdown in docs/benchmarks.md cannot disagree.
 """
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-from lensllm.cli.render import _csv, _pct
+from lensllm.cli.render import _csv, _pct, json_text
 from lensllm.science.race_replay import QualityPoint, RaceReplay, pareto_front, undominated
 from lensllm.science.racing import RaceSettings, leaders_agree
 
@@ -122,15 +121,14 @@ def race_markdown(runs, front, fixed) -> str:
 
 
 def race_json(runs, front, fixed) -> str:
-    return json.dumps(
+    return json_text(
         {
             "settings": dataclasses.asdict(runs[0].settings),
             "runs": [_run_record(r) for r in runs],
             "front": [dataclasses.asdict(p) for p in pareto_front(front)],
             "fixed": [dataclasses.asdict(p) for p in fixed],
             "undominated_fixed": [p.label for p in undominated(pareto_front(front), fixed)],
-        },
-        indent=2,
+        }
     )
 
 

@@ -30,7 +30,22 @@ def bench_csv(rows: Sequence[BenchRow]) -> str:
 
 
 def bench_json(rows: Sequence[BenchRow]) -> str:
-    return json.dumps({"rows": [r.as_dict() for r in rows], "means": summarize(rows)}, indent=2)
+    return json_text({"rows": [r.as_dict() for r in rows], "means": summarize(rows)})
+
+
+def json_text(doc: object) -> str:
+    """`doc` as JSON, undefined numbers (a correlation over equal losses is NaN) as null: a bare NaN is not JSON."""
+    return json.dumps(_defined(doc), indent=2, allow_nan=False)
+
+
+def _defined(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _defined(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(item) for item in value]
+    return value
 
 
 def _bench_grid(rows: Sequence[BenchRow]) -> tuple[list[int], list[str], dict]:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = LLMSelectionStatus.model_validate(doc.get("status") or {})
     except ValidationError as err:
-        raise LensLLMError(f"{args.selection}: status.{validation_message(err)}") from None
+        raise LensLLMError(f"{args.selection}: {validation_message(err, 'status')}") from None
     if status.phase == "Pending" and not status.candidates:
         raise LensLLMError(f"{args.selection}: the selection has no status yet")
     print_tables(status, manifest.spec.budget.target_size)

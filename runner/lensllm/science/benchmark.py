@@ -62,6 +62,12 @@ def run_benchmark(curves: Curves, methods: Sequence[str], ratios: Sequence[int],
     return rows
 
 
+def check_comparable(curves: Curves) -> None:
+    """PearCorr and RelAcc compare models: a table of one cannot score a selection."""
+    if curves.n_models < 2:
+        raise CurveError(f"{curves.n_models} model ({', '.join(curves.models)}); scoring a selection needs at least two")
+
+
 def usable_ratios(curves: Curves, target: float, ratios: Sequence[int] = PAPER_RATIOS) -> list[int]:
     """The ratios that leave every law enough subset sizes to fit (LensBench tables are shorter)."""
     usable = [r for r in ratios if r >= 1 and np.count_nonzero(curves.sizes <= target / r) >= MIN_FIT_POINTS]
@@ -86,12 +92,14 @@ def _budget(curves: Curves, target: float, ratio: int) -> tuple[float, Curves]:
 
 
 def summarize(rows: Sequence[BenchRow]) -> dict[str, dict[str, float]]:
-    """Per-method means of PearCorr and RelAcc over the ratios."""
+    """Per-method means of PearCorr and RelAcc over the ratios; PearCorr over the ratios where it is defined
+    (NaN where it is nowhere: every true loss equal)."""
     out: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
+        defined = [r.pearcorr for r in mine if not np.isnan(r.pearcorr)]
         out[method] = {
-            "pearcorr": float(np.nanmean([r.pearcorr for r in mine])),
+            "pearcorr": float(np.mean(defined)) if defined else float("nan"),
             "relacc": float(np.mean([r.relacc for r in mine])),
         }
     return out

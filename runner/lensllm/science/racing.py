@@ -49,6 +49,9 @@ StopReason = Literal["confident", "exhausted", "computeCap"]
 # Round 0 needs a spare point to measure the noise by: three sizes for the two-parameter power law
 # that predicts curves that short (lensllm.science.uncertainty), four for the laws.
 MIN_INITIAL_SIZES = 3
+# A compute cap is a share of fully fine-tuning every candidate: a race spending more would not be a shortcut.
+# The spec's budget.maxComputeFraction and `lensllm bench --max-compute-fraction` share this bound.
+MAX_COMPUTE_FRACTION = 1.0
 # The share of epsilon under which a round ranked by the power law eliminates.
 POWER_LAW_EPSILON_SHARE = 0.1
 
@@ -73,7 +76,9 @@ class RaceSettings:
             if not 0.0 < value < 1.0:
                 raise CurveError(f"race setting {name} must be in (0, 1), got {value!r}")
         if self.max_compute_fraction is not None:
-            check_positive(self.max_compute_fraction, what="race setting max_compute_fraction")
+            cap = check_positive(self.max_compute_fraction, what="race setting max_compute_fraction")
+            if cap > MAX_COMPUTE_FRACTION:
+                raise CurveError(f"race setting max_compute_fraction must be at most {MAX_COMPUTE_FRACTION:g}, got {cap!r}")
         for name in ("initial_sizes", "sizes_per_round", "max_rounds", "draws"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -17,7 +17,7 @@ from pydantic import Field, FiniteFloat, StringConstraints, ValidationInfo, fiel
 
 from lensllm.errors import LensLLMError
 from lensllm.science.laws import MIN_FIT_POINTS
-from lensllm.science.racing import MIN_INITIAL_SIZES, RaceSettings
+from lensllm.science.racing import MAX_COMPUTE_FRACTION, MIN_INITIAL_SIZES, RaceSettings
 from lensllm.science.selectors import NTK_METHODS
 from lensllm.selection.formats import (
     DNS_LABEL,
@@ -155,7 +155,7 @@ class Budget(WireModel):
     max_compute_fraction: FiniteFloat | None = Field(
         default=None,
         gt=0.0,
-        le=1.0,
+        le=MAX_COMPUTE_FRACTION,
         description="Strategy race: stop before a round would spend more than this fraction of fully fine-tuning "
         "every candidate on targetSize (subset size x parameters, summed over measured points). Without it a race "
         "spends at most what a fixed budget over the same sizes would.",

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, FiniteFloat
 
 from lensllm.errors import LensLLMError
 from lensllm.science import racing
@@ -122,7 +122,7 @@ class CandidateStatus(StatusModel):
     points: list[CurvePoint] = Field(default_factory=list, description="Observed learning-curve points.")
     ntk: NTKSummary | None = Field(default=None, description="Empirical NTK summary at the pre-trained weights.")
     fit: dict[str, float] | None = Field(default=None, description="Fitted parameters of the ranking method.")
-    predicted_loss: float | None = Field(default=None, description="Predicted bits per byte at targetSize.")
+    predicted_loss: FiniteFloat | None = Field(default=None, description="Predicted bits per byte at targetSize.")
     rank: int | None = Field(default=None, description="1 = predicted best.")
     flops: float = Field(default=0.0, description="Estimated FLOPs spent on this candidate.")
     gpu_seconds: float = Field(default=0.0, description="GPU seconds spent (wall time x GPUs).")
@@ -134,10 +134,10 @@ class CandidateStatus(StatusModel):
         default=None, description="Why it failed, or why its trial is not running yet (e.g. Unschedulable)."
     )
     message: str | None = Field(default=None, description="The detail of that reason.")
-    p_best: float | None = Field(
-        default=None, description="Strategy race: probability of being best at targetSize, after its last round."
+    p_best: FiniteFloat | None = Field(
+        default=None, ge=0.0, le=1.0, description="Strategy race: probability of being best at targetSize, after its last round."
     )
-    interval: list[float] | None = Field(
+    interval: list[FiniteFloat] | None = Field(
         default=None, min_length=2, max_length=2,
         description="Strategy race: prediction interval (90%) of the bits per byte at targetSize.",
     )
@@ -150,7 +150,7 @@ class CandidateStatus(StatusModel):
 
 class RankEntry(StatusModel):
     candidate: str = Field(description="Candidate name.")
-    predicted_loss: float = Field(description="Predicted bits per byte at targetSize.")
+    predicted_loss: FiniteFloat = Field(description="Predicted bits per byte at targetSize.")
     lower_confidence: bool | None = Field(
         default=None, description="Strategy race: an eliminated candidate, ranked after the survivors."
     )

@@ -365,7 +365,10 @@ def parse_bytes(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kMGT]i?)?\s*", text)
     if not match:
         raise PlanError(f"{text!r} is not a size; use e.g. 80Gi, 80G or a number of bytes")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    size = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+    if size < 1:  # a plan for no memory has a negative capacity once the reserve is taken off
+        raise PlanError(f"{text!r} is not a positive size; use e.g. 80Gi, 80G or a number of bytes")
+    return size
 
 
 def eval_batches(lengths: list[int], max_tokens: int, max_examples: int) -> list[list[int]]:

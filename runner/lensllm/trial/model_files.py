@@ -23,13 +23,46 @@ def read_config(candidate: CandidateSpec) -> dict:
     path = Path(candidate.model).expanduser()
     if path.is_dir() and candidate.gguf_file is None and (path / "config.json").is_file():
         return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    check_local(candidate.model)
     from transformers import AutoConfig  # noqa: PLC0415 - only hub ids and GGUF files need it
 
     where = {k: v for k, v in {"revision": candidate.revision, "gguf_file": candidate.gguf_file}.items() if v}
     try:
         return AutoConfig.from_pretrained(candidate.model, **where).to_dict()
     except (OSError, ValueError) as err:
-        raise ModelNotFound(f"candidate.model {candidate.model!r}: {first_line(err)}") from None
+        raise model_not_found(candidate.model, err) from None
+
+
+def check_local(model: str) -> None:
+    """A model that can only be a local path (absolute, from ~, or not shaped as a hub id: ./m, a/b/c) and is not
+    there gets that said, instead of the hub's 'Repo id must use alphanumeric chars' or a lookup."""
+    path = Path(model).expanduser()
+    if not path.exists() and (path.is_absolute() or not _hub_shaped(model)):
+        raise ModelNotFound(f"candidate.model {model!r}: not found locally (no such directory)")
+
+
+def _hub_shaped(model: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_not_found(model: str, err: BaseException) -> ModelNotFound:
+    """The failure of loading `model`: where it was looked for when no file was found (an OSError) and it is no local
+    folder, else the library's reason (a config it cannot read, say)."""
+    if not isinstance(err, OSError) or Path(model).expanduser().exists():
+        return ModelNotFound(f"candidate.model {model!r}: {first_line(err)}")
+    from huggingface_hub import is_offline_mode
+
+    if is_offline_mode():
+        hub = "not in the Hugging Face cache, and the hub is offline (HF_HUB_OFFLINE)"
+    else:
+        hub = f"from the Hugging Face hub: {first_line(err)}"
+    return ModelNotFound(f"candidate.model {model!r}: not found locally (no such directory); {hub}")
 
 
 def count_parameters(candidate: CandidateSpec) -> int | None:
@@ -68,7 +101,10 @@ def planning_device(kind: str, gpu_memory: str | None) -> tuple[Device, str | No
     if kind == "cpu":
         return Device(kind="cpu", total_bytes=host_memory_bytes()), None
     if gpu_memory is not None:
-        return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+        try:
+            return Device(kind="cuda", total_bytes=parse_bytes(gpu_memory)), None
+        except PlanError as err:
+            raise PlanError(f"--gpu-memory: {err}") from None
     found = nvidia_smi_memory_bytes()
     if found is not None:
         return Device(kind="cuda", total_bytes=found), None

@@ -6,12 +6,12 @@ models are told apart by `config.is_encoder_decoder`, never by name. The losses 
 """
 
 import resource
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
+from lensllm.trial.failures import InvalidSpec, first_line
+from lensllm.trial.model_files import check_local, model_not_found
 from lensllm.trial.spec import CandidateSpec, LoraSpec
 
 
@@ -47,11 +47,11 @@ def load_candidate(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.dev
 
 def load_tokenizer(spec: CandidateSpec):
     """The candidate's tokenizer, with a pad token (EOS when it has none)."""
-    _check_local(spec.model)
+    check_local(spec.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.model, **_where(spec))
     except (OSError, ValueError) as err:  # not found, not downloadable, or not a tokenizer
-        raise ModelNotFound(f"candidate.model {spec.model!r}: {first_line(err)}") from None
+        raise model_not_found(spec.model, err) from None
     if tokenizer.eos_token_id is None:
         raise InvalidSpec(f"candidate.model {spec.model!r}: its tokenizer has no EOS token to end targets with")
     if tokenizer.pad_token_id is None:
@@ -61,7 +61,7 @@ def load_tokenizer(spec: CandidateSpec):
 
 def load_model(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):
     """The candidate's weights on the device; the model class follows the config."""
-    _check_local(spec.model)
+    check_local(spec.model)
     where = _where(spec)
     try:
         config = AutoConfig.from_pretrained(spec.model, **where)
@@ -69,20 +69,13 @@ def load_model(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device)
         # device_map puts the weights straight on the device: no full host copy of a large model first.
         model = model_class.from_pretrained(spec.model, config=config, dtype=dtype, device_map=device, **where)
     except (OSError, ValueError) as err:  # not found, not downloadable, or not a model these classes load
-        raise ModelNotFound(f"candidate.model {spec.model!r}: {first_line(err)}") from None
+        raise model_not_found(spec.model, err) from None
     model.config.use_cache = False  # no generation here; the cache only costs memory in training
     return model
 
 
 def _where(spec: CandidateSpec) -> dict[str, str]:
     return {k: v for k, v in {"revision": spec.revision, "gguf_file": spec.gguf_file}.items() if v is not None}
-
-
-def _check_local(model: str) -> None:
-    """A path that is plainly local gets a clear message instead of a hub lookup."""
-    path = Path(model).expanduser()
-    if (path.is_absolute() or model.startswith(".")) and not path.exists():
-        raise ModelNotFound(f"candidate.model {model!r}: no such directory")
 
 
 def enable_gradient_checkpointing_(model) -> None:

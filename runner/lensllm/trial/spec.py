@@ -273,12 +273,12 @@ class TrialSpec(WireModel):
         return "lora" if self.training.method == "lora" else "all"
 
 
-def validation_message(err: ValidationError) -> str:
-    """One line naming the first offending field by its spec (camelCase) path."""
+def validation_message(err: ValidationError, under: str = "") -> str:
+    """One line naming the first offending field by its spec (camelCase) path, below `under` (e.g. status) if given."""
     errors = err.errors()
     first = errors[0]
     # Our own validators word their message around the field names; pydantic prefixes it.
     text = first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
+    where = ".".join(str(part) for part in (under, *first["loc"]) if part != "")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {text}{more}" if where else f"{text}{more}"

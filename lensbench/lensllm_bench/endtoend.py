@@ -83,11 +83,44 @@ def run_task(task: str, models: list[str], out: Path, tables: Path, budget, work
     path = write_manifest(task, models, out, budget, strategy)
     status_path = path.parent / "run" / "status.json"
     if not (status_path.exists() and json.loads(status_path.read_text()).get("phase") == "Complete"):
-        command = [sys.executable, "-m", "lensllm.cli.main", "select", str(path), "--local", "--workers", str(workers),
-                   "--out", str(path.parent / "run")]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        select_locally(task, path, workers)
     points = read_points(tables / f"{task}.points.csv")
     return score(task, strategy, models, json.loads(status_path.read_text()), points, budget.target)
+
+
+class SelectionFailed(RuntimeError):
+    """`lensllm select --local` failed on a task: its exit code is e2e's, its last words the message."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def select_locally(task: str, manifest_path: Path, workers: int) -> None:
+    """Run the task's selection as a user would; its output goes to select.log beside the manifest."""
+    log = manifest_path.parent / "select.log"
+    command = [sys.executable, "-m", "lensllm.cli.main", "select", str(manifest_path), "--local", "--workers", str(workers),
+               "--out", str(manifest_path.parent / "run")]
+    with open(log, "w") as out:
+        code = subprocess.run(command, check=False, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code:
+        why = first_failure(manifest_path.parent / "run" / "status.json") or _last_line(log)
+        raise SelectionFailed(f"{task}: `lensllm select --local` exited {code}: {why} (all its output: {log})", code)
+
+
+def first_failure(status_path: Path) -> str | None:
+    """The first failed candidate and why, as the selection's status says; None without a status that says it."""
+    try:
+        candidates = json.loads(status_path.read_text()).get("candidates") or {}
+    except (OSError, ValueError):
+        return None
+    failed = [(name, c) for name, c in candidates.items() if c.get("state") == "Failed"]
+    return next((f"candidate {name} failed: {c.get('reason')}: {c.get('message')}" for name, c in failed), None)
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def check_same_plan(out: Path, tables: Path) -> None:

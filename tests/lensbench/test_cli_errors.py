@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lensllm.cli.main import main
 from lensllm.errors import LensLLMError
 
@@ -150,3 +152,31 @@ def test_a_bad_task_is_refused_before_torch_loads_and_before_the_output_is_made(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.stdout.split() == ["2", "False", "False"] and "'bogus' is neither a built-in task" in proc.stderr
     assert not out.exists()
+
+
+def test_a_selection_that_fails_ends_e2e_with_its_exit_code_and_why(tmp_path, capsys, monkeypatch):
+    from lensllm_bench import endtoend
+
+    manifest = tmp_path / "selection.yaml"
+    manifest.write_text("apiVersion: lensllm.io/v1alpha1\nkind: LLMSelection\nmetadata: {name: x}\nspec: {}\n")
+    with pytest.raises(endtoend.SelectionFailed) as raised:
+        endtoend.select_locally("cipher", manifest, workers=1)
+    failure = raised.value
+    assert failure.code == 2
+    assert str(failure).startswith("cipher: `lensllm select --local` exited 2: lensllm select: error: ")
+    assert str(failure).endswith(f"(all its output: {tmp_path / 'select.log'})") and "\n" not in str(failure)
+
+    a_generation(tmp_path, ["gpt2-xs-mix-1k", "opt-s-fortunes-4k"])
+    monkeypatch.setattr(endtoend, "run_task", lambda *args: (_ for _ in ()).throw(failure))
+    assert main(["lensbench", "e2e", "--out", str(tmp_path), "--tables", str(DATA / "lensbench"), "--tasks", "cipher"]) == 2
+    assert capsys.readouterr().err == f"lensllm lensbench: error: {failure}\n"
+
+
+def test_a_failed_selection_is_explained_by_its_firstfirst_failure(tmp_path):
+    from lensllm_bench.endtoend import first_failure
+
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"phase": "Failed", "candidates": {
+        "a": {"state": "Succeeded"}, "b": {"state": "Failed", "reason": "DatasetNotFound", "message": "no such file"}}}))
+    assert first_failure(status) == "candidate b failed: DatasetNotFound: no such file"
+    assert first_failure(tmp_path / "missing.json") is None

@@ -123,7 +123,7 @@ def run_e2e(args: argparse.Namespace) -> int:
     if missing:
         raise LensLLMError(f"--tables {tables}: no {', '.join(missing)} (the truth to score against)")
     # Imported once the arguments are known good: they load torch and transformers (seconds), bad input answers at once.
-    from lensllm_bench.endtoend import check_same_plan, check_truth, run_task, write
+    from lensllm_bench.endtoend import SelectionFailed, check_same_plan, check_truth, run_task, write
     from lensllm_bench.generate import Budget
 
     check_same_plan(args.out, tables)
@@ -138,7 +138,11 @@ def run_e2e(args: argparse.Namespace) -> int:
     for task in tasks:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LawWarning)  # re-ranking fits every candidate's laws
-            outcome = run_task(task, models, args.out, tables, budget, args.workers, strategy)
+            try:
+                outcome = run_task(task, models, args.out, tables, budget, args.workers, strategy)
+            except SelectionFailed as err:
+                print(f"lensllm lensbench: error: {err}", file=sys.stderr)
+                return err.code
         print(f"{task} ({strategy}): picked {outcome.picked} (RelAcc {100 * outcome.relacc:.1f}%), "
               f"compute {100 * outcome.compute_fraction:.1f}% of full fine-tuning", flush=True)
         if outcome.max_point_difference > 0:

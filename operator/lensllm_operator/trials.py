@@ -9,6 +9,7 @@ API server refuses fails its candidate with the server's message.
 """
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from lensllm.selection import status as st
 from lensllm.selection.plan import Trial, current_round, next_trials
 from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.result import TrialResult
+from lensllm.trial.spec import validation_message
 from lensllm_operator import kube
 from lensllm_operator.context import Context, Effects
 from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job
@@ -191,7 +193,25 @@ def _why_no_result(job: str, pods: list[Body], failed: tuple[str, str] | None) -
         return "OOMKilled", oom + tail
     if failed:
         return failed[0], failed[1] + tail
-    return ("ResultInvalid", f"Job {job}: {_last_line(message)}") if message else ("ResultMissing", f"Job {job} ended without a result")
+    if message is None:
+        return "ResultMissing", f"Job {job} ended without a result"
+    return "ResultInvalid", f"Job {job}: {_invalid_result(message) or _last_line(message)}"
+
+
+def _invalid_result(message: str) -> str | None:
+    """What is wrong with a result document (a JSON object with a status) that does not validate; None for anything
+    else: a log tail, even one of JSON log lines."""
+    try:
+        document = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or "status" not in document:
+        return None
+    try:
+        TrialResult.model_validate(document)
+    except ValidationError as err:
+        return f"its result is not valid: {validation_message(err)}"
+    return None
 
 
 def _watch_unfinished(

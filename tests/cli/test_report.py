@@ -90,6 +90,9 @@ def a_selection(tmp_path, status: object):
     ({"candidates": {"a": {"model": "org/a", "interval": [1.0, float("inf")]}}},
      "status.candidates.a.interval.1: Input should be a finite number"),
     ({"ranking": [{"candidate": "a", "predictedLoss": float("nan")}]}, "status.ranking.0.predictedLoss: Input should be a finite"),
+    ({"candidates": {"a": {"model": "org/a", "points": [
+        {"size": 8, "loss": 1.0, "bitsPerByte": float("nan"), "lossPerExample": 9.0}]}}},
+     "status.candidates.a.points.0.bitsPerByte: Input should be a finite number"),
 ])
 def test_a_status_that_is_not_valid_is_refused_naming_the_file_and_field(status, says, tmp_path, capsys):
     path = a_selection(tmp_path, status)

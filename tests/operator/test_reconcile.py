@@ -907,3 +907,17 @@ def test_a_status_written_by_a_newer_operator_goes_on_after_a_rollback(kube, nam
     reconcile_once(ctx, namespace, "rolled")
     assert status_of(custom, namespace, "rolled").phase == "Complete"
     assert seen_writes[0]["newTopLevel"] is None  # what this version does not keep, it drops
+
+
+def test_a_result_with_a_loss_that_is_not_finite_fails_its_trial_as_invalid(kube, namespace, ctx, custom):
+    create_selection(custom, namespace, "diverged")
+    reconcile_once(ctx, namespace, "diverged")
+    result = json.loads(result_message())
+    result["points"][0]["test"]["bitsPerByte"] = float("nan")  # json.dumps writes NaN, as a broken runner might
+    finish_job(kube, namespace, only_job(kube, namespace), json.dumps(result))
+
+    reconcile_once(ctx, namespace, "diverged")
+    entry = status_of(custom, namespace, "diverged").candidates["a"]
+    assert (entry.state, entry.reason) == ("Failed", "ResultInvalid")
+    assert entry.message.endswith(": its result is not valid: points.0.test.bitsPerByte: Input should be a finite number")
+    assert entry.points == []

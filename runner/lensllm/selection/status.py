@@ -66,10 +66,10 @@ class CurvePoint(StatusModel):
     """A measured point of a candidate's learning curve (size 0: zero-shot)."""
 
     size: int = Field(description="Training examples (0 for zero-shot).")
-    loss: float = Field(description="Mean cross-entropy per scored token (nats).")
-    bits_per_byte: float = Field(description="Bits per byte of scored text: what the ranking fits.")
-    loss_per_example: float = Field(description="Summed cross-entropy per example (nats).")
-    uniform_bits_per_byte: float | None = Field(
+    loss: FiniteFloat = Field(description="Mean cross-entropy per scored token (nats).")
+    bits_per_byte: FiniteFloat = Field(description="Bits per byte of scored text: what the ranking fits.")
+    loss_per_example: FiniteFloat = Field(description="Summed cross-entropy per example (nats).")
+    uniform_bits_per_byte: FiniteFloat | None = Field(
         default=None,
         description="Zero-shot point: what a uniform guess over the model's vocabulary scores on the same text. A "
         "zero-shot loss this high means the model has nothing of the task's language to transfer.",

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, FiniteFloat
 
 from lensllm import __version__
 from lensllm.science.laws import NULL_MODE_TOLERANCE
@@ -39,13 +39,13 @@ TERMINATION_LIMIT = 4096
 class Evaluation(WireModel):
     """Test-set loss of the model at one point (zero-shot or after fine-tuning)."""
 
-    loss: float = Field(
+    loss: FiniteFloat = Field(
         description="Mean cross-entropy per scored token, in nats (target tokens, or all tokens for text)."
     )
-    loss_per_example: float = Field(
+    loss_per_example: FiniteFloat = Field(
         description="Summed cross-entropy per example, in nats (comparable across tokenizers)."
     )
-    bits_per_byte: float = Field(
+    bits_per_byte: FiniteFloat = Field(
         description="Summed cross-entropy in bits per UTF-8 byte of scored text (comparable across tokenizers)."
     )
     examples: int = Field(description="Test examples scored.")
@@ -55,7 +55,7 @@ class Evaluation(WireModel):
     padding_fraction: float | None = Field(
         default=None, description="Share of the token positions computed that were padding."
     )
-    uniform_bits_per_byte: float | None = Field(
+    uniform_bits_per_byte: FiniteFloat | None = Field(
         default=None,
         description="What a uniform guess over the model's output vocabulary scores on the same tokens, in bits "
         "per byte: the loss of a model that knows nothing of the text.",

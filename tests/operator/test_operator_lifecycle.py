@@ -241,7 +241,9 @@ def test_a_finished_trial_whose_job_was_deleted_while_the_operator_was_down_is_r
     create(custom, namespace, stand_in_selection("salvage"))
     job = wait_for(lambda: jobs_of(batch, namespace), "the trial Job")[0].metadata.name
     operator.process.kill()
-    wait_for(lambda: any(c.type == "Complete" for c in batch.read_namespaced_job(job, namespace).status.conditions or []),
+    # A Job the Job controller has not reported on yet has no status at all.
+    wait_for(lambda: any(c.type == "Complete" for c in (batch.read_namespaced_job(job, namespace).status
+                                                         or kubernetes.client.V1JobStatus()).conditions or []),
              "the trial to finish while the operator is down", timeout=TIMEOUT)
     batch.delete_namespaced_job(job, namespace, propagation_policy="Orphan")  # its pod (and result) stays
     operator.process.start()

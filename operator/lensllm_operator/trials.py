@@ -60,14 +60,20 @@ class Cluster:
 
 
 def job_state(job: Body, pods: list[Body] | None = None) -> str:
-    """Queued (suspended, or no runner started yet), Running, Succeeded or Failed."""
+    """Queued (suspended, or no runner started yet), Running, Succeeded or Failed.
+
+    A Job with no active pod whose runner has started is Running: its pod ended and the Job controller has yet to
+    mark it finished (it first counts the pod and removes its finalizer) or to replace the pod.
+    """
     job_status = job.get("status") or {}
     for condition in job_status.get("conditions") or []:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
             return "Succeeded" if condition["type"] == "Complete" else "Failed"
-    if (job.get("spec") or {}).get("suspend") or not job_status.get("active"):
+    if (job.get("spec") or {}).get("suspend"):
         return "Queued"
-    return "Queued" if pods is not None and not started(pods) else "Running"
+    if pods is None:
+        return "Running" if job_status.get("active") else "Queued"
+    return "Running" if started(pods) else "Queued"
 
 
 def _failed_condition(job: Body) -> tuple[str, str] | None:

@@ -41,6 +41,10 @@ def test_job_states_follow_the_job_controllers_conditions_and_the_pods():
     assert job_state(job(conditions=[{"type": "Complete", "status": "True"}])) == "Succeeded"
     assert job_state(job(conditions=[{"type": "Failed", "status": "True"}])) == "Failed"
     assert job_state(job(active=1, conditions=[{"type": "FailureTarget", "status": "True"}])) == "Running"
+    # Its pod has ended, and the Job controller has not marked the Job finished yet: still Running, not Queued.
+    ended = pod(state=terminated(exitCode=0, reason="Completed"))
+    assert job_state(job(conditions=[{"type": "SuccessCriteriaMet", "status": "True"}]), [ended]) == "Running"
+    assert job_state(job(suspend=True), [ended]) == "Queued"  # Kueue took it back: its pods are going
 
 
 def test_the_latest_runner_termination_message_wins():

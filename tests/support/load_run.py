@@ -17,6 +17,7 @@ Selections are fixed budgets (one trial per candidate) or races (the default str
 rounds of trials, each round decided by the operator's fits and bootstrap).
 """
 
+import collections
 import os
 import resource
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 import kubernetes
 from cluster import Cluster, OperatorProcess, free_port, wait_for
+from kube_emulator import ApiCall
 from fast_trial import RESULTS, prepare
 from kubelet import Kubelet
 from lensllm.science.racing import schedule
@@ -164,6 +166,8 @@ def run_load(kube: Cluster, namespace: str, workdir: Path, selections: int = 100
             "load_average_1m": os.getloadavg()[0],
             "operator_peak_rss_mib": round(stats.peak_rss_mib(), 1),
             "api_requests_per_selection": round(len(operator_calls) / selections, 1),
+            # Which requests: a change in the total is traced here first.
+            "api_requests_per_selection_by_kind": requests_by_kind(operator_calls, selections),
             "job_done_to_status_p50_seconds": round(percentile(flood["result_latency"], 0.5), 3),
             "job_done_to_status_p99_seconds": round(percentile(flood["result_latency"], 0.99), 3),
             "job_done_to_status_max_seconds": round(max(flood["result_latency"], default=float("nan")), 3),
@@ -244,3 +248,9 @@ def latencies(journal: list[Any], names: set[str], candidates: int) -> dict[str,
                     if name in applied and len(times) >= candidates]
     result_latency = [recorded[key] - at for key, at in job_done.items() if key in recorded]
     return {"jobs_created": jobs_created, "result_latency": result_latency}
+
+
+def requests_by_kind(calls: list[ApiCall], selections: int) -> dict[str, float]:
+    """Requests per selection by verb and resource (e.g. "patch llmselections/status"), most frequent first."""
+    kinds = collections.Counter(f"{c.verb} {c.resource}{'/' + c.subresource if c.subresource else ''}" for c in calls)
+    return {kind: round(count / selections, 2) for kind, count in kinds.most_common()}

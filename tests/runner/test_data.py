@@ -156,3 +156,31 @@ def test_unparsable_data_file_is_dataset_not_found(tmp_path):
     spec = DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target")
     with pytest.raises(DatasetNotFound, match="pairs.jsonl"):
         load_task_rows(spec, need_train=1, seed=0)
+
+
+
+def pairs_file(tmp_path, rows: list[dict]) -> DatasetSpec:
+    """A one-file dataset of `rows`, every row in both splits."""
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target",
+                       test_split="train")
+
+
+@pytest.mark.parametrize(("last", "field", "says"), [
+    ({"input": "a"}, "targetField 'target'", "has no value (null or missing)"),
+    ({"input": "a", "target": None}, "targetField 'target'", "has no value (null or missing)"),
+])
+def test_a_row_without_a_value_is_refused_naming_field_row_and_split(tmp_path, last, field, says):
+    spec = pairs_file(tmp_path, [{"input": str(i), "target": str(i)} for i in range(4)] + [last])
+    with pytest.raises(DatasetFieldMissing) as caught:
+        load_task_rows(spec, need_train=5, seed=0)  # written out, it would be trained on as the text "None"
+    assert str(caught.value) == f"dataset.{field}: row 4 (from 0) of split 'train' {says}"
+
+
+def test_a_nested_value_is_refused_and_numbers_are_written_out(tmp_path):
+    spec = pairs_file(tmp_path, [{"input": {"words": [str(i)]}, "target": str(i)} for i in range(3)])
+    with pytest.raises(DatasetFieldMissing, match=r"^dataset.inputField 'input': row \d \(from 0\) of split 'train' "
+                                                  r"has a dict, not text$"):
+        load_task_rows(spec, need_train=3, seed=0)
+    rows = load_task_rows(pairs_file(tmp_path, [{"input": i, "target": i * 2} for i in range(3)]), need_train=3, seed=0)
+    assert sorted(r.scored for r in rows.train) == ["0", "2", "4"]

@@ -54,8 +54,8 @@ def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows
     # A separate stream for the test sample, so changing the budget never changes the test set.
     test_order = np.sort(np.random.default_rng([seed, 1]).permutation(len(test))[: spec.max_test_examples])
     return TaskRows(
-        train=_rows(spec, train.select(order)),
-        test=_rows(spec, test.select(test_order)),
+        train=_rows(spec, train, order, spec.train_split),
+        test=_rows(spec, test, test_order, spec.test_split),
         train_split_size=len(train),
     )
 
@@ -96,8 +96,22 @@ def _check_fields(spec: DatasetSpec, split: Dataset, name: str) -> None:
             )
 
 
-def _rows(spec: DatasetSpec, split: Dataset) -> list[Row]:
+def _rows(spec: DatasetSpec, split: Dataset, indices: np.ndarray, name: str) -> list[Row]:
+    """The rows at `indices` of `split` as text."""
+    drawn = split.select(indices)
     if spec.is_text:
-        return [Row(prompt=None, scored=str(text)) for text in split[spec.text_field]]
-    prompts = [spec.prompt_template.replace("{input}", str(x)) for x in split[spec.input_field]]
-    return [Row(prompt=p, scored=str(t)) for p, t in zip(prompts, split[spec.target_field])]
+        return [Row(prompt=None, scored=text) for text in _texts(drawn, "textField", spec.text_field, indices, name)]
+    inputs = _texts(drawn, "inputField", spec.input_field, indices, name)
+    prompts = [spec.prompt_template.replace("{input}", x) for x in inputs]
+    return [Row(prompt=p, scored=t) for p, t in zip(prompts, _texts(drawn, "targetField", spec.target_field, indices, name))]
+
+
+def _texts(drawn: Dataset, key: str, column: str, indices: np.ndarray, name: str) -> list[str]:
+    """A column's values as text; numbers are written out, a null (a JSON line without the field, say) or a nested
+    value is refused: written out, it would be trained on and scored as the text "None" or "{...}"."""
+    values = drawn[column]
+    for index, value in zip(indices, values):
+        if value is None or isinstance(value, (dict, list)):
+            what = "no value (null or missing)" if value is None else f"a {type(value).__name__}, not text"
+            raise DatasetFieldMissing(f"dataset.{key} {column!r}: row {index} (from 0) of split {name!r} has {what}")
+    return [str(value) for value in values]

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -177,3 +178,35 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_training_and_th
     proc = trial_process("--spec", spec, "--out", out, "--termination-log", "/proc/no-such-log")
     assert proc.returncode == 2 and "--termination-log /proc/no-such-log: cannot be written" in proc.stderr
     assert TrialResult.model_validate_json(out.read_text()).points == []
+
+
+def broken_copy(model, tmp_path, break_it) -> str:
+    """A copy of a tiny model folder, broken by `break_it(folder)`."""
+    folder = tmp_path / "broken"
+    shutil.copytree(model, folder)
+    break_it(folder)
+    return str(folder)
+
+
+def truncate_weights(folder) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
+
+
+def drop_tokenizer(folder) -> None:
+    for file in folder.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")) or file.name in ("vocab.json", "merges.txt"):
+            file.unlink()
+
+
+@pytest.mark.parametrize(("break_it", "says"), [
+    (truncate_weights, "model.safetensors is not a readable safetensors file: "),
+    (lambda folder: (folder / "config.json").write_text('{"model_type": "gpt2",'), "is not a valid JSON file"),
+    # transformers makes a GPT-2 tokenizer of the EOS token alone: every text would encode to nothing.
+    (drop_tokenizer, "its tokenizer has no vocabulary (1 tokens, all special)"),
+])
+def test_a_broken_model_folder_is_model_not_found_naming_what_is_broken(
+    tiny_models, task_dir, tmp_path, spec_template, trial_run, break_it, says
+):
+    run = trial_run(spec_template(broken_copy(tiny_models["gpt2"], tmp_path, break_it), task_dir))
+    assert_classified_failure(run, reason="ModelNotFound", exit_code=2, says=says)

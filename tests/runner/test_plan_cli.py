@@ -118,3 +118,16 @@ def test_a_trial_records_its_plan_and_the_compact_result_drops_it_first(tiny_mod
     without_plan = len(result.model_copy(update={"plan": None}).to_termination_message(limit=10**6).encode())
     compact = json.loads(result.to_termination_message(limit=without_plan))
     assert "plan" not in compact and "spec" in compact  # the plan goes first, the spec echo stays
+
+
+def test_plan_names_a_broken_config_or_weights_file_and_exits_2(tmp_path, capsys):
+    path = selection(tmp_path, "lora")
+    (tmp_path / "1.5b" / "config.json").write_text('{"model_type": "qwen2",')  # a download cut short
+    (tmp_path / "7b" / "model.safetensors").write_bytes((120).to_bytes(8, "little") + b'{"w": ')
+    assert main(["plan", str(path), "--gpu-memory", "80Gi"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("lensllm plan: error: candidate qwen-1-5b: candidate.model '")
+    assert lines[0].endswith("1.5b': config.json is not a valid JSON file: Expecting property name enclosed in double "
+                             "quotes: line 1 column 24 (char 23)")
+    assert lines[1].startswith("lensllm plan: error: candidate qwen-7b: candidate.model '")
+    assert "7b': model.safetensors is not a readable safetensors file: " in lines[1] and len(lines) == 2

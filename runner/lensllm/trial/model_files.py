@@ -22,7 +22,7 @@ def read_config(candidate: CandidateSpec) -> dict:
     """The candidate's config as a dict."""
     path = Path(candidate.model).expanduser()
     if path.is_dir() and candidate.gguf_file is None and (path / "config.json").is_file():
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return _local_config(candidate.model, path / "config.json")
     check_local(candidate.model)
     from transformers import AutoConfig  # noqa: PLC0415 - only hub ids and GGUF files need it
 
@@ -31,6 +31,16 @@ def read_config(candidate: CandidateSpec) -> dict:
         return AutoConfig.from_pretrained(candidate.model, **where).to_dict()
     except (OSError, ValueError) as err:
         raise model_not_found(candidate.model, err) from None
+
+
+def _local_config(model: str, file: Path) -> dict:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON (a truncated download), or not UTF-8
+        raise ModelNotFound(f"candidate.model {model!r}: {file.name} is not a valid JSON file: {first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise ModelNotFound(f"candidate.model {model!r}: {file.name} is not a JSON object")
+    return config
 
 
 def check_local(model: str) -> None:
@@ -66,15 +76,23 @@ def model_not_found(model: str, err: BaseException) -> ModelNotFound:
 
 
 def count_parameters(candidate: CandidateSpec) -> int | None:
-    """Exact parameter count from a local model's safetensors headers; None when there are none."""
+    """Exact parameter count from a local model's safetensors headers; None when there are none.
+
+    safetensors checks each file whole (its header, and that the file holds every byte the header promises), so a
+    truncated or corrupt download is named here, before a trial loads torch.
+    """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(candidate.model).expanduser()
     files = sorted(path.glob("*.safetensors")) if path.is_dir() and candidate.gguf_file is None else []
     total = 0
     for file in files:
-        with file.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        total += sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+        try:
+            with safe_open(file, framework="numpy") as tensors:
+                total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in tensors.keys())
+        except (SafetensorError, OSError) as err:
+            raise ModelNotFound(f"candidate.model {candidate.model!r}: {file.name} is not a readable safetensors "
+                                f"file: {first_line(err)}") from None
     return total or None
 
 

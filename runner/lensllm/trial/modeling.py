@@ -10,7 +10,7 @@ import resource
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lensllm.trial.failures import InvalidSpec, first_line
+from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
 from lensllm.trial.model_files import check_local, model_not_found
 from lensllm.trial.spec import CandidateSpec, LoraSpec
 
@@ -52,6 +52,12 @@ def load_tokenizer(spec: CandidateSpec):
         tokenizer = AutoTokenizer.from_pretrained(spec.model, **_where(spec))
     except (OSError, ValueError) as err:  # not found, not downloadable, or not a tokenizer
         raise model_not_found(spec.model, err) from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        # transformers builds a tokenizer of its special tokens alone when a GPT-2 or OPT folder has no tokenizer
+        # files: every text would encode to nothing, and the trial would measure noise.
+        raise ModelNotFound(f"candidate.model {spec.model!r}: its tokenizer has no vocabulary ({len(tokenizer)} "
+                            "tokens, all special): are its tokenizer files (tokenizer.json, or vocab.json and "
+                            "merges.txt) missing?")
     if tokenizer.eos_token_id is None:
         raise InvalidSpec(f"candidate.model {spec.model!r}: its tokenizer has no EOS token to end targets with")
     if tokenizer.pad_token_id is None:

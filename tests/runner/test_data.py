@@ -154,8 +154,17 @@ def test_dataset_problems_are_classified(task_spec, changes, need, error, messag
 def test_unparsable_data_file_is_dataset_not_found(tmp_path):
     (tmp_path / "pairs.jsonl").write_text('{"input": "a", "target": "b"}\nnot json at all\n')
     spec = DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target")
-    with pytest.raises(DatasetNotFound, match="pairs.jsonl"):
+    with pytest.raises(DatasetNotFound, match=r"pairs.jsonl': JSON parse error: .* in row 1$"):  # the parser's reason
         load_task_rows(spec, need_train=1, seed=0)
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "test.jsonl").write_text('{"input": "a", "target": "b"}\n')
+    spec = DatasetSpec(source=str(tmp_path), input_field="input", target_field="target")
+    with pytest.raises(DatasetNotFound) as caught:
+        load_task_rows(spec, need_train=1, seed=0)
+    assert str(caught.value) == f"dataset.source {str(tmp_path)!r}: train.jsonl has no record"
 
 
 

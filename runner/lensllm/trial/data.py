@@ -67,8 +67,23 @@ def _load_split(spec: DatasetSpec, split: str, key: str) -> Dataset:
         if "split" in str(err).lower():
             raise DatasetNotFound(f"dataset.{key} {split!r}: {first_line(err)}") from None
         raise DatasetNotFound(f"dataset.source {spec.source!r} (config {spec.config!r}): {first_line(err)}") from None
-    except (OSError, DatasetGenerationError) as err:  # missing file, unreachable hub, unparsable data
+    except DatasetGenerationError as err:  # unparsable data: the reason is in what it wraps
+        raise DatasetNotFound(f"dataset.source {spec.source!r}: {first_line(err.__cause__ or err)}") from None
+    except OSError as err:  # missing file, unreachable hub
         raise DatasetNotFound(f"dataset.source {spec.source!r}: {first_line(err)}") from None
+    except StopIteration:  # datasets' json builder reads a first record from the first file, and finds none
+        raise DatasetNotFound(f"dataset.source {spec.source!r}: {_empty_files(spec.source)} no record") from None
+
+
+def _empty_files(source: str) -> str:
+    """Which of a local source's data files are empty, as a phrase ("train.jsonl has"); "a data file has" else."""
+    path = Path(source).expanduser()
+    files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
+    empty = [f for f in files if f.suffix.lower() in BUILDERS and f.is_file() and f.stat().st_size == 0]
+    if not empty:
+        return "a data file has"
+    names = ", ".join(str(f.relative_to(path)) if path.is_dir() else f.name for f in empty)
+    return f"{names} {'has' if len(empty) == 1 else 'have'}"
 
 
 def _load_arguments(spec: DatasetSpec) -> dict[str, object]:

@@ -199,8 +199,15 @@ def drop_tokenizer(folder) -> None:
             file.unlink()
 
 
+def shrink_vocabulary(folder) -> None:
+    """The config of a model with a smaller vocabulary than its tokenizer's (the tokenizer of another model)."""
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 10}))
+
+
 @pytest.mark.parametrize(("break_it", "says"), [
     (truncate_weights, "model.safetensors is not a readable safetensors file: "),
+    (shrink_vocabulary, "and the model's vocabulary (config vocab_size) has 10: is the tokenizer this model's?"),
     (lambda folder: (folder / "config.json").write_text('{"model_type": "gpt2",'), "is not a valid JSON file"),
     # transformers makes a GPT-2 tokenizer of the EOS token alone: every text would encode to nothing.
     (drop_tokenizer, "its tokenizer has no vocabulary (1 tokens, all special)"),

@@ -19,7 +19,7 @@ import transformers
 
 from lensllm.trial.data import load_task_rows
 from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, make_batch, token_budget_batches
-from lensllm.trial.failures import Diverged, InvalidSpec, OutOfMemory, WillNotFit, classify, first_line
+from lensllm.trial.failures import Diverged, InvalidSpec, ModelNotFound, OutOfMemory, WillNotFit, classify, first_line
 from lensllm.trial.fits import fit_all
 from lensllm.trial.losses import backward_losses, token_losses
 from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, plan_trial, unplanned
@@ -98,6 +98,7 @@ class TrialRecipe:
             raise InvalidSpec("dataset.textField: an encoder-decoder model needs inputField and targetField")
         self.train_examples: list[Example] = self._encode(rows.train)
         self.test_examples: list[Example] = self._encode(rows.test)
+        self._check_token_ids()
         self.plan = self._plan()
 
     def setup_model(self, model) -> None:
@@ -138,6 +139,17 @@ class TrialRecipe:
             raise WillNotFit(plan.refusal())
         self.on_progress({"event": "plan", "plan": plan.explain()})
         return plan
+
+    def _check_token_ids(self) -> None:
+        """Every token id the data encodes to has a row in the model's embedding: a tokenizer of another model (a
+        larger vocabulary) would otherwise end the trial in an IndexError deep in torch."""
+        size = read_config(self.spec.candidate).get("vocab_size")
+        examples = self.train_examples + self.test_examples
+        largest = max(max(e.input_ids + e.labels) for e in examples)
+        if isinstance(size, int) and largest >= size:
+            raise ModelNotFound(f"candidate.model {self.spec.candidate.model!r}: its tokenizer gives token id {largest} "
+                                f"on this dataset, and the model's vocabulary (config vocab_size) has {size}: is the "
+                                "tokenizer this model's?")
 
     def _train_examples_needed(self) -> int:
         return max(self.sizes[-1], self.ntk.probe_size if self.ntk.enabled else 0)

@@ -54,7 +54,9 @@ class DatasetSpec(WireModel):
         min_length=1,
         max_length=NAME_LIMIT,
         description="Hub dataset name, a local data file (.json, .jsonl, .csv, .parquet, .txt) or a local "
-        "directory of such files (split names come from the file names, e.g. train.jsonl, test.jsonl).",
+        "directory of such files (split names come from the file names, e.g. train.jsonl, test.jsonl). Every row a "
+        "trial draws needs a value in each column named below (numbers are read as text; a null, missing or nested "
+        "value fails the trial as DatasetFieldMissing, naming the row).",
     )
     config: str | None = Field(
         default=None, max_length=NAME_LIMIT, description="Dataset configuration name, for hub datasets that have several."

@@ -217,3 +217,11 @@ def test_a_broken_model_folder_is_model_not_found_naming_what_is_broken(
 ):
     run = trial_run(spec_template(broken_copy(tiny_models["gpt2"], tmp_path, break_it), task_dir))
     assert_classified_failure(run, reason="ModelNotFound", exit_code=2, says=says)
+
+
+def test_a_gguf_file_missing_from_a_local_folder_is_named(tiny_models, task_dir, spec_template, trial_run):
+    spec = spec_template(tiny_models["gpt2"], task_dir)
+    spec["candidate"]["ggufFile"] = "model-q8.gguf"
+    run = trial_run(spec)  # not a hub page made of the folder's path
+    assert_classified_failure(run, reason="ModelNotFound", exit_code=2,
+                              says=f"candidate.ggufFile 'model-q8.gguf': no such file in '{tiny_models['gpt2']}'")

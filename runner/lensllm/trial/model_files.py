@@ -23,7 +23,7 @@ def read_config(candidate: CandidateSpec) -> dict:
     path = Path(candidate.model).expanduser()
     if path.is_dir() and candidate.gguf_file is None and (path / "config.json").is_file():
         return _local_config(candidate.model, path / "config.json")
-    check_local(candidate.model)
+    check_local(candidate)
     from transformers import AutoConfig  # noqa: PLC0415 - only hub ids and GGUF files need it
 
     where = {k: v for k, v in {"revision": candidate.revision, "gguf_file": candidate.gguf_file}.items() if v}
@@ -43,12 +43,16 @@ def _local_config(model: str, file: Path) -> dict:
     return config
 
 
-def check_local(model: str) -> None:
+def check_local(candidate: CandidateSpec) -> None:
     """A model that can only be a local path (absolute, from ~, or not shaped as a hub id: ./m, a/b/c) and is not
-    there gets that said, instead of the hub's 'Repo id must use alphanumeric chars' or a lookup."""
+    there gets that said, instead of the hub's 'Repo id must use alphanumeric chars' or a lookup; so does a GGUF
+    file missing from a local folder (the library points to a hub page made of the folder's path)."""
+    model = candidate.model
     path = Path(model).expanduser()
     if not path.exists() and (path.is_absolute() or not _hub_shaped(model)):
         raise ModelNotFound(f"candidate.model {model!r}: not found locally (no such directory)")
+    if candidate.gguf_file and path.is_dir() and not (path / candidate.gguf_file).is_file():
+        raise ModelNotFound(f"candidate.ggufFile {candidate.gguf_file!r}: no such file in {model!r}")
 
 
 def _hub_shaped(model: str) -> bool:

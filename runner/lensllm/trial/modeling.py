@@ -47,7 +47,7 @@ def load_candidate(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.dev
 
 def load_tokenizer(spec: CandidateSpec):
     """The candidate's tokenizer, with a pad token (EOS when it has none)."""
-    check_local(spec.model)
+    check_local(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.model, **_where(spec))
     except (OSError, ValueError) as err:  # not found, not downloadable, or not a tokenizer
@@ -67,7 +67,7 @@ def load_tokenizer(spec: CandidateSpec):
 
 def load_model(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):
     """The candidate's weights on the device; the model class follows the config."""
-    check_local(spec.model)
+    check_local(spec)
     where = _where(spec)
     try:
         config = AutoConfig.from_pretrained(spec.model, **where)

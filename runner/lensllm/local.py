@@ -23,6 +23,7 @@ from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, advance, next_trials
 from lensllm.trial.result import TrialResult
+from lensllm.trial.spec import validation_message
 
 Progress = Callable[[str, dict], None]
 
@@ -111,4 +112,4 @@ def _outcome(compact_path: Path, log_path: Path, code: int) -> tuple[TrialResult
     try:
         return TrialResult.model_validate_json(text), ("", "")
     except ValidationError as err:
-        return None, ("ResultInvalid", f"{compact_path}: {str(err).splitlines()[0]}")
+        return None, ("ResultInvalid", f"{compact_path}: {validation_message(err)}")

@@ -153,3 +153,13 @@ def test_a_race_report_plots_a_prediction_outside_its_interval_and_refuses_one_w
     capsys.readouterr()
     assert main(["report", str(undecided), "--plot", str(tmp_path / "undecided.png")]) == 2
     assert "nothing to plot" in capsys.readouterr().err
+
+
+def test_a_trial_result_that_does_not_validate_names_its_field(tmp_path):
+    from lensllm.local import _outcome
+
+    compact, log = tmp_path / "t.termination", tmp_path / "t.log"
+    compact.write_text(json.dumps({"status": "Succeeded", "zeroShot": {"loss": 1.0}}))
+    log.write_text("")
+    assert _outcome(compact, log, 0) == (None, ("ResultInvalid", f"{compact}: zeroShot.lossPerExample: Field required "
+                                                                 "(and 5 more)"))

@@ -50,6 +50,7 @@ class Table:
     target: float
     ratios: tuple[int, ...]
     task: str
+    source: Path | None = None  # the file it was read from, named by errors found in it later
 
     @property
     def truth(self) -> np.ndarray:
@@ -62,7 +63,7 @@ def load(path: Path, name: str | None = None) -> Table:
     with naming(path):  # checked here, where the file is known: the scores of many tables run together
         check_comparable(curves)
         ratios = tuple(usable_ratios(curves, target, PAPER_RATIOS))
-    return Table(name or path.stem, curves, target, ratios, path.stem)
+    return Table(name or path.stem, curves, target, ratios, path.stem, path)
 
 
 def load_all(paths: Sequence[Path]) -> list[Table]:
@@ -168,7 +169,7 @@ def tasks_of(tables: Sequence[Table]) -> dict[str, list[str]]:
 
 
 def evaluate(tables: Sequence[Table]) -> Evaluation:
-    parts = {t.name: [components(t, r) for r in t.ratios] for t in tables}
+    parts = {t.name: _components_at_every_ratio(t) for t in tables}
     scores = {rule: {t.name: score(rule, t, parts[t.name]) for t in tables} for rule in RULES}
     ats = {t.name: score(ATS, t, parts[t.name], from_scratch=False) for t in tables}
     tasks = tasks_of(tables)
@@ -182,6 +183,11 @@ def evaluate(tables: Sequence[Table]) -> Evaluation:
         rule = best([other for key, other in tasks.items() if key != task])
         held.extend(HeldOut(name, rule, scores[rule][name], ats[name]) for name in names)
     return Evaluation(scores, ats, held, best(list(tasks.values())), tasks)
+
+
+def _components_at_every_ratio(table: Table) -> list[Components]:
+    with naming(table.source or table.name):  # a fit that fails names the model; which of the tables holds it?
+        return [components(table, r) for r in table.ratios]
 
 
 def describe(rule: BlendRule) -> str:

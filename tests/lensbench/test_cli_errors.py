@@ -180,3 +180,13 @@ def test_a_failed_selection_is_explained_by_its_firstfirst_failure(tmp_path):
         "a": {"state": "Succeeded"}, "b": {"state": "Failed", "reason": "DatasetNotFound", "message": "no such file"}}}))
     assert first_failure(status) == "candidate b failed: DatasetNotFound: no such file"
     assert first_failure(tmp_path / "missing.json") is None
+
+
+def test_loo_names_the_table_of_a_curve_no_law_fits(tmp_path, capsys):
+    rows = (DATA / "lensbench" / "cipher.csv").read_text().splitlines()
+    name, *cells = rows[2].split(",")
+    rows[2] = ",".join([name, cells[0], *["1e-300"] * 7, *cells[8:]])  # its subset losses: no finite fit
+    bad = tmp_path / "cipher.csv"
+    bad.write_text("\n".join(rows) + "\n")
+    assert main(["lensbench", "loo", str(bad), str(DATA / "lensbench" / "de-en.csv")]) == 2
+    assert capsys.readouterr().err.startswith(f"lensllm lensbench: error: {bad}: model '{name}': no finite fit of ")

@@ -6,7 +6,8 @@ does not know) shows the reason Kubernetes gives within one resync, and so that 
 pods really ran is what metrics and the status count, whether or not a result came back.
 """
 
-from datetime import datetime
+from collections import defaultdict
+from datetime import datetime, timedelta
 from typing import Any
 
 from lensllm.selection.spec import gpus_in
@@ -19,6 +20,11 @@ STUCK_WAITING = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
 })
+
+
+# Entries a trial's record of its pods keeps before it folds the gone ones: evictions do not count against a Job's
+# backoffLimit, so a trial preempted over and over would otherwise grow its selection's status without bound.
+MAX_POD_RUNS = 8
 
 
 def parse_time(stamp: str | None) -> datetime | None:
@@ -113,7 +119,23 @@ def track(runs: list[PodRun], pods: list[Body], now: datetime) -> list[PodRun]:
             ended = finished_at(pod)
             updated.append(PodRun(name=name, gpus=gpus_held(pod), started_at=iso(span[0]),
                                   ended_at=iso(ended) if ended else None))
-    return updated
+    return _folded(updated, present) if len(updated) > MAX_POD_RUNS else updated
+
+
+def _folded(runs: list[PodRun], present: dict[str, Body]) -> list[PodRun]:
+    """The record with its gone, ended pods folded into one entry per GPU count: it holds their time, and no name a
+    pod can have (pod names are lowercase DNS names)."""
+    kept, gone = [], defaultdict(list)
+    for run in runs:
+        (gone[run.gpus] if run.ended_at is not None and run.name not in present else kept).append(run)
+    return [_fold(gpus, group) for gpus, group in sorted(gone.items())] + kept
+
+
+def _fold(gpus: int, runs: list[PodRun]) -> PodRun:
+    begin = min(parse_time(run.started_at) for run in runs)
+    seconds = sum((parse_time(run.ended_at) - parse_time(run.started_at)).total_seconds() for run in runs)
+    return PodRun(name=f"(earlier pods, {gpus} GPUs each)", gpus=gpus, started_at=iso(begin),
+                  ended_at=iso(begin + timedelta(seconds=seconds)))
 
 
 def _replaced_at(run: PodRun, pods: list[Body], now: datetime) -> datetime:

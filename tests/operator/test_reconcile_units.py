@@ -11,7 +11,7 @@ from lensllm.selection.status import TimeSpent
 from lensllm_operator.config import ConfigError, OperatorConfig
 from lensllm_operator.context import Effects
 from lensllm_operator.pods import (
-    diagnose, oom_killed, run_seconds, started, termination_message, time_spent, track, workload_holdup,
+    MAX_POD_RUNS, diagnose, oom_killed, run_seconds, started, termination_message, time_spent, track, workload_holdup,
 )
 from lensllm_operator.policy import violation
 from lensllm_operator.reconcile import InvalidSpec, merge_patch, parse_spec
@@ -81,6 +81,23 @@ def test_a_trials_record_of_its_pods_keeps_the_time_of_those_gone_before_it_ende
         ("a", "2026-01-01T00:20:00Z"), ("b", "2026-01-01T00:00:10Z"), ("c", None)]
     assert time_spent(runs, [replacement], now) == TimeSpent(1200 + 10 + 1800, 2 * (1200 + 10 + 1800))
     assert track(runs, [], now)[-1].ended_at == "2026-01-01T01:00:00Z"  # gone with no pod after it: now, at the latest
+
+
+def test_a_trial_evicted_over_and_over_keeps_a_bounded_record_that_still_holds_all_its_time():
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    one_gpu = {"containers": [{"name": "runner", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    runs = []
+    for hour in range(20):  # each pod runs 10 minutes, is evicted, and is gone before its replacement runs
+        begin = f"2026-01-01T{hour:02d}:00:00Z"
+        evicted = {**pod(f"p{hour}", created=begin, state=terminated(started=begin, finished=f"2026-01-01T{hour:02d}:10:00Z")),
+                   "spec": one_gpu}
+        runs = track(runs, [evicted], now)
+        assert len(runs) <= MAX_POD_RUNS
+    running = {**pod("last", created="2026-01-01T20:00:00Z", state={"running": {"startedAt": "2026-01-01T20:00:00Z"}}),
+               "spec": one_gpu}
+    runs = track(runs, [running], now)
+    assert len(runs) <= MAX_POD_RUNS and runs[-1].name == "last"
+    assert time_spent(runs, [running], now) == TimeSpent(20 * 600 + 4 * 3600, 20 * 600 + 4 * 3600)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lensllm.selection.spec import gpus_in
-from lensllm.selection.status import PodRun, TimeSpent, iso
+from lensllm.selection.status import MAX_POD_RUNS, PodRun, TimeSpent, iso
 from lensllm_operator.jobs import CONTAINER
 
 Body = dict[str, Any]
@@ -20,11 +20,6 @@ STUCK_WAITING = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
 })
-
-
-# Entries a trial's record of its pods keeps before it folds the gone ones: evictions do not count against a Job's
-# backoffLimit, so a trial preempted over and over would otherwise grow its selection's status without bound.
-MAX_POD_RUNS = 8
 
 
 def parse_time(stamp: str | None) -> datetime | None:

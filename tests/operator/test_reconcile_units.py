@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 import pytest
 
 from lensllm.selection.spec import LLMSelectionSpec
-from lensllm.selection.status import TimeSpent
+from lensllm.selection.status import MAX_POD_RUNS, TimeSpent
 from lensllm_operator.config import ConfigError, OperatorConfig
 from lensllm_operator.context import Effects
 from lensllm_operator.pods import (
-    MAX_POD_RUNS, diagnose, oom_killed, run_seconds, started, termination_message, time_spent, track, workload_holdup,
+    diagnose, oom_killed, run_seconds, started, termination_message, time_spent, track, workload_holdup,
 )
 from lensllm_operator.policy import violation
 from lensllm_operator.reconcile import InvalidSpec, merge_patch, parse_spec

@@ -76,6 +76,11 @@ class CurvePoint(StatusModel):
     )
 
 
+# Entries a trial's record of its pods keeps before the gone ones are folded: evictions do not count against a Job's
+# backoffLimit, so a trial preempted over and over would otherwise grow its selection's status without bound.
+MAX_POD_RUNS = 8
+
+
 class PodRun(StatusModel):
     """A pod of an unfinished trial whose runner started: kept so that its GPU time counts once the pod is gone."""
 
@@ -108,7 +113,8 @@ class TrialRecord(StatusModel):
     state: TrialState = Field(description="Queued, Running, Succeeded, Failed, or Lost (its Job vanished).")
     seconds: float | None = Field(default=None, description="Wall time of the trial (its pods', summed).")
     pods: list[PodRun] | None = Field(
-        default=None, description="While the trial is unfinished: its pods that ran (an evicted pod's time still counts)."
+        default=None, description="While the trial is unfinished: its pods that ran (an evicted pod's time still counts); "
+        f"past {MAX_POD_RUNS}, the gone ones are folded into one entry per GPU count that holds their summed time."
     )
 
 

@@ -8,6 +8,7 @@ the compact result to the termination log. torch is imported only once the spec 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lensllm.errors import LensLLMError
@@ -102,12 +103,20 @@ def _print_event(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
+def _outputs(args: argparse.Namespace, spec) -> list[tuple[Path | None, str, Callable[[Path, TrialResult], None]]]:
+    """Where the result goes: the result document and the termination log, each with the flag or spec field that
+    names it and the function that writes it."""
+    return [
+        (documents.result_path(args.out, spec), "--out" if args.out else "output.resultPath", documents.write_result),
+        (documents.termination_log_path(args.termination_log, spec),
+         "--termination-log" if args.termination_log else "output.terminationLogPath",
+         documents.write_termination_message),
+    ]
+
+
 def _unwritable_output(args: argparse.Namespace, spec) -> tuple[Path, str] | None:
     """The result's or the termination log's path, if it cannot be written, and why."""
-    outputs = ((documents.result_path(args.out, spec), "--out" if args.out else "output.resultPath"),
-               (documents.termination_log_path(args.termination_log, spec),
-                "--termination-log" if args.termination_log else "output.terminationLogPath"))
-    for path, flag in outputs:
+    for path, flag, _ in _outputs(args, spec):
         try:
             if path is not None:
                 check_file(path, flag)
@@ -120,8 +129,7 @@ def _deliver(result: TrialResult, args: argparse.Namespace, spec, skip: Path | N
     """Write the result everywhere it is expected (but `skip`), each place whatever becomes of the other; a failure
     also gets one line on stderr."""
     unwritten = False
-    for write, path in ((documents.write_result, documents.result_path(args.out, spec)),
-                        (documents.write_termination_message, documents.termination_log_path(args.termination_log, spec))):
+    for path, _, write in _outputs(args, spec):
         if path is None or path == skip:
             continue
         try:

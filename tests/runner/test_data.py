@@ -193,3 +193,11 @@ def test_a_nested_value_is_refused_and_numbers_are_written_out(tmp_path):
         load_task_rows(spec, need_train=3, seed=0)
     rows = load_task_rows(pairs_file(tmp_path, [{"input": i, "target": i * 2} for i in range(3)]), need_train=3, seed=0)
     assert sorted(r.scored for r in rows.train) == ["0", "2", "4"]
+
+
+def test_a_test_sample_with_nothing_to_score_is_refused(tmp_path):
+    spec = pairs_file(tmp_path, [{"input": str(i), "target": ""} for i in range(3)])
+    with pytest.raises(DatasetFieldMissing) as caught:
+        load_task_rows(spec, need_train=3, seed=0)  # bits per byte over zero bytes
+    assert str(caught.value) == ("dataset.targetField 'target': all 3 test rows drawn from split 'train' are empty: "
+                                 "there is no text to score")

@@ -93,13 +93,14 @@ class TrialRecipe:
         """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
         self.tokenizer = load_tokenizer(self.spec.candidate)
-        self.seq2seq = bool(read_config(self.spec.candidate).get("is_encoder_decoder"))
+        config = read_config(self.spec.candidate)  # once: for a GGUF or hub model, each read parses or fetches it
+        self.seq2seq = bool(config.get("is_encoder_decoder"))
         if self.seq2seq and self.spec.dataset.is_text:
             raise InvalidSpec("dataset.textField: an encoder-decoder model needs inputField and targetField")
         self.train_examples: list[Example] = self._encode(rows.train)
         self.test_examples: list[Example] = self._encode(rows.test)
-        self._check_token_ids()
-        self.plan = self._plan()
+        self._check_token_ids(config.get("vocab_size"))
+        self.plan = self._plan(config)
 
     def setup_model(self, model) -> None:
         """Adapters, checkpointing and compilation as planned; snapshot the starting weights.
@@ -119,14 +120,14 @@ class TrialRecipe:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _plan(self) -> MemoryPlan:
+    def _plan(self, config: dict) -> MemoryPlan:
         """The memory plan for the longest example actually present; WillNotFit when nothing fits."""
         longest = max(len(e.input_ids) for e in self.train_examples + self.test_examples)
         device = Device(kind=self.device.type, total_bytes=self.device_memory)
         try:
             plan = plan_trial(
                 self.spec,
-                read_config(self.spec.candidate),
+                config,
                 device,
                 parameters=count_parameters(self.spec.candidate),
                 sequence_length=longest,
@@ -140,10 +141,10 @@ class TrialRecipe:
         self.on_progress({"event": "plan", "plan": plan.explain()})
         return plan
 
-    def _check_token_ids(self) -> None:
+    def _check_token_ids(self, size: object) -> None:
         """Every token id the data encodes to has a row in the model's embedding: a tokenizer of another model (a
-        larger vocabulary) would otherwise end the trial in an IndexError deep in torch."""
-        size = read_config(self.spec.candidate).get("vocab_size")
+        larger vocabulary) would otherwise end the trial in an IndexError deep in torch. `size`: the config's
+        vocab_size (a model that nests it, multimodal say, is not checked)."""
         examples = self.train_examples + self.test_examples
         largest = max(max(e.input_ids + e.labels) for e in examples)
         if isinstance(size, int) and largest >= size:

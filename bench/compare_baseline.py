@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lognormal_task import SPECIALS, write_task, write_tokenizer  # noqa: E402
+from lognormal_task import NON_WORD_TOKENS, write_task, write_tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CURRENT = HERE.parent
@@ -41,7 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=8192, help="words in the task (the model's vocabulary adds 4)")
+    p.add_argument(
+        "--vocab", type=int, default=8192, help="words in the task (the model's vocabulary adds bytes and specials)"
+    )
     return p.parse_args()
 
 
@@ -53,7 +55,7 @@ def build(args: argparse.Namespace, folder: Path) -> Path:
         intermediate_size=int(args.hidden * 8 / 3) // 16 * 16,
         num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 64,
-        vocab_size=args.vocab + len(SPECIALS),
+        vocab_size=args.vocab + NON_WORD_TOKENS,
         max_position_embeddings=args.max_len,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

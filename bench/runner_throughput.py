@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lognormal_task import SPECIALS, write_task, write_tokenizer  # noqa: E402
+from lognormal_task import word_count, write_task, write_tokenizer  # noqa: E402
 
 from lensllm.trial.modeling import evaluation_flops  # noqa: E402
 from lensllm.trial.recipe import TrialRecipe  # noqa: E402
@@ -113,7 +113,7 @@ def prepare(args: argparse.Namespace, folder: Path) -> tuple[TrialSpec, dict]:
     config = TINY if args.tiny else json.loads(args.config.read_text())
     model_dir, data_dir = folder / "model", folder / "data"
     model_dir.mkdir(parents=True)
-    vocab = min(config["vocab_size"] - len(SPECIALS), 16384)  # words; the model's vocabulary may be larger
+    vocab = word_count(config["vocab_size"])  # the model's vocabulary may be larger
     write_tokenizer(model_dir, vocab)
     (model_dir / "config.json").write_text(json.dumps(config))
     size = max(args.examples, args.warmup, args.ntk_probe, 1)

@@ -219,6 +219,21 @@ def test_a_broken_model_folder_is_model_not_found_naming_what_is_broken(
     assert_classified_failure(run, reason="ModelNotFound", exit_code=2, says=says)
 
 
+def test_a_tokenizer_that_reads_the_data_as_nothing_is_model_not_found(
+    tiny_models, task_dir, tmp_path, spec_template, trial_run
+):
+    # transformers reads a qwen2 folder's tokenizer through Qwen2Tokenizer, which rebuilds a byte-level BPE from
+    # the (here word-level) vocabulary: every target would encode to nothing but its end token.
+    def retype_as_qwen2(folder) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
+
+    run = trial_run(spec_template(broken_copy(tiny_models["llama"], tmp_path, retype_as_qwen2), task_dir))
+    assert_classified_failure(run, reason="ModelNotFound", exit_code=2,
+                              says="its tokenizer (Qwen2Tokenizer) encodes 64 of 64 non-blank texts of "
+                                   "dataset.targetField 'target' (test split 'test') to no tokens")
+
+
 def test_a_gguf_file_missing_from_a_local_folder_is_named(tiny_models, task_dir, spec_template, trial_run):
     spec = spec_template(tiny_models["gpt2"], task_dir)
     spec["candidate"]["ggufFile"] = "model-q8.gguf"

@@ -56,7 +56,7 @@ def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows
     test_rows = _rows(spec, test, test_order, spec.test_split)
     if not any(row.scored for row in test_rows):
         # Bits per byte over zero bytes: any number the trial reported would be noise.
-        key, column = ("textField", spec.text_field) if spec.is_text else ("targetField", spec.target_field)
+        key, column = spec.scored_field
         raise DatasetFieldMissing(f"dataset.{key} {column!r}: all {len(test_rows)} test rows drawn from split "
                                   f"{spec.test_split!r} are empty: there is no text to score")
     return TaskRows(train=_rows(spec, train, order, spec.train_split), test=test_rows, train_split_size=len(train))

@@ -14,6 +14,8 @@ from lensllm.trial.failures import InvalidSpec, ModelNotFound, first_line
 from lensllm.trial.model_files import check_local, model_not_found
 from lensllm.trial.spec import CandidateSpec, LoraSpec
 
+TOKENIZER_PROBE_TEXTS = 64  # enough to tell a tokenizer that reads nothing from texts that happen to be odd
+
 
 def choose_device(requested: str) -> torch.device:
     """The device the spec asks for; auto takes the current CUDA device when one is visible."""
@@ -63,6 +65,21 @@ def load_tokenizer(spec: CandidateSpec):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of attention and loss anyway
     return tokenizer
+
+
+def check_tokenizer_reads(tokenizer, spec: CandidateSpec, texts: list[str], field: str) -> None:
+    """Most non-blank `texts` encode to at least one token. transformers loads some model types' tokenizers through
+    their own class whatever the folder says (a qwen2 folder's through Qwen2Tokenizer, which rebuilds a byte-level
+    BPE from the vocabulary): a tokenizer of another kind read that way encodes every text to nothing, and the trial
+    would score end tokens alone. `field`: where the texts come from, for the message."""
+    texts = [text for text in texts if text.strip()][:TOKENIZER_PROBE_TEXTS]
+    if not texts:
+        return
+    empty = sum(not ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    if 2 * empty > len(texts):
+        raise ModelNotFound(f"candidate.model {spec.model!r}: its tokenizer ({type(tokenizer).__name__}) encodes "
+                            f"{empty} of {len(texts)} non-blank texts of {field} to no tokens: are its tokenizer "
+                            "files this model type's?")
 
 
 def load_model(spec: CandidateSpec, *, dtype: torch.dtype, device: torch.device):

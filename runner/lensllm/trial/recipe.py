@@ -26,6 +26,7 @@ from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanErro
 from lensllm.trial.model_files import count_parameters, host_memory_bytes, read_config
 from lensllm.trial.modeling import (
     apply_lora,
+    check_tokenizer_reads,
     choose_device,
     choose_dtype,
     compile_body_,
@@ -93,6 +94,9 @@ class TrialRecipe:
         """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
         self.tokenizer = load_tokenizer(self.spec.candidate)
+        key, column = self.spec.dataset.scored_field
+        check_tokenizer_reads(self.tokenizer, self.spec.candidate, [row.scored for row in rows.test],
+                              f"dataset.{key} {column!r} (test split {self.spec.dataset.test_split!r})")
         config = read_config(self.spec.candidate)  # once: for a GGUF or hub model, each read parses or fetches it
         self.seq2seq = bool(config.get("is_encoder_decoder"))
         if self.seq2seq and self.spec.dataset.is_text:

@@ -111,6 +111,11 @@ class DatasetSpec(WireModel):
     def is_text(self) -> bool:
         return self.text_field is not None
 
+    @property
+    def scored_field(self) -> tuple[str, str]:
+        """The spec key and the column of the text the loss scores: textField, else targetField."""
+        return ("textField", self.text_field) if self.is_text else ("targetField", self.target_field)
+
 
 class LoraSpec(WireModel):
     """Low-rank adapters (peft LoRA), used when training.method is lora."""

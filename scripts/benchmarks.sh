@@ -28,6 +28,8 @@ done
 "$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" > "$tmp/loo.md"
 "$lensllm" lensbench loo "${published[@]}" "${lensbench[@]}" "${later[@]}" "${held_out[@]}" | tail -1 > "$tmp/loo-all.md"
 "$lensllm" lensbench ceiling "${published[@]}" > "$tmp/ceiling.md"
+# Learned on the tables default is chosen on (the held-out draws stay out, as there).
+"$lensllm" lensbench learned "${published[@]}" "${lensbench[@]}" "${later[@]}" > "$tmp/learned.md"
 seconds=$("$python" -c "print(f'{$(date +%s.%N) - $start:.0f}')")
 # The end-to-end selections of a LensBench draw (`lensllm lensbench e2e`), as a Markdown table.
 e2e_table() {
@@ -81,6 +83,9 @@ section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
   sed -n '/^<!-- ceiling -->$/,/^<!-- end ceiling -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$tmp/ceiling.md"
   sed -n '/^<!-- ceiling verdict -->$/,/^<!-- end ceiling verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  sed -n '/^<!-- learned -->$/,/^<!-- end learned -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  printf '\n'; cat "$tmp/learned.md"
+  sed -n '/^<!-- learned verdict -->$/,/^<!-- end learned verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n## Speed\n\nEvery table above but the end-to-end one (read from data/lensbench/e2e.csv): %s s wall time on one %s machine with %s cores, measured by this script.\n' \
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md

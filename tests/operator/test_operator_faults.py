@@ -27,6 +27,13 @@ def reason_shown(custom, namespace: str, name: str, candidate: str, reason: str)
     return wait_for(shown, f"{candidate} to show {reason}", timeout=20, interval=0.1)
 
 
+def seen_running(custom, namespace: str, name: str, candidate: str) -> bool:
+    """Whether the selection's status shows the candidate's latest trial running."""
+    status = selection_status(custom, namespace, name)
+    entry = status and status.candidates.get(candidate)
+    return bool(entry and entry.trials and entry.trials[-1].state == "Running")
+
+
 def test_an_evicted_trial_resumes_after_the_sizes_it_finished(namespace, core, stand_in, start_operator, custom):
     start_operator()
     create(custom, namespace, stand_in_selection("evicted", workVolume=work_claim(core, namespace)))
@@ -139,8 +146,14 @@ def test_an_evicted_trial_whose_replacement_pod_a_quota_refuses_fails_after_the_
 ):
     """The Job stays active with no pod (its pod creates refused: FailedCreate in Kubernetes) after the eviction."""
     start_operator()
-    create(custom, namespace, stand_in_selection("quota", workVolume=work_claim(core, namespace), pendingTimeoutSeconds=4))
+    slow = [{"name": "LENSLLM_STANDIN_SIZE_SECONDS", "value": "1.5"}]  # still running when the operator sees it
+    create(custom, namespace, stand_in_selection("quota", workVolume=work_claim(core, namespace), pendingTimeoutSeconds=4,
+                                                 env=slow))
     first = wait_for(lambda: read_ledger(stand_in.ledger), "a size measured", timeout=TIMEOUT)[0]["pod"]
+    # Evicted before the operator saw it run, the pod would leave no trace in the Job: the trial would fail as one
+    # whose pod never started (a slow pass on a loaded machine did that).
+    wait_for(lambda: seen_running(custom, namespace, "quota", "model-a"), "the operator to see the trial run",
+             timeout=TIMEOUT, interval=0.1)
     refused = kube.faults.fail(403, verb="create", resource="pods", subresource="", namespace=namespace)
     core.create_namespaced_pod_eviction(first, namespace, {"metadata": {"name": first, "namespace": namespace}})
     status = wait_for_phase(custom, namespace, "quota", "Complete", "Failed", timeout=TIMEOUT)

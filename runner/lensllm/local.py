@@ -4,7 +4,9 @@ The same plan and status updates as the operator (`lensllm.selection`) decide wh
 (round after round for a race) and what the status says, and they read the same document:
 the trial's compact result (its termination message on a cluster), not the full result
 file. So the status written here is the one the operator would write into the resource,
-ranking included. Called by `lensllm select --local`.
+ranking included. A run cut short resumes when run again into the same folder: each trial
+made with the same spec keeps the sizes it finished (`run-trial --resume`), as a pod on a
+persistent volume does. Called by `lensllm select --local`.
 """
 
 import json
@@ -41,13 +43,17 @@ def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     spec = run.manifest.spec
     status = st.initial_status(spec, 1, st.now_iso())
     (run.out / "trials").mkdir(parents=True, exist_ok=True)
+    finished = run.out / "status.json"
+    # Written last: without it, the last run into this folder was cut short, and its trials resume.
+    resume = not finished.exists()
+    finished.unlink(missing_ok=True)
     lock = threading.Lock()
     while trials := next_trials(spec, status := advance(spec, status)):
         for trial in trials:
             record = st.TrialRecord(job_name=_trial_id(run, trial), round=trial.round, sizes=list(trial.sizes), state="Queued")
             status = st.mark_trial(status, trial.candidate, record)
         with ThreadPoolExecutor(max_workers=run.workers) as pool:
-            outcomes = list(pool.map(lambda t: _run_trial(run, t, progress, lock), trials))
+            outcomes = list(pool.map(lambda t: _run_trial(run, t, progress, lock, resume), trials))
         for trial, (result, failure) in zip(trials, outcomes):
             trial_id = _trial_id(run, trial)
             if result is not None:
@@ -81,14 +87,19 @@ def _threads_per_trial(workers: int) -> str:
     return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
 
 
-def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock) -> tuple[TrialResult | None, tuple[str, str]]:
+def _run_trial(
+    run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock, resume: bool
+) -> tuple[TrialResult | None, tuple[str, str]]:
     trial_id = _trial_id(run, trial)
     base = run.out / "trials" / trial_id
     spec_path, result_path, log_path = base.with_suffix(".spec.json"), base.with_suffix(".json"), base.with_suffix(".log")
     compact_path = base.with_suffix(".termination")
-    spec_path.write_text(json.dumps(_local_spec(run, trial), indent=2))
+    spec = _local_spec(run, trial)
+    kept = ["--resume", str(result_path)] if resume and _left_by_an_earlier_run(spec_path, result_path, spec) else []
+    spec_path.write_text(json.dumps(spec, indent=2))
+    compact_path.unlink(missing_ok=True)  # a runner killed outright writes none: an earlier run's must not stand in
     command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
-               "--termination-log", str(compact_path)]
+               "--termination-log", str(compact_path), *kept]
     env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
     with lock:
         progress(trial.candidate, {"event": "started"})
@@ -101,6 +112,16 @@ def _run_trial(run: LocalRun, trial: Trial, progress: Progress, lock: threading.
             with lock:
                 progress(trial.candidate, event)
     return _outcome(compact_path, log_path, proc.returncode)
+
+
+def _left_by_an_earlier_run(spec_path: Path, result_path: Path, spec: dict) -> bool:
+    """Whether the cut-short run before left a readable result of this trial made with this very spec: its finished
+    sizes are then kept, not measured again. Any other leftover is replaced."""
+    try:
+        same_spec = json.loads(spec_path.read_text()) == spec
+        return same_spec and TrialResult.model_validate_json(result_path.read_text()).spec is not None
+    except (OSError, ValueError):  # none yet, or not readable: a fresh start
+        return False
 
 
 def _outcome(compact_path: Path, log_path: Path, code: int) -> tuple[TrialResult | None, tuple[str, str]]:

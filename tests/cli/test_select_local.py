@@ -3,6 +3,12 @@
 import contextlib
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +169,60 @@ def test_a_trial_result_that_does_not_validate_names_its_field(tmp_path):
     log.write_text("")
     assert _outcome(compact, log, 0) == (None, ("ResultInvalid", f"{compact}: zeroShot.lossPerExample: Field required "
                                                                  "(and 5 more)"))
+
+
+def measured_points(result_file: Path) -> list[dict]:
+    return json.loads(result_file.read_text())["points"] if result_file.exists() else []
+
+
+def test_an_interrupted_local_selection_resumes_the_sizes_its_trial_finished_and_a_finished_one_runs_afresh(
+    demo_world, tmp_path
+):
+    """Ctrl-C (SIGINT to the terminal's process group) mid-trial, then the same command again."""
+    # Epochs enough that the sizes after the first take seconds, not milliseconds: the interrupt lands among them.
+    training = {"learningRate": 0.001, "epochs": 30, "batchSize": 16, "maxSeqLength": 32}
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-llama"), name="cut",
+                             budget={"baseSize": 16, "doublings": 4, "targetSize": 1024}, training=training)
+    command = [sys.executable, "-m", "lensllm.cli.main", "select", str(write_manifest(tmp_path, doc)), "--local",
+               "--out", str(tmp_path / "out")]
+    result_file = tmp_path / "out" / "trials" / "cut-tiny-llama-r0.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                          start_new_session=True) as proc:
+        deadline = time.monotonic() + 120
+        while not measured_points(result_file) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    kept = measured_points(result_file)
+    assert proc.returncode == 130, err
+    assert "interrupted; the sizes each trial finished are kept in" in err and "Traceback" not in err
+    assert 1 <= len(kept) < 5 and not (tmp_path / "out" / "status.json").exists()
+
+    def run_again() -> list[dict]:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return measured_points(result_file)
+
+    resumed = run_again()
+    assert [p["size"] for p in resumed] == [16, 32, 64, 128, 256]
+    assert resumed[: len(kept)] == kept  # the very same measurements, timings included: not measured again
+    again = run_again()  # the run before finished: this one measures everything anew
+    assert [p["size"] for p in again] == [16, 32, 64, 128, 256]
+    assert all(a["train"]["seconds"] != r["train"]["seconds"] for a, r in zip(again, resumed))
+
+
+def test_a_runner_killed_outright_is_result_missing_not_the_result_an_earlier_run_left(
+    fixed_selection, tmp_path, monkeypatch
+):
+    """The folder of a finished selection, run again with runners that die at start-up (as an OOM kill would)."""
+    earlier = fixed_selection[1].parent
+    folder = tmp_path / "again"
+    shutil.copytree(earlier, folder)
+    killer = tmp_path / "killer"
+    killer.mkdir()
+    (killer / "sitecustomize.py").write_text("import os\nos._exit(137)\n")  # imported by every new interpreter
+    monkeypatch.setenv("PYTHONPATH", str(killer))
+    assert main(["select", str(folder / "selection.yaml"), "--local", "--out", str(folder / "out")]) == 1
+    status = LLMSelectionStatus.model_validate(json.loads((folder / "out" / "status.json").read_text()))
+    assert {c.reason for c in status.candidates.values()} == {"ResultMissing"}, status.candidates

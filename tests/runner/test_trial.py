@@ -147,7 +147,9 @@ def test_resume_skips_finished_sizes_and_reproduces_the_uninterrupted_result(
     saved.write_text(json.dumps(partial))
     resumed = trial_run(spec, "--resume", str(saved))
     assert resumed.code == 0
-    assert [(e["event"], e.get("size")) for e in resumed.events] == [("plan", None), ("size", 64), ("size", 128)]
+    assert [(e["event"], e.get("size")) for e in resumed.events] == [
+        ("plan", None), ("resumed", None), ("size", 64), ("size", 128)]
+    assert resumed.events[1]["sizes"] == [32]
     assert without_timings(resumed.doc) == without_timings(uninterrupted)
 
 
@@ -157,7 +159,8 @@ def test_resume_may_add_sizes_but_not_change_the_training(tiny_models, task_dir,
     saved = tmp_path / "first.json"
     saved.write_text(json.dumps(first))
     extended = trial_run({**spec, "subsetSizes": [32, 64, 128]}, "--resume", str(saved))
-    assert extended.code == 0 and [e.get("size") for e in extended.events] == [None, 128]
+    assert extended.code == 0 and [(e["event"], e.get("size")) for e in extended.events] == [
+        ("plan", None), ("resumed", None), ("size", 128)]
     assert extended.doc["points"][:2] == first["points"]
     changed = trial_run({**spec, "seed": 1}, "--resume", str(saved))
     assert (changed.code, changed.doc["reason"]) == (2, "InvalidSpec")

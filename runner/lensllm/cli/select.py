@@ -58,7 +58,12 @@ def run(args: argparse.Namespace) -> int:
         def progress(candidate: str, event: dict) -> None:
             bars.update(tasks[candidate], description=_describe(event), advance=_advance(event))
 
-        status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
+        try:
+            status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
+        except KeyboardInterrupt:
+            print(f"lensllm select: interrupted; the sizes each trial finished are kept in {out / 'trials'}: "
+                  "the same command again resumes them", file=sys.stderr)
+            return 130
     print_tables(status, manifest.spec.budget.target_size)
     plot = ""
     if status.ranking:
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _advance(event: dict) -> int:
+    if event.get("event") == "resumed":
+        return len(event.get("sizes", []))
     return 1 if event.get("event") == "size" else 0
 
 
@@ -76,6 +83,8 @@ def _describe(event: dict) -> str:
     kind = event.get("event", "")
     if kind == "size":
         return f"size {event.get('size')}: loss {event.get('test', {}).get('loss', float('nan')):.3f}"
+    if kind == "resumed":
+        return f"kept sizes {', '.join(str(size) for size in event.get('sizes', []))} from an earlier run"
     if kind == "zeroShot":
         return f"zero-shot loss {event.get('loss', float('nan')):.3f}"
     return str(kind)

@@ -166,6 +166,8 @@ class TrialRecipe:
         """Zero-shot loss, NTK, then one fresh fine-tune per size not done yet, then the fits."""
         result = self.result
         result.resources = self.resources()  # a failed trial still tells what it ran on
+        if result.points:
+            self.on_progress({"event": "resumed", "sizes": [p.size for p in result.points]})
         if result.zero_shot is None and self.spec.measure_zero_shot:
             result.zero_shot = self.evaluate()
             self.on_progress({"event": "zeroShot", **_wire(result.zero_shot)})

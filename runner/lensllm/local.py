@@ -9,18 +9,21 @@ made with the same spec keeps the sizes it finished (`run-trial --resume`), as a
 persistent volume does. Called by `lensllm select --local`.
 """
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, advance, next_trials
@@ -28,6 +31,7 @@ from lensllm.trial.result import TrialResult
 from lensllm.trial.spec import validation_message
 
 Progress = Callable[[str, dict], None]
+LOCK_FILE = ".lensllm-select.lock"  # held while a run writes into the folder; names its process
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,29 @@ class LocalRun:
 
 def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     """Run every trial the plan asks for, round by round, each round's trials `workers` at a time; return the
-    final status."""
+    final status. One run at a time into a folder: two would overwrite each other's trials."""
+    with _only_run_into(run.out):
+        return _run_rounds(run, progress)
+
+
+@contextmanager
+def _only_run_into(out: Path) -> Iterator[None]:
+    """Hold the folder's lock for the run, or refuse at once, naming the process that holds it."""
+    with open(out / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise LensLLMError(f"--out {out}: another lensllm select is running into it (process {holder}); wait for "
+                               "it, or give another --out") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield  # the lock goes with the file's closing, also when this process dies
+
+
+def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     spec = run.manifest.spec
     status = st.initial_status(spec, 1, st.now_iso())
     (run.out / "trials").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """`lensllm select --local` end to end: real runner processes on the demo's tiny models."""
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -226,3 +227,17 @@ def test_a_runner_killed_outright_is_result_missing_not_the_result_an_earlier_ru
     assert main(["select", str(folder / "selection.yaml"), "--local", "--out", str(folder / "out")]) == 1
     status = LLMSelectionStatus.model_validate(json.loads((folder / "out" / "status.json").read_text()))
     assert {c.reason for c in status.candidates.values()} == {"ResultMissing"}, status.candidates
+
+
+def test_a_second_selection_into_a_folder_in_use_is_refused_in_one_line(demo_world, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"))
+    with open(out / ".lensllm-select.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first run holds it
+        held.write("4242")
+        held.flush()
+        assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--out {out}: another lensllm select is running into it (process 4242); wait for it, or give another --out\n")
+    assert not (out / "trials").exists()

@@ -127,17 +127,51 @@ def _run_trial(
     command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
                "--termination-log", str(compact_path), *kept]
     env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
-    with lock:
-        progress(trial.candidate, {"event": "started"})
+    def report(event: dict) -> None:
+        with lock:
+            progress(trial.candidate, event)
+
+    report({"event": "started"})
+    deadline = run.manifest.spec.active_deadline_seconds
+    code, stopped = _run_runner(command, env, log_path, report, deadline)
+    if stopped:
+        return None, ("DeadlineExceeded", f"stopped after spec.activeDeadlineSeconds ({deadline} s), as its Job would be")
+    return _outcome(compact_path, log_path, code)
+
+
+def _run_runner(
+    command: list[str], env: dict, log_path: Path, report: Callable[[dict], None], deadline: int | None
+) -> tuple[int, bool]:
+    """Run a runner process, passing on its progress lines; kill it at the deadline, as Kubernetes kills a Job's
+    pods at its activeDeadlineSeconds. Its exit code, and whether the deadline stopped it."""
+    stopped = threading.Event()
     with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
-        for line in proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            with lock:
-                progress(trial.candidate, event)
-    return _outcome(compact_path, log_path, proc.returncode)
+
+        def stop() -> None:
+            stopped.set()
+            proc.kill()
+
+        timer = threading.Timer(deadline, stop) if deadline else None
+        if timer:
+            timer.start()
+        try:
+            for line in proc.stdout:
+                event = _progress_event(line)
+                if event is not None:
+                    report(event)
+        finally:
+            if timer:
+                timer.cancel()
+    return proc.returncode, stopped.is_set()
+
+
+def _progress_event(line: str) -> dict | None:
+    """The runner's progress event on a line of its output; None for anything else a library printed there."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def _left_by_an_earlier_run(spec_path: Path, result_path: Path, spec: dict) -> bool:

@@ -241,3 +241,21 @@ def test_a_second_selection_into_a_folder_in_use_is_refused_in_one_line(demo_wor
     assert capsys.readouterr().err.endswith(
         f"--out {out}: another lensllm select is running into it (process 4242); wait for it, or give another --out\n")
     assert not (out / "trials").exists()
+
+
+def test_a_trial_past_the_active_deadline_is_stopped_as_its_job_would_be(demo_world, tmp_path):
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), activeDeadlineSeconds=1)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--out", str(out)]) == 1
+    assert time.monotonic() - started < 30  # the runner alone needs seconds to import torch: it was killed
+    entry = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text())).candidates["tiny-opt"]
+    assert (entry.state, entry.reason) == ("Failed", "DeadlineExceeded")
+    assert entry.message == "stopped after spec.activeDeadlineSeconds (1 s), as its Job would be"
+
+
+def test_lines_a_library_prints_among_the_progress_events_are_passed_over():
+    from lensllm.local import _progress_event
+
+    assert _progress_event('{"event": "size", "size": 16}\n') == {"event": "size", "size": 16}
+    assert [_progress_event(line) for line in ("3\n", "[1, 2]\n", "Loading weights...\n", "null\n")] == [None] * 4

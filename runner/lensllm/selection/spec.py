@@ -321,7 +321,9 @@ class LLMSelectionSpec(WireModel):
         pattern=LABEL_VALUE,
         description="Kueue LocalQueue; set as the kueue.x-k8s.io/queue-name label on Jobs.",
     )
-    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Deadline of each trial Job.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Deadline of each trial Job (in local mode, of each trial process)."
+    )
     pending_timeout_seconds: int | None = Field(
         default=None,
         ge=1,

@@ -11,6 +11,7 @@ from typing import Any
 
 from lensllm.selection.plan import Trial
 from lensllm.selection.spec import LLMSelectionSpec, Resources
+from lensllm.trial.failures import FINAL_EXIT_CODES
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.names import job_name, label_value
 
@@ -26,8 +27,6 @@ CONTAINER = "runner"
 TERMINATION_LOG = "/dev/termination-log"
 CACHE_PATH = "/cache/huggingface"
 WORK_PATH = "/work"
-# Runner exit codes a retry cannot change (lensllm.trial.failures): input errors, out of memory, divergence.
-DETERMINISTIC_EXIT_CODES = [2, 3, 4]
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -56,7 +55,7 @@ def build_job(selection: str, uid: str, spec: LLMSelectionSpec, trial: Trial, co
                 # Preemption, eviction, node loss: retried without counting against backoffLimit.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                      "values": DETERMINISTIC_EXIT_CODES}},
+                                                      "values": list(FINAL_EXIT_CODES)}},
             ]
         },
         "template": {"metadata": {"labels": labels}, "spec": _pod_spec(selection, uid, spec, trial, config)},

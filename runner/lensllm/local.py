@@ -6,15 +6,19 @@ the trial's compact result (its termination message on a cluster), not the full 
 file. So the status written here is the one the operator would write into the resource,
 ranking included. A run cut short resumes when run again into the same folder: each trial
 made with the same spec keeps the sizes it finished (`run-trial --resume`), as a pod on a
-persistent volume does. Called by `lensllm select --local`.
+persistent volume does; so does a retry after a transient failure, and the deadline ends a
+trial, as spec.backoffLimit and spec.activeDeadlineSeconds rule a Job. Called by
+`lensllm select --local`.
 """
 
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,11 +31,14 @@ from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, advance, next_trials
+from lensllm.trial.failures import FINAL_EXIT_CODES
 from lensllm.trial.result import TrialResult
 from lensllm.trial.spec import validation_message
 
 Progress = Callable[[str, dict], None]
 LOCK_FILE = ".lensllm-select.lock"  # held while a run writes into the folder; names its process
+# A runner ended by Ctrl-C or a kill was stopped by someone: not retried (Python dies of the signal it did not handle).
+STOPPED_BY_HAND = {-signal.SIGINT, 128 + signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM}
 
 
 @dataclass(frozen=True)
@@ -116,52 +123,68 @@ def _threads_per_trial(workers: int) -> str:
 def _run_trial(
     run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock, resume: bool
 ) -> tuple[TrialResult | None, tuple[str, str]]:
+    """Run the trial's runner as a Job would: retried up to spec.backoffLimit times (each retry resuming after the
+    sizes finished) unless its exit code says a retry cannot help, and stopped at spec.activeDeadlineSeconds."""
     trial_id = _trial_id(run, trial)
     base = run.out / "trials" / trial_id
     spec_path, result_path, log_path = base.with_suffix(".spec.json"), base.with_suffix(".json"), base.with_suffix(".log")
     compact_path = base.with_suffix(".termination")
     spec = _local_spec(run, trial)
-    kept = ["--resume", str(result_path)] if resume and _left_by_an_earlier_run(spec_path, result_path, spec) else []
+    resume = resume and _left_by_an_earlier_run(spec_path, result_path, spec)
     spec_path.write_text(json.dumps(spec, indent=2))
-    compact_path.unlink(missing_ok=True)  # a runner killed outright writes none: an earlier run's must not stand in
-    command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out", str(result_path),
-               "--termination-log", str(compact_path), *kept]
     env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
+
     def report(event: dict) -> None:
         with lock:
             progress(trial.candidate, event)
 
     report({"event": "started"})
-    deadline = run.manifest.spec.active_deadline_seconds
-    code, stopped = _run_runner(command, env, log_path, report, deadline)
-    if stopped:
-        return None, ("DeadlineExceeded", f"stopped after spec.activeDeadlineSeconds ({deadline} s), as its Job would be")
+    job = run.manifest.spec
+    started = time.monotonic()
+    for attempt in range(job.backoff_limit + 1):
+        compact_path.unlink(missing_ok=True)  # a runner killed outright writes none: an earlier one's must not stand in
+        resume = resume or (attempt > 0 and _left_by_an_earlier_run(spec_path, result_path, spec))
+        kept = ["--resume", str(result_path)] if resume else []
+        command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out",
+                   str(result_path), "--termination-log", str(compact_path), *kept]
+        deadline = job.active_deadline_seconds
+        left = None if deadline is None else deadline - (time.monotonic() - started)  # the Job's, over every attempt
+        code, stopped = _run_runner(command, env, log_path, report, left, attempt)
+        if stopped:
+            why = f"stopped after spec.activeDeadlineSeconds ({deadline} s), as its Job would be"
+            return None, ("DeadlineExceeded", why)
+        if code == 0 or code in FINAL_EXIT_CODES or code in STOPPED_BY_HAND:
+            break
     return _outcome(compact_path, log_path, code)
 
 
 def _run_runner(
-    command: list[str], env: dict, log_path: Path, report: Callable[[dict], None], deadline: int | None
+    command: list[str], env: dict, log_path: Path, report: Callable[[dict], None], deadline: float | None, attempt: int
 ) -> tuple[int, bool]:
-    """Run a runner process, passing on its progress lines; kill it at the deadline, as Kubernetes kills a Job's
-    pods at its activeDeadlineSeconds. Its exit code, and whether the deadline stopped it."""
+    """Run a runner process, passing on its progress lines, its stderr to the trial's log (after the attempts before
+    it); kill it `deadline` seconds on, as Kubernetes kills a Job's pods at its activeDeadlineSeconds. Its exit code,
+    and whether the deadline stopped it."""
     stopped = threading.Event()
-    with open(log_path, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
+    with open(log_path, "a" if attempt else "w") as log:
+        if attempt:
+            log.write(f"--- attempt {attempt + 1} (spec.backoffLimit), resuming after the sizes finished ---\n")
+            log.flush()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
+            def stop() -> None:
+                stopped.set()
+                proc.kill()
 
-        def stop() -> None:
-            stopped.set()
-            proc.kill()
-
-        timer = threading.Timer(deadline, stop) if deadline else None
-        if timer:
-            timer.start()
-        try:
-            for line in proc.stdout:
-                event = _progress_event(line)
-                if event is not None:
-                    report(event)
-        finally:
+            timer = None if deadline is None else threading.Timer(max(deadline, 0.0), stop)
             if timer:
-                timer.cancel()
+                timer.start()
+            try:
+                for line in proc.stdout:
+                    event = _progress_event(line)
+                    if event is not None:
+                        report(event)
+            finally:
+                if timer:
+                    timer.cancel()
     return proc.returncode, stopped.is_set()
 
 

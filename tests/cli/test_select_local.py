@@ -259,3 +259,51 @@ def test_lines_a_library_prints_among_the_progress_events_are_passed_over():
 
     assert _progress_event('{"event": "size", "size": 16}\n') == {"event": "size", "size": 16}
     assert [_progress_event(line) for line in ("3\n", "[1, 2]\n", "Loading weights...\n", "null\n")] == [None] * 4
+
+
+FAIL_ONCE = '''
+import json, os, pathlib, threading, time
+marker = pathlib.Path(os.environ["LENSLLM_TEST_MARKER"])
+if not marker.exists():  # the first runner: dies (exit 1, a transient fault) once it has saved a size
+    marker.write_text("")
+    result = pathlib.Path(os.environ["LENSLLM_TEST_RESULT"])
+
+    def die_after_a_size():
+        while True:
+            try:
+                if json.loads(result.read_text())["points"]:
+                    marker.write_text(result.read_text())
+                    os._exit(1)
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+
+    threading.Thread(target=die_after_a_size, daemon=True).start()
+'''
+
+
+@pytest.mark.parametrize("backoff_limit", [1, 0])
+def test_a_runner_that_fails_transiently_is_retried_up_to_the_backoff_limit_resuming_its_sizes(
+    demo_world, tmp_path, monkeypatch, backoff_limit
+):
+    training = {"learningRate": 0.001, "epochs": 30, "batchSize": 16, "maxSeqLength": 32}  # sizes take seconds
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="flaky", training=training,
+                             backoffLimit=backoff_limit)
+    out, hooks = tmp_path / "out", tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(FAIL_ONCE)  # imported by every runner process
+    marker, result_file = tmp_path / "failed-once", out / "trials" / "flaky-tiny-opt-r0.json"
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    monkeypatch.setenv("LENSLLM_TEST_MARKER", str(marker))
+    monkeypatch.setenv("LENSLLM_TEST_RESULT", str(result_file))
+    code = main(["select", str(write_manifest(tmp_path, doc)), "--local", "--out", str(out)])
+    entry = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text())).candidates["tiny-opt"]
+    left_by_the_first = json.loads(marker.read_text())["points"]
+    if backoff_limit == 0:
+        assert (code, entry.state, entry.reason) == (1, "Failed", "ResultMissing")
+        return
+    assert (code, entry.state) == (0, "Succeeded")
+    assert "--- attempt 2 (spec.backoffLimit)" in (out / "trials" / "flaky-tiny-opt-r0.log").read_text()
+    points = measured_points(result_file)
+    assert [p["size"] for p in points] == [16, 32, 64, 128]
+    assert points[: len(left_by_the_first)] == left_by_the_first  # the retry kept them, as a pod on a volume does

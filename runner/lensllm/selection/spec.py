@@ -332,7 +332,10 @@ class LLMSelectionSpec(WireModel):
         "it or calls it inadmissible (or, when Kueue makes no Workload for it, from its creation); defaults to the "
         "operator's setting.",
     )
-    backoff_limit: int = Field(default=1, ge=0, le=20, description="Retries of a trial pod that failed (disruptions do not count).")
+    backoff_limit: int = Field(
+        default=1, ge=0, le=20,
+        description="Retries of a trial pod that failed (disruptions do not count; in local mode, of the trial process).",
+    )
     suspend: bool = Field(default=False, description="Create no new trial Jobs while true.")
 
     @classmethod

@@ -14,6 +14,8 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_DIVERGED = 4
+# Exit codes a retry cannot change (the same input fails the same way): a Job fails at once on them.
+FINAL_EXIT_CODES = (EXIT_USAGE, EXIT_OUT_OF_MEMORY, EXIT_DIVERGED)
 
 
 class TrialFailure(Exception):

@@ -197,3 +197,14 @@ def test_a_plot_that_cannot_be_written_is_refused_before_any_work(small_csv, cap
     code, out, err = run_cli(["fit", small_csv, "--max-n", "3200", "--plot", plot], capsys)
     assert code == 2 and out == ""
     assert err.strip().startswith(f"lensllm fit: error: --plot {plot}: ")
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(small_csv, capsys, monkeypatch):
+    from lensllm.cli import bench
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    assert main(["bench", str(small_csv)]) == 130
+    assert capsys.readouterr().err == "lensllm bench: interrupted\n"

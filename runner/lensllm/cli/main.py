@@ -1,7 +1,7 @@
 """Entry point of the `lensllm` console script.
 
-Every input error ends as one line on stderr and exit code 2; anything else is a bug and
-keeps its traceback.
+Every input error ends as one line on stderr and exit code 2, an interrupt (Ctrl-C) as one
+line and 130; anything else is a bug and keeps its traceback.
 """
 
 import argparse
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LensLLMError as err:
         print(f"lensllm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: no traceback
+        print(f"lensllm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -169,10 +169,11 @@ def test_an_empty_data_file_is_named(tmp_path):
 
 
 def pairs_file(tmp_path, rows: list[dict]) -> DatasetSpec:
-    """A one-file dataset of `rows`, every row in both splits."""
+    """A one-file dataset of `rows`, every row in both splits (the training split as a slice: the same name twice is
+    refused)."""
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target",
-                       test_split="train")
+                       train_split="train[:100%]", test_split="train")
 
 
 @pytest.mark.parametrize(("last", "field", "says"), [

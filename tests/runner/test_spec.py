@@ -65,6 +65,7 @@ def test_ntk_eta_defaults_to_the_training_learning_rate():
         ({"dataset__textFeild": "text"}, "dataset.textFeild: Extra inputs are not permitted"),
         ({"dataset__textField": "text"}, "dataset: give either textField or inputField + targetField"),
         ({"dataset__promptTemplate": "Q: {question}"}, "dataset.promptTemplate: must contain {input}"),
+        ({"dataset__testSplit": "train"}, "dataset: testSplit 'train' is the trainSplit too; give a held-out split"),
         ({"candidate__dtype": "int8"}, "candidate.dtype:"),
         ({"ntk__scope": "lora"}, "ntk.scope lora needs training.method lora"),
     ],

@@ -72,7 +72,8 @@ class DatasetSpec(WireModel):
     )
     test_split: str = Field(
         max_length=NAME_LIMIT,
-        default="test", description="Split to measure test loss on; slices such as train[90%:] work."
+        default="test",
+        description="Split to measure test loss on, not the trainSplit; slices of one split such as train[90%:] work.",
     )
     text_field: str | None = Field(
         default=None,
@@ -105,6 +106,14 @@ class DatasetSpec(WireModel):
             raise ValueError("give either textField or inputField + targetField, not both")
         if self.text_field is None and None in pair:
             raise ValueError("give textField, or both inputField and targetField")
+        return self
+
+    @model_validator(mode="after")
+    def _test_split_is_held_out(self) -> "DatasetSpec":
+        if self.test_split == self.train_split:
+            # The test loss would score examples the subsets train on: memorising would look like generalising.
+            raise ValueError(f"testSplit {self.test_split!r} is the trainSplit too; give a held-out split, or slices "
+                             "of one split such as train[:90%] and train[90%:]")
         return self
 
     @property

@@ -94,9 +94,9 @@ def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
             else:
                 status = st.record_failure(status, trial.candidate, trial_id, *failure)
     status = st.finalize(status, spec, 1, st.now_iso())
-    (run.out / "status.json").write_text(json.dumps(status.dump(), indent=2) + "\n")
     selection = selection_object(run.manifest, status.dump())
     (run.out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+    finished.write_text(json.dumps(status.dump(), indent=2) + "\n")
     return status
 
 

@@ -131,6 +131,8 @@ def _run_trial(
     compact_path = base.with_suffix(".termination")
     spec = _local_spec(run, trial)
     resume = resume and _left_by_an_earlier_run(spec_path, result_path, spec)
+    if not resume:  # else a retry after a first attempt that saved nothing would resume the earlier run's result
+        result_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2))
     env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
 

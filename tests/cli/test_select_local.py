@@ -307,3 +307,22 @@ def test_a_runner_that_fails_transiently_is_retried_up_to_the_backoff_limit_resu
     points = measured_points(result_file)
     assert [p["size"] for p in points] == [16, 32, 64, 128]
     assert points[: len(left_by_the_first)] == left_by_the_first  # the retry kept them, as a pod on a volume does
+
+
+def test_a_retry_in_a_fresh_run_never_resumes_the_result_of_the_finished_run_before(demo_world, tmp_path, monkeypatch):
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="twice")
+    manifest, out = write_manifest(tmp_path, doc), tmp_path / "out"
+    result_file = out / "trials" / "twice-tiny-opt-r0.json"
+    assert main(["select", str(manifest), "--local", "--out", str(out)]) == 0
+    before = measured_points(result_file)
+    hooks, marker = tmp_path / "hooks", tmp_path / "failed-once"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(  # the first runner dies at start-up, before it saves anything
+        "import os, pathlib\nmarker = pathlib.Path(os.environ['LENSLLM_TEST_MARKER'])\n"
+        "if not marker.exists():\n    marker.write_text('')\n    os._exit(1)\n")
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    monkeypatch.setenv("LENSLLM_TEST_MARKER", str(marker))
+    assert main(["select", str(manifest), "--local", "--out", str(out)]) == 0
+    after = measured_points(result_file)
+    assert marker.exists() and [p["size"] for p in after] == [p["size"] for p in before]
+    assert all(a["train"]["seconds"] != b["train"]["seconds"] for a, b in zip(after, before))  # measured anew

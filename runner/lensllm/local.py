@@ -169,7 +169,7 @@ def _run_runner(
     stopped = threading.Event()
     with open(log_path, "a" if attempt else "w") as log:
         if attempt:
-            log.write(f"--- attempt {attempt + 1} (spec.backoffLimit), resuming after the sizes finished ---\n")
+            log.write(f"--- attempt {attempt + 1} (spec.backoffLimit) ---\n")
             log.flush()
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
             def stop() -> None:

@@ -303,7 +303,7 @@ def test_a_runner_that_fails_transiently_is_retried_up_to_the_backoff_limit_resu
         assert (code, entry.state, entry.reason) == (1, "Failed", "ResultMissing")
         return
     assert (code, entry.state) == (0, "Succeeded")
-    assert "--- attempt 2 (spec.backoffLimit)" in (out / "trials" / "flaky-tiny-opt-r0.log").read_text()
+    assert "--- attempt 2 (spec.backoffLimit) ---" in (out / "trials" / "flaky-tiny-opt-r0.log").read_text()
     points = measured_points(result_file)
     assert [p["size"] for p in points] == [16, 32, 64, 128]
     assert points[: len(left_by_the_first)] == left_by_the_first  # the retry kept them, as a pod on a volume does

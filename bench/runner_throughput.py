@@ -150,8 +150,11 @@ def run(args: argparse.Namespace) -> dict:
         recipe.setup_model(random_model(config, recipe.device, recipe.dtype))
         report = describe_run(args, recipe)
         if args.examples:
-            recipe.train(args.warmup)
+            # Untimed, but its seconds are reported: with --compile they hold the training graph's compilation.
+            report["warmupSeconds"] = recipe.train(args.warmup).seconds
             report |= time_training(args, recipe)
+        if args.compile:  # evaluation compiles on its first call (no_grad is part of the guard): time it apart
+            report["evalFirstSeconds"] = recipe.evaluate().seconds
         report |= time_evaluation(recipe)
         if args.ntk_probe:
             report |= time_ntk(recipe)
@@ -242,6 +245,8 @@ def print_table(path: Path) -> None:
         ("pad %", lambda r: _fmt(r.get("trainPadding"), ".1%")),
         ("MFU", lambda r: _fmt(r.get("trainMfu"), ".1%")),
         ("eval tok/s", lambda r: _fmt(r.get("evalTokensPerSecond"), ",.0f")),
+        ("warm-up s", lambda r: _fmt(r.get("warmupSeconds"), ".1f") + (
+            f" + {r['evalFirstSeconds']:.1f}" if "evalFirstSeconds" in r else "")),
         ("train GiB (plan)", lambda r: _memory(r, "trainPeakBytes", "train")),
         ("NTK", lambda r: f"{r['ntkScope']}/{r['ntkMethod']} {r['ntkSeconds']:.1f}s" if "ntkSeconds" in r else "-"),
         ("NTK GiB (plan)", lambda r: _memory(r, "ntkPeakBytes", "ntk")),

@@ -46,6 +46,7 @@ class LocalRun:
     manifest: Manifest
     out: Path
     workers: int
+    fresh: bool = False  # measure everything, even what a run cut short left
 
 
 def run_local(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
@@ -78,7 +79,7 @@ def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     (run.out / "trials").mkdir(parents=True, exist_ok=True)
     finished = run.out / "status.json"
     # Written last: without it, the last run into this folder was cut short, and its trials resume.
-    resume = not finished.exists()
+    resume = not (finished.exists() or run.fresh)
     finished.unlink(missing_ok=True)
     lock = threading.Lock()
     while trials := next_trials(spec, status := advance(spec, status)):

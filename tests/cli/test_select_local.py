@@ -326,3 +326,19 @@ def test_a_retry_in_a_fresh_run_never_resumes_the_result_of_the_finished_run_bef
     after = measured_points(result_file)
     assert marker.exists() and [p["size"] for p in after] == [p["size"] for p in before]
     assert all(a["train"]["seconds"] != b["train"]["seconds"] for a, b in zip(after, before))  # measured anew
+
+
+def test_fresh_measures_anew_what_a_run_cut_short_left(demo_world, tmp_path):
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="redo")
+    manifest, out = write_manifest(tmp_path, doc), tmp_path / "out"
+    result_file = out / "trials" / "redo-tiny-opt-r0.json"
+    assert main(["select", str(manifest), "--local", "--out", str(out)]) == 0
+    before = measured_points(result_file)
+    (out / "status.json").unlink()  # as if that run had been cut short after its trials
+    assert main(["select", str(manifest), "--local", "--out", str(out)]) == 0
+    assert measured_points(result_file) == before  # resumed: nothing measured again
+    (out / "status.json").unlink()
+    assert main(["select", str(manifest), "--local", "--out", str(out), "--fresh"]) == 0
+    after = measured_points(result_file)
+    assert [p["size"] for p in after] == [p["size"] for p in before]
+    assert all(a["train"]["seconds"] != b["train"]["seconds"] for a, b in zip(after, before))

@@ -25,7 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local", action="store_true", required=True, help="run here instead of on a cluster")
     p.add_argument("--workers", type=int, default=1,
                    help="trials to run at once (default 1); each computes on cores/N threads unless OMP_NUM_THREADS is set")
-    p.add_argument("--out", type=Path, help="output folder (default lensllm-out/<selection name>)")
+    p.add_argument("--out", type=Path, help="output folder (default lensllm-out/<selection name>); a run cut short "
+                   "there resumes: its trials keep the sizes they finished")
+    p.add_argument("--fresh", action="store_true",
+                   help="measure every size anew, even those a run cut short left in --out (e.g. after the model "
+                   "files changed)")
     p.set_defaults(run=run)
 
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             bars.update(tasks[candidate], description=_describe(event), advance=_advance(event))
 
         try:
-            status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers), progress)
+            status = run_local(LocalRun(manifest=manifest, out=out, workers=args.workers, fresh=args.fresh), progress)
         except KeyboardInterrupt:
             print(f"lensllm select: interrupted; the sizes each trial finished are kept in {out / 'trials'}: "
                   "the same command again resumes them", file=sys.stderr)

@@ -99,3 +99,14 @@ def test_a_status_that_is_not_valid_is_refused_naming_the_file_and_field(status,
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lensllm report: error: {path}: {says}") and err.count("\n") == 1
+
+
+def test_test_rows_the_training_split_holds_too_are_said_under_the_ranking():
+    point = {"size": 0, "loss": 7.0, "bitsPerByte": 3.8, "lossPerExample": 70.0}
+    status = LLMSelectionStatus.model_validate({"phase": "Complete", "candidates": {
+        "a": {"model": "m", "state": "Succeeded", "zeroShot": point, "testRowsInTrain": 12},
+        "b": {"model": "m", "state": "Failed"}}})
+    text = " ".join(rendered(status, lambda s: ranking_table(s, 2048)).split())
+    assert "12 rows of the test split are rows of the training split too: the test losses leave them out" in text
+    status.candidates["a"].test_rows_in_train = 0
+    assert "training split" not in rendered(status, lambda s: ranking_table(s, 2048))

@@ -35,6 +35,7 @@ from transformers import (  # noqa: E402
     T5ForConditionalGeneration,
 )
 
+from jsonl import write_jsonl  # noqa: E402
 from lensllm.cli.main import main  # noqa: E402
 
 torch.set_num_threads(1)  # two threads ran 5-9x slower on the 2-core CI machines
@@ -72,10 +73,6 @@ class Language:
 
     def text(self) -> str:
         return " ".join(self.target_words[i] for i in self.sentence()) + " ."
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,11 @@ import json
 
 import pytest
 import torch
+from jsonl import write_jsonl
 
 from lensllm.trial.data import Row, load_task_rows
 from lensllm.trial.examples import IGNORE, collate, encode_rows
-from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound
+from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound, SplitNotHeldOut
 from lensllm.trial.spec import DatasetSpec
 
 
@@ -115,7 +116,8 @@ def test_single_file_source_splits_by_slices(tmp_path, task_dir):
         test_split="train[80%:]",
     )
     rows = load_task_rows(spec, need_train=80, seed=0)
-    assert (rows.train_split_size, len(rows.test)) == (80, 20)
+    repeated = sum(line in lines[:80] for line in lines[80:])  # short made-up sentences do repeat
+    assert (rows.train_split_size, rows.test_rows_in_train, len(rows.test)) == (80, repeated, 20 - repeated)
 
 
 def test_text_file_source_reads_one_example_per_line(tmp_path):
@@ -168,12 +170,15 @@ def test_an_empty_data_file_is_named(tmp_path):
 
 
 
-def pairs_file(tmp_path, rows: list[dict]) -> DatasetSpec:
-    """A one-file dataset of `rows`, every row in both splits (the training split as a slice: the same name twice is
-    refused)."""
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target",
-                       train_split="train[:100%]", test_split="train")
+def pairs_folder(tmp_path, train: list[dict], test: list[dict]) -> DatasetSpec:
+    """A dataset folder of input/target pairs: train.jsonl and test.jsonl."""
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "test.jsonl", test)
+    return DatasetSpec(source=str(tmp_path), input_field="input", target_field="target")
+
+
+def numbered(n: int, start: int = 0, **fields: object) -> list[dict]:
+    return [{"input": str(i), "target": str(i), **fields} for i in range(start, start + n)]
 
 
 @pytest.mark.parametrize(("last", "field", "says"), [
@@ -181,24 +186,64 @@ def pairs_file(tmp_path, rows: list[dict]) -> DatasetSpec:
     ({"input": "a", "target": None}, "targetField 'target'", "has no value (null or missing)"),
 ])
 def test_a_row_without_a_value_is_refused_naming_field_row_and_split(tmp_path, last, field, says):
-    spec = pairs_file(tmp_path, [{"input": str(i), "target": str(i)} for i in range(4)] + [last])
+    spec = pairs_folder(tmp_path, numbered(5), numbered(4, start=10) + [last])
     with pytest.raises(DatasetFieldMissing) as caught:
         load_task_rows(spec, need_train=5, seed=0)  # written out, it would be trained on as the text "None"
-    assert str(caught.value) == f"dataset.{field}: row 4 (from 0) of split 'train' {says}"
+    assert str(caught.value) == f"dataset.{field}: row 4 (from 0) of split 'test' {says}"
 
 
 def test_a_nested_value_is_refused_and_numbers_are_written_out(tmp_path):
-    spec = pairs_file(tmp_path, [{"input": {"words": [str(i)]}, "target": str(i)} for i in range(3)])
-    with pytest.raises(DatasetFieldMissing, match=r"^dataset.inputField 'input': row \d \(from 0\) of split 'train' "
+    nested = [{"input": {"words": [str(i)]}, "target": str(i)} for i in range(3)]
+    spec = pairs_folder(tmp_path, nested, nested)
+    with pytest.raises(DatasetFieldMissing, match=r"^dataset.inputField 'input': row \d \(from 0\) of split 'test' "
                                                   r"has a dict, not text$"):
         load_task_rows(spec, need_train=3, seed=0)
-    rows = load_task_rows(pairs_file(tmp_path, [{"input": i, "target": i * 2} for i in range(3)]), need_train=3, seed=0)
+    numbers = [{"input": i, "target": i * 2} for i in range(4)]
+    rows = load_task_rows(pairs_folder(tmp_path, numbers[:3], numbers[2:]), need_train=3, seed=0)
     assert sorted(r.scored for r in rows.train) == ["0", "2", "4"]
+    assert (rows.test_rows_in_train, rows.test) == (1, [Row(prompt="3\n", scored="6")])  # compared as numbers written out
 
 
 def test_a_test_sample_with_nothing_to_score_is_refused(tmp_path):
-    spec = pairs_file(tmp_path, [{"input": str(i), "target": ""} for i in range(3)])
+    spec = pairs_folder(tmp_path, numbered(3), numbered(3, start=10, target=""))
     with pytest.raises(DatasetFieldMissing) as caught:
         load_task_rows(spec, need_train=3, seed=0)  # bits per byte over zero bytes
-    assert str(caught.value) == ("dataset.targetField 'target': all 3 test rows drawn from split 'train' are empty: "
+    assert str(caught.value) == ("dataset.targetField 'target': all 3 test rows drawn from split 'test' are empty: "
                                  "there is no text to score")
+
+
+def test_overlapping_slices_of_one_split_leave_the_shared_rows_out_of_the_test_sample(tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", numbered(100))
+    spec = DatasetSpec(source=str(tmp_path / "pairs.jsonl"), input_field="input", target_field="target",
+                       train_split="train[:90%]", test_split="train[80%:]", max_test_examples=50)
+    rows = load_task_rows(spec, need_train=8, seed=0)
+    assert rows.test_rows_in_train == 10
+    assert sorted(int(r.scored) for r in rows.test) == list(range(90, 100))  # only what training never sees
+
+
+def test_test_rows_duplicated_in_the_training_split_are_replaced_by_held_out_ones(tmp_path):
+    train = numbered(200)
+    copied = [train[7], train[150], {"input": "7", "target": "seven"}]  # the last shares only its input
+    spec = pairs_folder(tmp_path, train, numbered(60, start=1000) + copied).model_copy(update={"max_test_examples": 40})
+    rows = load_task_rows(spec, need_train=16, seed=0)
+    assert rows.test_rows_in_train == 2
+    assert len(rows.test) == 40 and {"7", "150"}.isdisjoint(r.scored for r in rows.test)
+    (tmp_path / "clean").mkdir()
+    clean = load_task_rows(pairs_folder(tmp_path / "clean", numbered(200), numbered(60, start=1000)).model_copy(
+        update={"max_test_examples": 40}), need_train=16, seed=0)
+    assert clean.test_rows_in_train == 0 and len(set(rows.test) & set(clean.test)) >= 30  # the rest of the draw stays
+
+
+def test_a_test_split_that_copies_the_training_split_is_refused(tmp_path):
+    spec = pairs_folder(tmp_path, numbered(30), numbered(30)[::-1])
+    with pytest.raises(SplitNotHeldOut) as caught:
+        load_task_rows(spec, need_train=8, seed=0)
+    assert str(caught.value) == ("all 30 rows of dataset.testSplit 'test' are rows of dataset.trainSplit 'train' too: "
+                                 "the test loss would measure memorising; give a held-out split")
+
+
+def test_language_modelling_text_is_compared_whole(tmp_path):
+    (tmp_path / "train.txt").write_text("".join(f"line {i}\n" for i in range(30)))
+    (tmp_path / "test.txt").write_text("line 3\nline 3 and more\n")
+    rows = load_task_rows(DatasetSpec(source=str(tmp_path), text_field="text"), need_train=4, seed=0)
+    assert (rows.test_rows_in_train, rows.test) == (1, [Row(prompt=None, scored="line 3 and more")])

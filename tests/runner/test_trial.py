@@ -19,6 +19,12 @@ def without_timings(value):
     return value
 
 
+def repeated_test_rows(task_dir) -> int:
+    """Test pairs that are training pairs too: the fixture's short made-up sentences repeat."""
+    train = set((task_dir / "train.jsonl").read_text().splitlines())
+    return sum(line in train for line in (task_dir / "test.jsonl").read_text().splitlines())
+
+
 @pytest.mark.parametrize("name", ["gpt2", "opt", "llama", "t5"])
 def test_every_architecture_learns_from_zero_shot_to_the_largest_size(
     tiny_models, task_dir, trial_run, spec_template, name
@@ -28,7 +34,8 @@ def test_every_architecture_learns_from_zero_shot_to_the_largest_size(
     losses = [p["test"]["loss"] for p in doc["points"]]
     assert (run.code, doc["status"]) == (0, "Succeeded")
     assert doc["zeroShot"]["loss"] > losses[0] > losses[-1]
-    assert [e["event"] for e in run.events] == ["plan", "zeroShot", "ntk", "size", "size", "size"]
+    assert [e["event"] for e in run.events] == ["testRowsInTrain", "plan", "zeroShot", "ntk", "size", "size", "size"]
+    assert run.events[0]["rows"] == doc["testRowsInTrain"] == repeated_test_rows(task_dir) > 0
     assert [f["method"] for f in doc["fits"]] == list(METHODS)
     assert all(f["predictedLoss"] > 0 and f["error"] is None for f in doc["fits"])
     assert doc["resources"]["trainableParameters"] == doc["resources"]["parameters"]
@@ -43,7 +50,7 @@ def test_a_trial_told_not_to_measure_the_zero_shot_loss_measures_the_same_points
     run = trial_run({**spec, "measureZeroShot": False})
     doc = run.doc
     assert (run.code, doc["status"], doc.get("zeroShot")) == (0, "Succeeded", None)
-    assert [e["event"] for e in run.events] == ["plan", "size", "size", "size"]
+    assert [e["event"] for e in run.events] == ["testRowsInTrain", "plan", "size", "size", "size"]
     assert without_timings(doc["points"]) == without_timings(measured["points"])
     assert all(f["predictedLoss"] > 0 and f["error"] is None for f in doc["fits"])
 
@@ -148,8 +155,8 @@ def test_resume_skips_finished_sizes_and_reproduces_the_uninterrupted_result(
     resumed = trial_run(spec, "--resume", str(saved))
     assert resumed.code == 0
     assert [(e["event"], e.get("size")) for e in resumed.events] == [
-        ("plan", None), ("resumed", None), ("size", 64), ("size", 128)]
-    assert resumed.events[1]["sizes"] == [32]
+        ("testRowsInTrain", None), ("plan", None), ("resumed", None), ("size", 64), ("size", 128)]
+    assert resumed.events[2]["sizes"] == [32]
     assert without_timings(resumed.doc) == without_timings(uninterrupted)
 
 
@@ -160,7 +167,7 @@ def test_resume_may_add_sizes_but_not_change_the_training(tiny_models, task_dir,
     saved.write_text(json.dumps(first))
     extended = trial_run({**spec, "subsetSizes": [32, 64, 128]}, "--resume", str(saved))
     assert extended.code == 0 and [(e["event"], e.get("size")) for e in extended.events] == [
-        ("plan", None), ("resumed", None), ("size", 128)]
+        ("testRowsInTrain", None), ("plan", None), ("resumed", None), ("size", 128)]
     assert extended.doc["points"][:2] == first["points"]
     changed = trial_run({**spec, "seed": 1}, "--resume", str(saved))
     assert (changed.code, changed.doc["reason"]) == (2, "InvalidSpec")
@@ -176,6 +183,6 @@ def test_subprocess_run_prints_progress_lines_and_writes_both_documents(
     )
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 0, proc.stderr
-    assert [e["event"] for e in events] == ["plan", "zeroShot", "ntk", "size", "size", "size"]
+    assert [e["event"] for e in events] == ["testRowsInTrain", "plan", "zeroShot", "ntk", "size", "size", "size"]
     assert TrialResult.model_validate_json(log.read_text()).status == "Succeeded"
     assert TrialResult.model_validate_json(out.read_text()).points[-1].size == 128

@@ -135,3 +135,14 @@ def test_the_race_learns_what_a_uniform_guess_scores_from_the_zero_shot_point_on
     entry.parameters = 1_000  # what the race counts compute with (the result's resources, left out above)
     (candidate,) = st.race_candidates(status)
     assert (candidate.zero_shot, candidate.uniform) == (14.1, 14.0) and candidate.curve().learns_from_scratch
+
+
+def test_a_result_says_how_many_test_rows_its_training_split_holds_and_a_resumed_one_keeps_it(spec):
+    status = st.initial_status(spec, 1, NOW)
+    law, zero = LAWS["steep"]
+    measured = result(law, zero)
+    measured.test_rows_in_train = 5
+    status = st.record_result(status, spec, "steep", "j", measured, gpus=1)
+    assert status.candidates["steep"].test_rows_in_train == 5
+    measured.test_rows_in_train = None  # a result of a runner before the count
+    assert st.record_result(status, spec, "steep", "k", measured, gpus=1).candidates["steep"].test_rows_in_train == 5

@@ -79,6 +79,10 @@ def ranking_table(status, target: int) -> Table:
             interval = f"{entry.interval[0]:.4f}-{entry.interval[1]:.4f}" if entry.interval else "-"
             cells[3:3] = [interval, f"{entry.p_best:.3f}" if entry.p_best is not None else "-"]
         table.add_row(*cells)
+    in_train = max((entry.test_rows_in_train or 0 for entry in status.candidates.values()), default=0)
+    if in_train:
+        table.caption = (f"{in_train} rows of the test split are rows of the training split too: the test losses "
+                         "leave them out")
     return table
 
 

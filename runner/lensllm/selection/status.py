@@ -127,6 +127,10 @@ class CandidateStatus(StatusModel):
     zero_shot: CurvePoint | None = Field(default=None, description="Test loss before fine-tuning.")
     points: list[CurvePoint] = Field(default_factory=list, description="Observed learning-curve points.")
     ntk: NTKSummary | None = Field(default=None, description="Empirical NTK summary at the pre-trained weights.")
+    test_rows_in_train: int | None = Field(
+        default=None,
+        description="Rows of the test split that are rows of the training split too; left out of the test sample.",
+    )
     fit: dict[str, float] | None = Field(default=None, description="Fitted parameters of the ranking method.")
     predicted_loss: FiniteFloat | None = Field(default=None, description="Predicted bits per byte at targetSize.")
     rank: int | None = Field(default=None, description="1 = predicted best.")
@@ -353,6 +357,8 @@ def record_result(
     entry.points = sorted(entry.points + [_point(p.size, p.test) for p in result.points if p.size not in known], key=lambda p: p.size)
     entry.zero_shot = _point(0, result.zero_shot) if result.zero_shot else entry.zero_shot
     entry.ntk = result.ntk or entry.ntk
+    if result.test_rows_in_train is not None:
+        entry.test_rows_in_train = result.test_rows_in_train
     entry.flops += result.total_flops()
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters

@@ -6,14 +6,23 @@ construction) and for the test sample. `datasets.load_dataset` does all file par
 local files go through its packaged json/csv/parquet/text builders.
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
-from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound, first_line
+from lensllm.trial.failures import (
+    BudgetExceedsDataset,
+    DatasetFieldMissing,
+    DatasetNotFound,
+    SplitNotHeldOut,
+    first_line,
+)
 from lensllm.trial.spec import DatasetSpec
 
 # File suffix -> packaged `datasets` builder.
@@ -30,11 +39,13 @@ class Row:
 
 @dataclass(frozen=True)
 class TaskRows:
-    """Training rows in the seeded order (size n = the first n) and the test sample."""
+    """Training rows in the seeded order (size n = the first n) and the test sample, drawn from the rows of the
+    test split that the training split does not hold too."""
 
     train: list[Row]
     test: list[Row]
     train_split_size: int
+    test_rows_in_train: int
 
 
 def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows:
@@ -51,15 +62,52 @@ def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows
     if len(test) == 0:
         raise DatasetNotFound(f"dataset.testSplit {spec.test_split!r} is empty")
     order = np.random.default_rng(seed).permutation(len(train))[:need_train]
+    in_train = _rows_also_in(spec, test, train)
+    if in_train.all():
+        raise SplitNotHeldOut(
+            f"all {len(test)} rows of dataset.testSplit {spec.test_split!r} are rows of dataset.trainSplit "
+            f"{spec.train_split!r} too: the test loss would measure memorising; give a held-out split"
+        )
     # A separate stream for the test sample, so changing the budget never changes the test set.
-    test_order = np.sort(np.random.default_rng([seed, 1]).permutation(len(test))[: spec.max_test_examples])
+    test_order = np.random.default_rng([seed, 1]).permutation(len(test))
+    test_order = np.sort(test_order[~in_train[test_order]][: spec.max_test_examples])
     test_rows = _rows(spec, test, test_order, spec.test_split)
     if not any(row.scored for row in test_rows):
         # Bits per byte over zero bytes: any number the trial reported would be noise.
         key, column = spec.scored_field
         raise DatasetFieldMissing(f"dataset.{key} {column!r}: all {len(test_rows)} test rows drawn from split "
                                   f"{spec.test_split!r} are empty: there is no text to score")
-    return TaskRows(train=_rows(spec, train, order, spec.train_split), test=test_rows, train_split_size=len(train))
+    return TaskRows(train=_rows(spec, train, order, spec.train_split), test=test_rows, train_split_size=len(train),
+                    test_rows_in_train=int(in_train.sum()))
+
+
+def _rows_also_in(spec: DatasetSpec, test: Dataset, train: Dataset) -> np.ndarray:
+    """A mask over `test`: the rows whose every field the spec reads equals that of some row of `train`.
+
+    Overlapping slices of one split (train[:90%] and train[80%:]) and duplicated rows both end up here; a test
+    loss on them would reward memorising. Arrow scans the training split (millions of rows take a second); only
+    the training rows whose every field is some test row's (few, even where the targets are a handful of labels)
+    are paired up in Python.
+    """
+    fields = [spec.text_field] if spec.is_text else [spec.input_field, spec.target_field]
+    test_columns = [_as_text(test, field) for field in fields]
+    train_columns = [_as_text(train, field) for field in fields]
+    shared = [pc.is_in(column, value_set=pc.unique(values), skip_nulls=True)
+              for column, values in zip(train_columns, test_columns)]
+    candidates = functools.reduce(pc.and_, shared)
+    train_rows = set(zip(*(pc.filter(column, candidates).to_pylist() for column in train_columns)))
+    test_rows = zip(*(column.to_pylist() for column in test_columns))
+    return np.fromiter((None not in row and row in train_rows for row in test_rows), dtype=bool, count=len(test))
+
+
+def _as_text(split: Dataset, field: str) -> pa.ChunkedArray:
+    """A column as Arrow text; all nulls when its values are not text or numbers (those rows are refused when
+    drawn, and cannot equal a text)."""
+    column = split.data.column(field)
+    try:
+        return pc.cast(column, pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.chunked_array([pa.nulls(len(column), pa.large_string())])
 
 
 def _load_split(spec: DatasetSpec, split: str, key: str) -> Dataset:

@@ -54,6 +54,12 @@ class BudgetExceedsDataset(TrialFailure):
     reason = "BudgetExceedsDataset"
 
 
+class SplitNotHeldOut(TrialFailure):
+    """Every row of the test split is a row of the training split too: nothing held out is left to score."""
+
+    reason = "TestSplitNotHeldOut"
+
+
 class WillNotFit(TrialFailure):
     """The memory plan finds no setting under which the trial fits the device."""
 
@@ -94,7 +100,15 @@ def first_line(err: BaseException) -> str:
 # The user's input is wrong: the same spec fails the same way on every retry.
 USER_ERRORS = frozenset(
     cls.reason
-    for cls in (InvalidSpec, ModelNotFound, DatasetNotFound, DatasetFieldMissing, BudgetExceedsDataset, WillNotFit)
+    for cls in (
+        InvalidSpec,
+        ModelNotFound,
+        DatasetNotFound,
+        DatasetFieldMissing,
+        BudgetExceedsDataset,
+        SplitNotHeldOut,
+        WillNotFit,
+    )
 )
 
 

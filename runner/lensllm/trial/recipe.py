@@ -93,6 +93,9 @@ class TrialRecipe:
     def setup_data(self) -> None:
         """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
+        self.result.test_rows_in_train = rows.test_rows_in_train
+        if rows.test_rows_in_train:
+            self.on_progress({"event": "testRowsInTrain", "rows": rows.test_rows_in_train})
         self.tokenizer = load_tokenizer(self.spec.candidate)
         key, column = self.spec.dataset.scored_field
         check_tokenizer_reads(self.tokenizer, self.spec.candidate, [row.scored for row in rows.test],

@@ -25,6 +25,7 @@ Reason = Literal[
     "DatasetNotFound",
     "DatasetFieldMissing",
     "BudgetExceedsDataset",
+    "TestSplitNotHeldOut",
     "WillNotFit",
     "Diverged",
     "OutOfMemory",
@@ -150,6 +151,11 @@ class TrialResult(WireModel):
     target_size: int | None = Field(default=None, description="Size the laws predict the loss at.")
     spec: TrialSpec | None = Field(
         default=None, description="The spec the trial ran (left out of compact results when space is short)."
+    )
+    test_rows_in_train: int | None = Field(
+        default=None,
+        description="Rows of the test split that are rows of the training split too (every field the spec reads "
+        "equal); the test sample is drawn from the others, so every test loss is of held-out rows.",
     )
     zero_shot: Evaluation | None = Field(default=None, description="Test loss before fine-tuning.")
     points: list[SizePoint] = Field(default_factory=list, description="Learning-curve points, by increasing size.")

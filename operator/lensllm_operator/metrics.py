@@ -22,8 +22,8 @@ TRIAL_STATES = ("queued", "running")
 # Why trials fail: the runner's own reasons and those the operator reads from Kubernetes. Their series exist
 # from the first selection of a namespace on, at 0: Prometheus' increase() cannot count a series' first value.
 FAILURE_REASONS = (*get_args(Reason), "OOMKilled", "DeadlineExceeded", "BackoffLimitExceeded", "ResultMissing",
-                   "ResultInvalid", "JobRejected", "JobNameTaken", "JobLost", "PendingTimeout", "ImagePullBackOff",
-                   "CreateContainerConfigError", "Unschedulable", "KueueInadmissible")
+                   "ResultInvalid", "JobRejected", "JobForbidden", "JobNameTaken", "JobLost", "PendingTimeout",
+                   "ImagePullBackOff", "CreateContainerConfigError", "Unschedulable", "KueueInadmissible")
 
 
 class OperatorMetrics:

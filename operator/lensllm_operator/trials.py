@@ -439,14 +439,37 @@ def _refused(
     """The API server (or the client, before sending) refused the Job: a quota waits, anything else fails."""
     message = kube.error_message(err)
     if isinstance(err, ApiException) and err.status == 403 and "exceeded quota" in message:
-        # A ResourceQuota that is full now and may not be later. Any other 403 (RBAC, a LimitRange) stays.
-        if status.candidates[candidate].reason != "JobForbidden":
-            effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")
-        return st.mark_waiting(status, candidate, "JobForbidden", message)
+        # A ResourceQuota that is full now and may not be later, so it waits, as a pod waits for a node: for the
+        # pending timeout at most. Any other 403 (RBAC, a LimitRange) stays.
+        return _wait_for_quota(ctx, cluster, status, candidate, record, message, effects)
+    return _fail_refused(ctx, cluster, status, candidate, record, "JobRejected", f"the Job was refused: {message}",
+                         effects)
+
+
+def _wait_for_quota(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, record: st.TrialRecord,
+    message: str, effects: Effects,
+) -> st.LLMSelectionStatus:
+    entry = status.candidates[candidate]
+    since = parse_time(entry.waiting_since) if entry.reason == "JobForbidden" else None
+    if since is None:
+        since = cluster.now
+        effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")
+    timeout = _pending_timeout(ctx, cluster)
+    if (cluster.now - since).total_seconds() <= timeout:
+        return st.mark_waiting(status, candidate, "JobForbidden", message, since=st.iso(since))
+    return _fail_refused(ctx, cluster, status, candidate, record, "JobForbidden",
+                         f"no Job for {timeout}s (pendingTimeoutSeconds), a ResourceQuota refused it: {message}", effects)
+
+
+def _fail_refused(
+    ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, record: st.TrialRecord,
+    reason: str, message: str, effects: Effects,
+) -> st.LLMSelectionStatus:
     status = st.mark_trial(status, candidate, record)
-    status = st.record_failure(status, candidate, record.job_name, "JobRejected", f"the Job was refused: {message}")
-    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", "JobRejected", 0.0, 0.0)
-    effects.later(kopf.warn, cluster.body, reason="JobRejected", message=f"candidate {candidate}: {message}")
+    status = st.record_failure(status, candidate, record.job_name, reason, message)
+    effects.later(ctx.metrics.record_trial, cluster.namespace, "failed", reason, 0.0, 0.0)
+    effects.later(kopf.warn, cluster.body, reason=reason, message=f"candidate {candidate}: {message}")
     return status
 
 

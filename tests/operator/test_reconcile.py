@@ -42,8 +42,13 @@ def ctx(kube) -> Context:
     """The operator's shared context, its API client logged in to the emulated cluster."""
     operator_kube._api_client.cache_clear()
     operator_kube.login()
-    yield Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
+    yield new_context()
     operator_kube._api_client.cache_clear()
+
+
+def new_context() -> Context:
+    """A context as a new operator process starts with (its API client is the logged-in one)."""
+    return Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
 
 
 @pytest.fixture
@@ -680,7 +685,7 @@ def test_an_ended_selections_unfinished_job_is_deleted_even_when_the_pass_that_e
     reconcile_once(ctx, namespace, "orphaned")
     ended = status_of(custom, namespace, "orphaned").model_copy(update={"phase": "Failed", "reason": "SpecChanged"})
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "orphaned", {"status": ended.dump()})
-    restarted = Context(config=OperatorConfig(), metrics=OperatorMetrics(CollectorRegistry()))
+    restarted = new_context()
     reconcile_once(restarted, namespace, "orphaned")
     assert jobs_left(kube, namespace) == []
 
@@ -752,6 +757,40 @@ def test_a_full_quota_is_waited_for_and_any_other_forbidden_job_fails_its_candid
     entry = status.candidates["a"]
     assert (status.phase, entry.state, entry.reason) == outcome
     assert "forbidden" in entry.message
+
+
+def test_a_quota_that_stays_full_fails_its_candidate_after_the_pending_timeout_even_across_restarts(
+    kube, namespace, ctx, custom, monkeypatch
+):
+    """No Job exists to date the wait: the status keeps when the first refusal came, so a new operator process
+    (a new Context) does not start the count again."""
+    refusals = []
+
+    def over_quota():
+        refusals.append(1)
+        err = ApiException(status=403, reason="Forbidden")
+        err.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden",
+                               "message": 'jobs.batch "x" is forbidden: exceeded quota: gpu, requested: '
+                                          "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=8, limited: "
+                                          "requests.nvidia.com/gpu=8"})
+        raise err
+
+    monkeypatch.setattr(operator_kube, "create_job", lambda namespace, job: asyncio.to_thread(over_quota))
+    create_selection(custom, namespace, "starved", pendingTimeoutSeconds=2)
+    reconcile_once(ctx, namespace, "starved")
+    first = status_of(custom, namespace, "starved").candidates["a"]
+    assert (first.state, first.reason) == ("Pending", "JobForbidden") and first.waiting_since
+    time.sleep(1.2)
+    reconcile_once(new_context(), namespace, "starved")
+    waiting = status_of(custom, namespace, "starved").candidates["a"]
+    assert (waiting.state, waiting.reason, waiting.waiting_since) == ("Pending", "JobForbidden", first.waiting_since)
+    time.sleep(1.2)
+    reconcile_once(new_context(), namespace, "starved")
+    status = status_of(custom, namespace, "starved")
+    entry = status.candidates["a"]
+    assert (status.phase, entry.state, entry.reason, len(refusals)) == ("Failed", "Failed", "JobForbidden", 3)
+    assert entry.message.startswith("no Job for 2s (pendingTimeoutSeconds), a ResourceQuota refused it: ")
+    assert "exceeded quota: gpu" in entry.message
 
 
 @pytest.mark.parametrize("workloads_readable", [True, False])

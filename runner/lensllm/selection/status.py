@@ -144,6 +144,11 @@ class CandidateStatus(StatusModel):
         default=None, description="Why it failed, or why its trial is not running yet (e.g. Unschedulable)."
     )
     message: str | None = Field(default=None, description="The detail of that reason.")
+    waiting_since: str | None = Field(
+        default=None,
+        description="When the operator first found the candidate held back for that reason, where nothing in the "
+        "cluster records it (a Job a ResourceQuota refuses): its pendingTimeoutSeconds count from then.",
+    )
     p_best: FiniteFloat | None = Field(
         default=None, ge=0.0, le=1.0, description="Strategy race: probability of being best at targetSize, after its last round."
     )
@@ -325,12 +330,15 @@ def _end_trial(entry: CandidateStatus, job_name: str, state: TrialState, spent: 
     entry.gpu_seconds += spent.gpu_seconds
 
 
-def mark_waiting(status: LLMSelectionStatus, candidate: str, reason: str | None, message: str | None) -> LLMSelectionStatus:
-    """Say why an unfinished candidate's trial is not running (None, None once nothing holds it back)."""
+def mark_waiting(
+    status: LLMSelectionStatus, candidate: str, reason: str | None, message: str | None, since: str | None = None
+) -> LLMSelectionStatus:
+    """Say why an unfinished candidate's trial is not running (None, None once nothing holds it back), and since
+    when, where the operator has to keep that itself."""
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
     if entry.state not in TERMINAL:
-        entry.reason, entry.message = reason, message
+        entry.reason, entry.message, entry.waiting_since = reason, message, since
     return new
 
 

@@ -66,6 +66,7 @@ def with_spec(**changes) -> str:
         (with_spec(budget={"subsetSizes": [10, 20], "targetSize": 100}), "spec.budget.subsetSizes: List should have at least 3"),
         (with_spec(budget={"subsetSizes": [10, 20, 40], "targetSize": "204045"}), "spec.budget.targetSize"),
         (with_spec(suspend="yes"), "spec.suspend"),
+        (with_spec(suspend=True), "spec.suspend is true: a suspended selection runs no trials"),
         (with_spec(candidates=[{"name": "a\n", "model": "m"}]), "spec.candidates.0.name"),
         (yaml.safe_dump(SELECTION) + "bomb:\n" + "".join(f"  {line}\n" for line in alias_bomb().splitlines()), "alias"),
         ("spec: " + nested(10_000) + "\n", "levels deep"),

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise LensLLMError(f"--workers must be >= 1, got {args.workers}")
     manifest = read_manifest(args.selection)
+    if manifest.spec.suspend:
+        raise LensLLMError(f"{args.selection}: spec.suspend is true: a suspended selection runs no trials; set it to "
+                           "false to run it")
     out = args.out or Path("lensllm-out") / manifest.name
     check_folder(out, "--out")
     console = Console(stderr=True)

@@ -336,7 +336,9 @@ class LLMSelectionSpec(WireModel):
         default=1, ge=0, le=20,
         description="Retries of a trial pod that failed (disruptions do not count; in local mode, of the trial process).",
     )
-    suspend: bool = Field(default=False, description="Create no new trial Jobs while true.")
+    suspend: bool = Field(
+        default=False, description="Create no new trial Jobs while true (local mode refuses to run a suspended selection)."
+    )
 
     @classmethod
     def from_wire(cls, raw: object, *, started: bool = False) -> "LLMSelectionSpec":

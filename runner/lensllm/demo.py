@@ -9,8 +9,9 @@ after fine-tuning predictable (more pre-training, lower loss).
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -50,12 +51,21 @@ def task_rows(dictionary: dict[str, str], n: int, rng: random.Random) -> list[di
 
 
 def write_task(folder: Path, dictionary: dict[str, str], n_train: int, n_test: int, seed: int) -> None:
-    """train.jsonl and test.jsonl of the task."""
+    """train.jsonl and test.jsonl of the task, no test row a training row: one-word rows repeat often, and the
+    runner scores held-out rows only."""
     rng = random.Random(seed + 1)
+    splits = {"train": task_rows(dictionary, n_train, rng)}
+    trained = {row["input"] for row in splits["train"]}  # the input determines the target
+    splits["test"] = list(islice((row for row in _endless_rows(dictionary, rng) if row["input"] not in trained), n_test))
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
+    for split, rows in splits.items():
         with open(folder / f"{split}.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in task_rows(dictionary, n, rng))
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def _endless_rows(dictionary: dict[str, str], rng: random.Random) -> Iterator[dict[str, str]]:
+    while True:
+        yield from task_rows(dictionary, 64, rng)
 
 
 def build_tokenizer(dictionary: dict[str, str]) -> PreTrainedTokenizerFast:

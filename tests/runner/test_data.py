@@ -247,3 +247,10 @@ def test_language_modelling_text_is_compared_whole(tmp_path):
     (tmp_path / "test.txt").write_text("line 3\nline 3 and more\n")
     rows = load_task_rows(DatasetSpec(source=str(tmp_path), text_field="text"), need_train=4, seed=0)
     assert (rows.test_rows_in_train, rows.test) == (1, [Row(prompt=None, scored="line 3 and more")])
+
+
+def test_the_demo_task_holds_out_every_test_row(demo_world):
+    """The Quickstart's data: its one-word rows repeat, so its test rows are drawn apart from the training rows."""
+    train = set((demo_world / "data" / "train.jsonl").read_text().splitlines())
+    test = (demo_world / "data" / "test.jsonl").read_text().splitlines()
+    assert len(test) == 64 and not train.intersection(test)

@@ -15,7 +15,7 @@ of its docstring, the standard library), `cipher` (a generated made-up language,
 import json
 import random
 from collections.abc import Callable
-from itertools import islice
+from itertools import chain, islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,8 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskSource:
-    """Rows of a task (seeded order) and text related to it."""
+    """Rows of a task (seeded order) and text related to it. Rows past those a task asks for are a reserve that
+    replaces test rows the training rows repeat (sources that repeat themselves have one)."""
 
     rows: list[corpora.Pair]
     related: list[str]
@@ -97,12 +98,16 @@ def docstring(cache: Path, n_rows: int, seed: int) -> TaskSource:
     rows = list(islice(functions, n_rows))
     if len(rows) < n_rows:
         raise TaskError(f"the standard library has {len(rows)} short documented functions, the task needs {n_rows}")
-    random.Random(seed).shuffle(rows)
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    # Some signatures and first docstring lines recur across modules (up to 31 of 256 test rows of a draw).
+    reserve = list(islice(functions, n_rows // 4))
+    rng.shuffle(reserve)
     # Related text is code of the test suites: Python, but never the task's own functions.
     suites = corpora.stdlib_modules(tests=True)
     random.Random(seed).shuffle(suites)
     snippets = (s for text in corpora.python_source(suites) for s in _snippets(text))
-    return TaskSource(rows, list(islice(snippets, _related_count(n_rows))))
+    return TaskSource(rows + reserve, list(islice(snippets, _related_count(n_rows))))
 
 
 def _snippets(text: str, lines: int = 6) -> list[str]:
@@ -114,7 +119,8 @@ def cipher(cache: Path, n_rows: int, seed: int) -> TaskSource:
     from lensllm.demo import task_rows, vocabulary  # the demo imports torch: seconds a check of --tasks must not wait
 
     dictionary = vocabulary(400, seed)
-    rows = [corpora.Pair(r["input"], r["target"]) for r in task_rows(dictionary, n_rows, random.Random(seed))]
+    # One-word phrases recur (64 to 86 of 256 test rows were training rows too): a reserve as large again.
+    rows = [corpora.Pair(r["input"], r["target"]) for r in task_rows(dictionary, 2 * n_rows, random.Random(seed))]
     other = task_rows(dictionary, _related_count(n_rows), random.Random(seed + 1))
     return TaskSource(rows, [f"{r['input']} = {r['target']}" for r in other])
 
@@ -128,9 +134,17 @@ BUILT_IN: dict[str, Callable[[Path, int, int], TaskSource]] = {
 
 
 def write_task(folder: Path, source: TaskSource, n_train: int, n_test: int) -> Task:
-    """The first `n_test` rows are the test split, the next `n_train` the training set."""
+    """The first `n_test` rows are the test split, the next `n_train` the training set; a test row the training set
+    holds too is replaced by the next reserve row it does not hold (the runner would leave it out)."""
     folder.mkdir(parents=True, exist_ok=True)
-    splits = {"test": source.rows[:n_test], "train": source.rows[n_test : n_test + n_train]}
+    train = source.rows[n_test : n_test + n_train]
+    trained = set(train)
+    candidates = chain(source.rows[:n_test], source.rows[n_test + n_train :])
+    test = list(islice((row for row in candidates if row not in trained), n_test))
+    if len(test) < n_test:
+        raise TaskError(f"task {folder.name}: only {len(test)} of its rows are not training rows, the test split "
+                        f"needs {n_test}")
+    splits = {"test": test, "train": train}
     for split, rows in splits.items():
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps({"input": p.source, "target": p.target}, ensure_ascii=False) + "\n" for p in rows)

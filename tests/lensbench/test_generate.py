@@ -97,3 +97,12 @@ def test_lensllm_select_local_on_a_zoo_only_build_measures_exactly_what_the_gene
     assert row["picked"] in {m.name for m in QUICK_ZOO} and 0.0 <= float(row["relacc"]) <= 1.0
     assert 0.0 < float(row["compute_fraction"]) < 1.0
     assert float(row["max_point_difference"]) == 0.0 and "differ" not in proc.stderr
+
+
+def test_no_test_row_of_a_built_in_task_is_a_training_row(generation):
+    """cipher's one-word phrases recur: its test split is drawn apart from the training rows."""
+    for task in TASKS:
+        folder = generation / "tasks" / task
+        train = set((folder / "train.jsonl").read_text().splitlines())
+        test = (folder / "test.jsonl").read_text().splitlines()
+        assert len(test) == QUICK.n_test and not train.intersection(test), task

@@ -28,8 +28,6 @@ class Context:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     # Ended selections whose unfinished Jobs this process has deleted, or found none: (namespace, name) -> uid.
     ended_and_swept: dict[tuple[str, str], str] = field(default_factory=dict)
-    # Active Jobs with no pod (uid -> first seen so): no object records since when a replacement is owed.
-    podless_since: dict[str, datetime] = field(default_factory=dict)
     # Where races are decided and selections ranked: off the event loop, one at a time. Decisions of many
     # selections at once in threads of their own cost 60% more CPU (their numpy calls contend) for no gain.
     science: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="science"))

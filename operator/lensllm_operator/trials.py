@@ -124,7 +124,6 @@ async def collect(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus,
             status = st.mark_trial(status, candidate, record.model_copy(update={"pods": runs}))
             status = _watch_podless(ctx, cluster, status, candidate, job, effects)
             continue
-        ctx.podless_since.pop(job["metadata"]["uid"], None)
         shown = state if state not in st.TERMINAL else "Running"  # until its result is read
         status = st.mark_trial(status, candidate, record.model_copy(update={"state": shown, "pods": runs}))
         if state in st.TERMINAL:
@@ -245,15 +244,17 @@ def _watch_podless(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job: Body, effects: Effects
 ) -> st.LLMSelectionStatus:
     """Fail a running trial whose Job has had no pod for the pending timeout: its pod went (evicted, deleted) and
-    the Job controller's replacement was refused (a ResourceQuota, a webhook). The wait counts from when this
-    process first saw the Job without a pod, so a restart only makes it wait longer."""
-    uid, name = job["metadata"]["uid"], job["metadata"]["name"]
-    since = ctx.podless_since.setdefault(uid, cluster.now)
+    the Job controller's replacement was refused (a ResourceQuota, a webhook). The wait counts from when the
+    operator first saw the Job without a pod, kept in the status: an operator that restarts more often than the
+    timeout still ends it."""
+    name = job["metadata"]["name"]
+    entry = status.candidates[candidate]
+    since = (parse_time(entry.waiting_since) if entry.reason == "NoPod" else None) or cluster.now
+    why = f"no pod replaced its last one {_refused_pods_hint(name)}"
+    status = st.mark_waiting(status, candidate, "NoPod", f"Job {name} has no pod: {why}", since=st.iso(since))
     timeout = _pending_timeout(ctx, cluster)
     if (cluster.now - since).total_seconds() <= timeout:
         return status
-    ctx.podless_since.pop(uid)
-    why = f"no pod replaced its last one {_refused_pods_hint(name)}"
     return _fail_unstarted(ctx, cluster, status, candidate, job, "PendingTimeout", f"no pod for {timeout}s", why, effects)
 
 

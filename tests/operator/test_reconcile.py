@@ -527,6 +527,32 @@ def test_an_evicted_trial_waits_for_its_replacement_pod_however_long_its_job_has
     assert status.phase == "Complete" and [(t.job_name, t.state) for t in status.candidates["a"].trials] == [(job, "Succeeded")]
 
 
+def test_a_job_left_without_a_pod_fails_after_the_pending_timeout_however_often_the_operator_restarts(
+    kube, namespace, ctx, custom
+):
+    """Its pod evicted, every replacement refused: no object dates the wait, the status does."""
+    create_selection(custom, namespace, "orphaned", pendingTimeoutSeconds=2)
+    reconcile_once(ctx, namespace, "orphaned")
+    job = only_job(kube, namespace)
+    batch = kubernetes.client.BatchV1Api(kube.api)
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"startTime": stamp(60), "active": 1}})
+    pod = run_pod(kube, namespace, job, "first", {"running": {"startedAt": stamp(60)}})
+    reconcile_once(new_context(), namespace, "orphaned")
+    evict(kube, namespace, pod)
+    batch.patch_namespaced_job_status(job, namespace, {"status": {"active": None}})
+    reconcile_once(new_context(), namespace, "orphaned")
+    first = status_of(custom, namespace, "orphaned").candidates["a"]
+    assert (first.state, first.reason) == ("Running", "NoPod") and first.message.startswith(f"Job {job} has no pod")
+    time.sleep(1.2)
+    reconcile_once(new_context(), namespace, "orphaned")  # each pass a new operator process
+    assert status_of(custom, namespace, "orphaned").candidates["a"].waiting_since == first.waiting_since
+    time.sleep(1.2)
+    reconcile_once(new_context(), namespace, "orphaned")
+    entry = status_of(custom, namespace, "orphaned").candidates["a"]
+    assert (entry.state, entry.reason) == ("Failed", "PendingTimeout"), entry
+    assert entry.message.startswith("no pod for 2s: no pod replaced its last one")
+
+
 def test_a_failed_pod_that_nothing_replaces_fails_the_trial_a_pending_timeout_after_it_ended(kube, namespace, ctx, custom):
     job = job_of_two_hours(kube, namespace, ctx, custom, "unreplaced", {"failed": 1})
     ended = {"exitCode": 1, "reason": "Error", "startedAt": stamp(7200), "finishedAt": stamp(30)}

@@ -55,3 +55,13 @@ def test_gpu_script_runs_every_case_and_prints_one_table_in_its_cpu_smoke_mode(t
     assert all("error" not in r for r in rows[:3]) and rows[3]["error"].startswith("WillNotFit: ")
     assert rows[2]["ntkMethod"].startswith("sketch:") and rows[2]["ntkScope"] == "all"
     assert "Runner throughput" in proc.stdout and "tiny-will-not-fit: WillNotFit" in proc.stdout
+
+
+def test_the_offline_gpu_script_refuses_in_one_line_when_its_wheels_are_missing(tmp_path):
+    """bench/gpu_offline.sh is the owed GPU rerun in one command; without bench/gpu_wheels.sh's wheels it stops."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_offline.sh"), str(tmp_path / "no-wheels"), "--cpu-smoke"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and not (tmp_path / "runner-throughput.jsonl").exists()
+    assert proc.stderr.startswith(f"gpu_offline: cannot install the wheels in {tmp_path / 'no-wheels'} for Python 3.")
+    assert proc.stderr.count("\n") == 1 and "run bench/gpu_wheels.sh where there is an index" in proc.stderr

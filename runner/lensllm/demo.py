@@ -9,7 +9,7 @@ after fine-tuning predictable (more pre-training, lower loss).
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -56,16 +56,15 @@ def write_task(folder: Path, dictionary: dict[str, str], n_train: int, n_test: i
     rng = random.Random(seed + 1)
     splits = {"train": task_rows(dictionary, n_train, rng)}
     trained = {row["input"] for row in splits["train"]}  # the input determines the target
-    splits["test"] = list(islice((row for row in _endless_rows(dictionary, rng) if row["input"] not in trained), n_test))
+    drawn = task_rows(dictionary, 100 * n_test, rng)  # a bound: a dictionary too small to hold any out fails
+    splits["test"] = list(islice((row for row in drawn if row["input"] not in trained), n_test))
+    if len(splits["test"]) < n_test:
+        raise ValueError(f"{len(dictionary)} words leave too few phrases out of {n_train} training rows for {n_test} "
+                         "test rows")
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         with open(folder / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-
-
-def _endless_rows(dictionary: dict[str, str], rng: random.Random) -> Iterator[dict[str, str]]:
-    while True:
-        yield from task_rows(dictionary, 64, rng)
 
 
 def build_tokenizer(dictionary: dict[str, str]) -> PreTrainedTokenizerFast:

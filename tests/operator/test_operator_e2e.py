@@ -147,7 +147,9 @@ def test_deleting_a_selection_collects_its_jobs_and_its_metric_series(
     operator = start_operator()
     create(custom, namespace, stand_in_selection("ephemeral", "model-a", "model-b"))
     wait_for_phase(custom, namespace, "ephemeral", "Complete")
-    assert operator.sample("lensllm_candidate_predicted_loss", namespace=namespace, selection="ephemeral", candidate="model-a")
+    # The metrics follow the status write (a reconciliation's effects run once its status is written).
+    wait_for(lambda: operator.sample("lensllm_candidate_predicted_loss", namespace=namespace, selection="ephemeral",
+                                     candidate="model-a"), "the candidate's predicted loss series")
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ephemeral")
     wait_for(lambda: not batch.list_namespaced_job(namespace).items, "the Jobs to be garbage-collected")
     wait_for(lambda: 'selection="ephemeral"' not in operator.metrics(), "the selection's series to disappear")

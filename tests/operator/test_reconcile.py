@@ -785,6 +785,29 @@ def test_a_full_quota_is_waited_for_and_any_other_forbidden_job_fails_its_candid
     assert "forbidden" in entry.message
 
 
+def test_a_trial_that_finds_the_dataset_unusable_fails_the_candidates_waiting_for_a_job_without_one(
+    kube, namespace, ctx, custom
+):
+    create_selection(custom, namespace, "baddata", parallelism=1,
+                     candidates=[{"name": "a", "model": "/models/a"}, {"name": "b", "model": "/models/b"}])
+    reconcile_once(ctx, namespace, "baddata")
+    job = only_job(kube, namespace)
+    found = TrialResult(status="Failed", reason="DatasetFieldMissing",
+                        message="dataset.targetField 'answer' is not a column of split 'train' (columns: input, output)")
+    now = stamp()
+    run_pod(kube, namespace, job, "pod", {"terminated": {"exitCode": 2, "reason": "Error", "startedAt": now,
+                                                         "finishedAt": now, "message": found.to_termination_message()}},
+            "Failed")
+    kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(job, namespace, {"status": {"failed": 1,
+        "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": now}]}})
+    reconcile_once(ctx, namespace, "baddata")
+    status = status_of(custom, namespace, "baddata")
+    waiting = status.candidates["b"]
+    assert (status.phase, waiting.state, waiting.reason, waiting.trials) == ("Failed", "Failed", "DatasetFieldMissing", [])
+    assert waiting.message == f"not run: the trial of a found the dataset unusable: {found.message}"
+    assert jobs_of(kube, namespace) == [job]  # no Job, no pod, no GPU for b
+
+
 def test_a_quota_that_stays_full_fails_its_candidate_after_the_pending_timeout_even_across_restarts(
     kube, namespace, ctx, custom, monkeypatch
 ):

@@ -146,3 +146,20 @@ def test_a_result_says_how_many_test_rows_its_training_split_holds_and_a_resumed
     assert status.candidates["steep"].test_rows_in_train == 5
     measured.test_rows_in_train = None  # a result of a runner before the count
     assert st.record_result(status, spec, "steep", "k", measured, gpus=1).candidates["steep"].test_rows_in_train == 5
+
+
+@pytest.mark.parametrize(("reason", "spreads"), [("DatasetFieldMissing", True), ("TestSplitNotHeldOut", True),
+                                                 ("ModelNotFound", False), ("OutOfMemory", False)])
+def test_a_dataset_failure_fails_the_candidates_not_started_yet_and_only_those(spec, reason, spreads):
+    """The dataset is every candidate's: the ones still waiting for a Job would fail the same way."""
+    status = st.initial_status(spec, 1, NOW)
+    status = st.mark_trial(status, "flat", st.TrialRecord(job_name="f", sizes=SIZES, state="Running"))
+    failed = TrialResult(status="Failed", reason=reason, message="dataset.targetField 'answer' is not a column")
+    status = st.record_result(status, spec, "steep", "s", failed, gpus=1)
+    worst, flat = status.candidates["worst"], status.candidates["flat"]
+    assert flat.state == "Running"  # its trial runs already: its own result will say
+    if spreads:
+        assert (worst.state, worst.reason, worst.trials) == ("Failed", reason, [])
+        assert worst.message == "not run: the trial of steep found the dataset unusable: dataset.targetField 'answer' is not a column"
+    else:
+        assert (worst.state, worst.reason) == ("Pending", None)

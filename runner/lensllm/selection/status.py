@@ -20,6 +20,7 @@ from lensllm.science.curves import FROM_SCRATCH_RATIO, Curves
 from lensllm.science.laws import NTKSpectrum
 from lensllm.science.selectors import select
 from lensllm.selection.spec import LLMSelectionSpec
+from lensllm.trial.failures import DATASET_FAILURES
 from lensllm.trial.result import Evaluation, NTKSummary, TrialResult
 from lensllm.trial.spec import WireModel
 
@@ -374,7 +375,18 @@ def record_result(
     entry.full_finetune_flops, entry.full_finetune_gpu_seconds = _full_finetune_estimate(result, spec, gpus)
     entry.state = "Succeeded" if ok else "Failed"
     entry.reason, entry.message = (None, None) if ok else (result.reason or "TrialFailed", result.message)
+    if result.reason in DATASET_FAILURES:
+        _fail_the_unstarted(new, candidate, result.reason, result.message)
     return _with_totals(new)
+
+
+def _fail_the_unstarted(status: LLMSelectionStatus, found_by: str, reason: str, message: str | None) -> None:
+    """Fail, unrun, the candidates no trial has started for: the dataset a trial found unusable is theirs too, and
+    each would spend a pod's start-up (a GPU, an image, the weights) on the same failure."""
+    for entry in status.candidates.values():
+        if entry.state == "Pending" and not entry.trials:
+            entry.state, entry.reason = "Failed", reason
+            entry.message = f"not run: the trial of {found_by} found the dataset unusable: {message}"
 
 
 def record_failure(

@@ -112,6 +112,12 @@ USER_ERRORS = frozenset(
 )
 
 
+# The dataset is the selection's, the same for every candidate: each of their trials would fail the same way.
+DATASET_FAILURES = frozenset(
+    cls.reason for cls in (DatasetNotFound, DatasetFieldMissing, BudgetExceedsDataset, SplitNotHeldOut)
+)
+
+
 def exit_code(result: TrialResult) -> int:
     """0 on success; 2 when the input was wrong (spec, model, dataset, budget, memory); 3 out of
     memory; 4 diverged; 1 for any other failure.

@@ -248,14 +248,19 @@ def _watch_podless(
     operator first saw the Job without a pod, kept in the status: an operator that restarts more often than the
     timeout still ends it."""
     name = job["metadata"]["name"]
-    entry = status.candidates[candidate]
-    since = (parse_time(entry.waiting_since) if entry.reason == "NoPod" else None) or cluster.now
+    since = _waiting_since(status, candidate, "NoPod") or cluster.now
     why = f"no pod replaced its last one {_refused_pods_hint(name)}"
     status = st.mark_waiting(status, candidate, "NoPod", f"Job {name} has no pod: {why}", since=st.iso(since))
     timeout = _pending_timeout(ctx, cluster)
     if (cluster.now - since).total_seconds() <= timeout:
         return status
     return _fail_unstarted(ctx, cluster, status, candidate, job, "PendingTimeout", f"no pod for {timeout}s", why, effects)
+
+
+def _waiting_since(status: st.LLMSelectionStatus, candidate: str, reason: str) -> datetime | None:
+    """Since when the candidate has waited for `reason`, as the status keeps it; None when that wait starts now."""
+    entry = status.candidates[candidate]
+    return parse_time(entry.waiting_since) if entry.reason == reason else None
 
 
 def _refused_pods_hint(job: str) -> str:
@@ -451,8 +456,7 @@ def _wait_for_quota(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, record: st.TrialRecord,
     message: str, effects: Effects,
 ) -> st.LLMSelectionStatus:
-    entry = status.candidates[candidate]
-    since = parse_time(entry.waiting_since) if entry.reason == "JobForbidden" else None
+    since = _waiting_since(status, candidate, "JobForbidden")
     if since is None:
         since = cluster.now
         effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")

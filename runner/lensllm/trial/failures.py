@@ -97,25 +97,12 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# The user's input is wrong: the same spec fails the same way on every retry.
-USER_ERRORS = frozenset(
-    cls.reason
-    for cls in (
-        InvalidSpec,
-        ModelNotFound,
-        DatasetNotFound,
-        DatasetFieldMissing,
-        BudgetExceedsDataset,
-        SplitNotHeldOut,
-        WillNotFit,
-    )
-)
-
-
 # The dataset is the selection's, the same for every candidate: each of their trials would fail the same way.
 DATASET_FAILURES = frozenset(
     cls.reason for cls in (DatasetNotFound, DatasetFieldMissing, BudgetExceedsDataset, SplitNotHeldOut)
 )
+# The user's input is wrong: the same spec fails the same way on every retry.
+USER_ERRORS = DATASET_FAILURES | {cls.reason for cls in (InvalidSpec, ModelNotFound, WillNotFit)}
 
 
 def exit_code(result: TrialResult) -> int:

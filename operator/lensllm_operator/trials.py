@@ -33,6 +33,8 @@ from lensllm_operator.pods import (
 )
 
 Body = dict[str, Any]
+# A full ResourceQuota's wait, which a transient error creating the Job interrupts without ending.
+QUOTA_WAIT = ("JobForbidden", "JobCreateFailing")
 
 
 @dataclass
@@ -257,10 +259,11 @@ def _watch_podless(
     return _fail_unstarted(ctx, cluster, status, candidate, job, "PendingTimeout", f"no pod for {timeout}s", why, effects)
 
 
-def _waiting_since(status: st.LLMSelectionStatus, candidate: str, reason: str) -> datetime | None:
-    """Since when the candidate has waited for `reason`, as the status keeps it; None when that wait starts now."""
+def _waiting_since(status: st.LLMSelectionStatus, candidate: str, *reasons: str) -> datetime | None:
+    """Since when the candidate has waited for one of `reasons`, as the status keeps it; None when that wait starts
+    now."""
     entry = status.candidates[candidate]
-    return parse_time(entry.waiting_since) if entry.reason == reason else None
+    return parse_time(entry.waiting_since) if entry.reason in reasons else None
 
 
 def _refused_pods_hint(job: str) -> str:
@@ -388,7 +391,11 @@ def _create_failing(
     if status.candidates[candidate].reason != "JobCreateFailing":
         effects.later(kopf.warn, cluster.body, reason="JobCreateFailing", message=f"candidate {candidate}: {message}")
     effects.later(_raise, err)
-    return st.mark_waiting(status, candidate, "JobCreateFailing", message)
+    # Were a quota wait's start dropped here, an API server failing now and then between the quota's refusals would
+    # restart their pending timeout each time, and the wait would never end.
+    entry = status.candidates[candidate]
+    since = entry.waiting_since if entry.reason in QUOTA_WAIT else None
+    return st.mark_waiting(status, candidate, "JobCreateFailing", message, since=since)
 
 
 def _raise(err: BaseException) -> None:
@@ -456,7 +463,7 @@ def _wait_for_quota(
     ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, record: st.TrialRecord,
     message: str, effects: Effects,
 ) -> st.LLMSelectionStatus:
-    since = _waiting_since(status, candidate, "JobForbidden")
+    since = _waiting_since(status, candidate, *QUOTA_WAIT)
     if since is None:
         since = cluster.now
         effects.later(kopf.warn, cluster.body, reason="JobForbidden", message=f"candidate {candidate}: {message}")

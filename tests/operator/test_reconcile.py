@@ -808,15 +808,15 @@ def test_a_trial_that_finds_the_dataset_unusable_fails_the_candidates_waiting_fo
     assert jobs_of(kube, namespace) == [job]  # no Job, no pod, no GPU for b
 
 
-def test_a_quota_that_stays_full_fails_its_candidate_after_the_pending_timeout_even_across_restarts(
+def test_a_quota_that_stays_full_fails_its_candidate_after_the_pending_timeout_across_restarts_and_errors(
     kube, namespace, ctx, custom, monkeypatch
 ):
-    """No Job exists to date the wait: the status keeps when the first refusal came, so a new operator process
-    (a new Context) does not start the count again."""
-    refusals = []
+    """No Job exists to date the wait: the status keeps when the first refusal came, so neither a new operator
+    process (a new Context) nor a transient error creating the Job between two refusals starts the count again."""
+    answers = []
 
     def over_quota():
-        refusals.append(1)
+        answers.append("refused")
         err = ApiException(status=403, reason="Forbidden")
         err.body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden",
                                "message": 'jobs.batch "x" is forbidden: exceeded quota: gpu, requested: '
@@ -833,11 +833,24 @@ def test_a_quota_that_stays_full_fails_its_candidate_after_the_pending_timeout_e
     reconcile_once(new_context(), namespace, "starved")
     waiting = status_of(custom, namespace, "starved").candidates["a"]
     assert (waiting.state, waiting.reason, waiting.waiting_since) == ("Pending", "JobForbidden", first.waiting_since)
+
+    async def unavailable(namespace, job):
+        answers.append("unavailable")
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    monkeypatch.setattr(operator_kube, "create_job", unavailable)
+    with pytest.raises(kopf.TemporaryError):
+        reconcile_once(new_context(), namespace, "starved")
+    interrupted = status_of(custom, namespace, "starved").candidates["a"]
+    assert (interrupted.reason, interrupted.waiting_since) == ("JobCreateFailing", first.waiting_since)
+
+    monkeypatch.setattr(operator_kube, "create_job", lambda namespace, job: asyncio.to_thread(over_quota))
     time.sleep(1.2)
     reconcile_once(new_context(), namespace, "starved")
     status = status_of(custom, namespace, "starved")
     entry = status.candidates["a"]
-    assert (status.phase, entry.state, entry.reason, len(refusals)) == ("Failed", "Failed", "JobForbidden", 3)
+    assert (status.phase, entry.state, entry.reason) == ("Failed", "Failed", "JobForbidden")
+    assert answers == ["refused", "refused", "unavailable", "refused"]
     assert entry.message.startswith("no Job for 2s (pendingTimeoutSeconds), a ResourceQuota refused it: ")
     assert "exceeded quota: gpu" in entry.message
 
@@ -886,7 +899,8 @@ def test_a_job_the_api_server_keeps_failing_to_create_is_retried_and_what_was_re
             reconcile_once(ctx, namespace, "webhook")
         status = status_of(custom, namespace, "webhook")
         assert [p.size for p in status.candidates["a"].points] == SIZES and status.candidates["a"].state == "Succeeded"
-        assert (status.candidates["b"].state, status.candidates["b"].reason) == ("Pending", "JobCreateFailing")
+        b = status.candidates["b"]
+        assert (b.state, b.reason, b.waiting_since) == ("Pending", "JobCreateFailing", None)  # no quota wait to date
     assert trials_counted(ctx) == 1
 
     monkeypatch.setattr(operator_kube, "create_job", real_create)

@@ -148,8 +148,8 @@ class CandidateStatus(StatusModel):
     waiting_since: str | None = Field(
         default=None,
         description="When the operator first found the candidate held back for that reason, where nothing in the "
-        "cluster records it (a Job a ResourceQuota refuses, a Job whose pod went with no replacement): its "
-        "pendingTimeoutSeconds count from then.",
+        "cluster records it (a Job a ResourceQuota refuses, kept through transient errors creating it; a Job whose "
+        "pod went with no replacement): its pendingTimeoutSeconds count from then.",
     )
     p_best: FiniteFloat | None = Field(
         default=None, ge=0.0, le=1.0, description="Strategy race: probability of being best at targetSize, after its last round."

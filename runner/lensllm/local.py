@@ -7,8 +7,9 @@ file. So the status written here is the one the operator would write into the re
 ranking included. A run cut short resumes when run again into the same folder: each trial
 made with the same spec keeps the sizes it finished (`run-trial --resume`), as a pod on a
 persistent volume does; so does a retry after a transient failure, and the deadline ends a
-trial, as spec.backoffLimit and spec.activeDeadlineSeconds rule a Job. Called by
-`lensllm select --local`.
+trial, as spec.backoffLimit and spec.activeDeadlineSeconds rule a Job, and a trial that finds
+the dataset unusable leaves unrun the candidates not yet started, as the operator leaves them
+without a Job. Called by `lensllm select --local`.
 """
 
 import fcntl
@@ -31,7 +32,7 @@ from lensllm.errors import LensLLMError
 from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, advance, next_trials
-from lensllm.trial.failures import FINAL_EXIT_CODES
+from lensllm.trial.failures import DATASET_FAILURES, FINAL_EXIT_CODES
 from lensllm.trial.result import TrialResult
 from lensllm.trial.spec import validation_message
 
@@ -82,13 +83,29 @@ def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     resume = not (finished.exists() or run.fresh)
     finished.unlink(missing_ok=True)
     lock = threading.Lock()
+    dataset_unusable = threading.Event()
     while trials := next_trials(spec, status := advance(spec, status)):
-        for trial in trials:
+        # As on a cluster, a trial that finds the dataset unusable leaves unrun the candidates no trial has started
+        # for (recording its result fails them); the others' trials run, their failure is their own.
+        unstarted = {t.candidate for t in trials if not status.candidates[t.candidate].trials}
+
+        def run_unless_unusable(trial: Trial) -> tuple[TrialResult | None, tuple[str, str]] | None:
+            if trial.candidate in unstarted and dataset_unusable.is_set():
+                with lock:
+                    progress(trial.candidate, {"event": "notRun"})
+                return None
+            outcome = _run_trial(run, trial, progress, lock, resume)
+            if outcome[0] is not None and outcome[0].reason in DATASET_FAILURES:
+                dataset_unusable.set()
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=run.workers) as pool:
+            outcomes = list(pool.map(run_unless_unusable, trials))
+        ran = [(trial, outcome) for trial, outcome in zip(trials, outcomes) if outcome is not None]
+        for trial, _ in ran:
             record = st.TrialRecord(job_name=_trial_id(run, trial), round=trial.round, sizes=list(trial.sizes), state="Queued")
             status = st.mark_trial(status, trial.candidate, record)
-        with ThreadPoolExecutor(max_workers=run.workers) as pool:
-            outcomes = list(pool.map(lambda t: _run_trial(run, t, progress, lock, resume), trials))
-        for trial, (result, failure) in zip(trials, outcomes):
+        for trial, (result, failure) in ran:
             trial_id = _trial_id(run, trial)
             if result is not None:
                 status = st.record_result(status, spec, trial.candidate, trial_id, result, gpus=spec.resources_for(trial.candidate).gpus)

@@ -70,6 +70,22 @@ def test_a_candidate_whose_model_is_missing_fails_the_selection_with_its_reason(
     assert status.candidates["tiny-opt"].state == "Succeeded"
 
 
+def test_a_trial_that_finds_the_dataset_unusable_leaves_the_candidates_not_yet_started_unrun(demo_world, tmp_path):
+    doc = selection_manifest(demo_world, demo_models(demo_world))
+    doc["spec"]["dataset"]["targetField"] = "answer"
+    out = tmp_path / "out"
+    assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--workers", "1", "--out", str(out)]) == 1
+    status = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
+    first, *others = doc["spec"]["candidates"]
+    ran = status.candidates[first["name"]]
+    assert (status.phase, ran.state, ran.reason, len(ran.trials)) == ("Failed", "Failed", "DatasetFieldMissing", 1)
+    for candidate in others:
+        entry = status.candidates[candidate["name"]]
+        assert (entry.state, entry.reason, entry.trials) == ("Failed", "DatasetFieldMissing", [])
+        assert entry.message == f"not run: the trial of {first['name']} found the dataset unusable: {ran.message}"
+    assert [p.name for p in (out / "trials").glob("*.spec.json")] == [f"demo-{first['name']}-r0.spec.json"]
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -94,6 +94,8 @@ def _describe(event: dict) -> str:
         return f"kept sizes {', '.join(str(size) for size in event.get('sizes', []))} from an earlier run"
     if kind == "testRowsInTrain":
         return f"left out {event.get('rows')} test rows the training split holds too"
+    if kind == "notRun":
+        return "not run: another trial found the dataset unusable"
     if kind == "zeroShot":
         return f"zero-shot loss {event.get('loss', float('nan')):.3f}"
     return str(kind)

@@ -234,6 +234,16 @@ def test_test_rows_duplicated_in_the_training_split_are_replaced_by_held_out_one
     assert clean.test_rows_in_train == 0 and len(set(rows.test) & set(clean.test)) >= 30  # the rest of the draw stays
 
 
+def test_test_rows_that_differ_from_training_rows_only_in_spacing_are_left_out(tmp_path):
+    train = [{"input": "the  cat\n", "target": "die Katze"}, {"input": "a dog", "target": "ein Hund"}]
+    test = [{"input": " the cat", "target": "die\u00a0Katze\r\n"},  # the same pair, spaced otherwise
+            {"input": "A dog", "target": "ein Hund"},  # case can be the task: kept
+            {"input": "the cat", "target": "die Katzen"}]
+    rows = load_task_rows(pairs_folder(tmp_path, train, test), need_train=2, seed=0)
+    assert rows.test_rows_in_train == 1
+    assert sorted(r.scored for r in rows.test) == ["die Katzen", "ein Hund"]
+
+
 def test_a_test_split_that_copies_the_training_split_is_refused(tmp_path):
     spec = pairs_folder(tmp_path, numbered(30), numbered(30)[::-1])
     with pytest.raises(SplitNotHeldOut) as caught:

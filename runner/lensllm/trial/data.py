@@ -82,10 +82,12 @@ def load_task_rows(spec: DatasetSpec, *, need_train: int, seed: int) -> TaskRows
 
 
 def _rows_also_in(spec: DatasetSpec, test: Dataset, train: Dataset) -> np.ndarray:
-    """A mask over `test`: the rows whose every field the spec reads equals that of some row of `train`.
+    """A mask over `test`: the rows whose every field the spec reads equals that of some row of `train`, up to
+    whitespace.
 
-    Overlapping slices of one split (train[:90%] and train[80%:]) and duplicated rows both end up here; a test
-    loss on them would reward memorising. All in Arrow, no Python objects per row: a semi-join on the fields (a
+    Overlapping slices of one split (train[:90%] and train[80%:]) and duplicated rows both end up here, and so do
+    copies that differ only in spacing or line breaks (a scrape's trailing newline): a test loss on them would
+    reward memorising. Case is kept apart, since it can be what a task is about. All in Arrow, no Python objects per row: a semi-join on the fields (a
     null matches nothing), after dropping the rows of either side with a field value the other side lacks.
     """
     fields = [spec.text_field] if spec.is_text else [spec.input_field, spec.target_field]
@@ -106,13 +108,14 @@ def _values_in(table: pa.Table, other: pa.Table, keys: list[str]) -> pa.ChunkedA
 
 
 def _as_text(split: Dataset, field: str) -> pa.ChunkedArray:
-    """A column as Arrow text; all nulls when its values are not text or numbers (those rows are refused when
-    drawn, and cannot equal a text)."""
+    """A column as Arrow text with its whitespace runs made one space and its ends trimmed; all nulls when its
+    values are not text or numbers (those rows are refused when drawn, and cannot equal a text)."""
     column = split.data.column(field)
     try:
-        return pc.cast(column, pa.large_string())
+        text = pc.cast(column, pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return pa.chunked_array([pa.nulls(len(column), pa.large_string())])
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"[\s\p{Z}]+", " "))
 
 
 def _load_split(spec: DatasetSpec, split: str, key: str) -> Dataset:

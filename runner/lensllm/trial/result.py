@@ -155,7 +155,7 @@ class TrialResult(WireModel):
     test_rows_in_train: int | None = Field(
         default=None,
         description="Rows of the test split that are rows of the training split too (every field the spec reads "
-        "equal); the test sample is drawn from the others, so every test loss is of held-out rows.",
+        "equal, up to whitespace); the test sample is drawn from the others, so every test loss is of held-out rows.",
     )
     zero_shot: Evaluation | None = Field(default=None, description="Test loss before fine-tuning.")
     points: list[SizePoint] = Field(default_factory=list, description="Learning-curve points, by increasing size.")

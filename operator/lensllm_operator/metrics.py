@@ -193,17 +193,21 @@ class OperatorMetrics:
         self._candidates[namespace, name] = set(predicted)
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop every series of a deleted selection."""
+        """Drop every series of a deleted selection.
+
+        The phase counts change first: a scrape (another thread) that no longer finds the selection's series must
+        not find it counted either.
+        """
+        self._phases.pop((namespace, name), None)
+        self._refresh_phases()
+        self._accounted.pop((namespace, name), None)
         self.set_predictions(namespace, name, {})
         self._candidates.pop((namespace, name), None)
-        self._phases.pop((namespace, name), None)
-        self._accounted.pop((namespace, name), None)
         for state in TRIAL_STATES:
             _remove(self.trials_current, namespace, name, state)
         for gauge in (self.selection_gpu_seconds, self.full_finetune_gpu_seconds, self.compute_fraction, self.rounds,
                       self.laws_agree):
             _remove(gauge, namespace, name)
-        self._refresh_phases()
 
     def _refresh_phases(self) -> None:
         for phase in PHASES:

@@ -1,4 +1,4 @@
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from lensllm_operator.metrics import OperatorMetrics
 
@@ -31,6 +31,26 @@ def test_a_deleted_selection_leaves_no_series_behind():
     text = exposition(metrics)
     assert 'selection="a"' not in text
     assert 'lensllm_selections_current{phase="Complete"} 0.0' in text
+
+
+def test_a_scrape_while_a_selection_is_forgotten_never_counts_it_without_its_series(monkeypatch):
+    """The exporter serves scrapes from its own thread, which can run between any two removals."""
+    metrics = OperatorMetrics(CollectorRegistry())
+    metrics.set_phase("ns", "a", "Complete")
+    metrics.set_predictions("ns", "a", {"gpt2": 1.5})
+    metrics.set_trials("ns", "a", queued=0, running=0)
+    metrics.set_laws_agree("ns", "a", True)
+    scrapes = []
+    remove = Gauge.remove
+
+    def remove_then_scrape(gauge: Gauge, *labels: str) -> None:
+        remove(gauge, *labels)
+        scrapes.append(exposition(metrics))
+
+    monkeypatch.setattr(Gauge, "remove", remove_then_scrape)
+    metrics.forget("ns", "a")
+    gone = [text for text in scrapes if 'selection="a"' not in text]
+    assert gone and all('lensllm_selections_current{phase="Complete"} 0.0' in text for text in gone)
 
 
 def test_laws_agree_is_exported_for_races_only():

@@ -201,6 +201,20 @@ def test_p_best_sums_to_one_and_intervals_hold_the_prediction(replay):
             assert a.interval[0] <= a.predicted_loss <= a.interval[1] or a.interval[1] - a.interval[0] < 1e-9
 
 
+def test_an_eliminated_candidates_curve_widens_the_survivors_intervals_not_their_p_best(curves):
+    """Its points join the backtest of the law's error: a race's last rounds have few survivors to learn it from."""
+    survivors = [_candidate(curves, i, 6) for i in range(2)]
+    bent = _candidate(curves, 2, 6)
+    # Out in round 0, and its later points fell well below where its first ones pointed.
+    out = dataclasses.replace(bent, losses=tuple(v * (0.8 if k >= 4 else 1.0) for k, v in enumerate(bent.losses)),
+                              eliminated_in=0)
+    alone = decide(RaceSettings(), SIZES.astype(int), TARGET, survivors, round=1, seed=0).assessments
+    beside = decide(RaceSettings(), SIZES.astype(int), TARGET, [*survivors, out], round=1, seed=0).assessments
+    for a, b in zip(alone, beside):
+        assert (b.name, b.p_best, b.predicted_loss) == (a.name, a.p_best, a.predicted_loss)
+        assert b.interval[0] < a.interval[0]
+
+
 def test_rank_puts_survivors_first_then_eliminated_by_their_last_prediction():
     candidates = [
         RaceCandidate("a", 1.0, (), (), eliminated_in=0),

@@ -213,7 +213,8 @@ def decide(
     if not racing:
         raise CurveError("no candidate is left in the race")
     assessed = predictive_distributions(
-        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws
+        [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws,
+        backtested=[c.curve() for c in candidates if not c.in_race],
     )
     p_best = probability_best(np.stack([p.draws for p in assessed.predictive]))
     assessments = tuple(

@@ -156,7 +156,9 @@ class CandidateStatus(StatusModel):
     )
     interval: list[FiniteFloat] | None = Field(
         default=None, min_length=2, max_length=2,
-        description="Strategy race: prediction interval (90%) of the bits per byte at targetSize.",
+        description="Strategy race: prediction interval (90%) of the bits per byte at targetSize: the bootstrap's "
+        "over measurement noise, widened by a backtest of the law's error far from the data (docs/benchmarks.md "
+        "measures how often it holds).",
     )
     eliminated_in: int | None = Field(default=None, description="Strategy race: the round after which it was eliminated.")
     elimination_reason: str | None = Field(default=None, description="Strategy race: why it was eliminated.")

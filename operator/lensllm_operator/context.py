@@ -12,6 +12,9 @@ from lensllm_operator.config import OperatorConfig
 from lensllm_operator.metrics import OperatorMetrics
 
 T = TypeVar("T")
+# Deleted selections remembered so that a pass which read one before its deletion exports nothing after it.
+# Such a pass ends within seconds; the bound only keeps a year of deletions from growing the set.
+DELETED_REMEMBERED = 10_000
 
 
 @dataclass
@@ -28,6 +31,8 @@ class Context:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     # Ended selections whose unfinished Jobs this process has deleted, or found none: (namespace, name) -> uid.
     ended_and_swept: dict[tuple[str, str], str] = field(default_factory=dict)
+    # uids of deleted selections, oldest first (a dict as an ordered set).
+    deleted: dict[str, None] = field(default_factory=dict)
     # Where races are decided and selections ranked: off the event loop, one at a time. Decisions of many
     # selections at once in threads of their own cost 60% more CPU (their numpy calls contend) for no gain.
     science: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="science"))
@@ -45,11 +50,19 @@ class Context:
         for kind in ("transient", "unexpected"):
             self.failures.pop((namespace, name, kind), None)
 
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop all a deleted selection left here (a new one may take its name)."""
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """Drop all a deleted selection left here (a new one may take its name), and remember it was deleted."""
         self.forget_errors(namespace, name)
         self.ended_and_swept.pop((namespace, name), None)
+        if uid:
+            self.deleted[uid] = None
+            if len(self.deleted) > DELETED_REMEMBERED:
+                del self.deleted[next(iter(self.deleted))]
         self.metrics.forget(namespace, name)
+
+    def was_deleted(self, body: Any) -> bool:
+        """Whether the selection `body` was read as has since been deleted."""
+        return body["metadata"].get("uid") in self.deleted
 
 
 @dataclass

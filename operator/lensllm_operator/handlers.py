@@ -83,7 +83,8 @@ async def job_event(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: lo
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def selection_event(
-    type: str | None, namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    type: str | None, namespace: str, name: str, body: kopf.Body, status: kopf.Status, memo: kopf.Memo,
+    logger: logging.Logger, **_: Any
 ) -> None:
     """When a selection appears, changes or is gone, tell the resync loop; when gone, drop its metric series.
 
@@ -93,4 +94,4 @@ async def selection_event(
     memo.resync.start_once(memo.ctx, logger)
     memo.resync.selections.track(namespace, name, status.get("phase"), deleted=type == "DELETED")
     if type == "DELETED":
-        memo.ctx.forget(namespace, name)
+        memo.ctx.forget(namespace, name, body.get("metadata", {}).get("uid"))

@@ -362,6 +362,9 @@ def announce(body: Body, status: st.LLMSelectionStatus) -> None:
 
 
 def _export(ctx: Context, body: Body, status: st.LLMSelectionStatus, running_gpu_seconds: float) -> None:
+    """The selection's metric series; none for one deleted while this pass awaited (its series are gone for good)."""
+    if ctx.was_deleted(body):
+        return
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     ctx.metrics.set_phase(namespace, name, status.phase)
     trials = [t for e in status.candidates.values() for t in e.trials]

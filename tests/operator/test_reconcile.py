@@ -455,11 +455,11 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
         await handlers.operator_startup(settings=settings, memo=memo, logger=logging.getLogger(__name__))
         # kopf gives each object's handlers its own shallow copy of the memo.
         for name in ("s", "t", "gone"):
-            await handlers.selection_event(type=None, namespace="ns", name=name, status={}, memo=copy.copy(memo),
-                                           logger=logging.getLogger(__name__))
+            await handlers.selection_event(type=None, namespace="ns", name=name, body={"metadata": {"uid": name}},
+                                           status={}, memo=copy.copy(memo), logger=logging.getLogger(__name__))
         memo.ctx.retry_due[("ns", "gone")], memo.ctx.failures[("ns", "gone", "transient")] = 8.0, 3
-        await handlers.selection_event(type="DELETED", namespace="ns", name="gone", status={}, memo=copy.copy(memo),
-                                       logger=logging.getLogger(__name__))
+        await handlers.selection_event(type="DELETED", namespace="ns", name="gone", body={"metadata": {"uid": "gone"}},
+                                       status={}, memo=copy.copy(memo), logger=logging.getLogger(__name__))
         loops = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "resync_forever"]
         await handlers.operator_cleanup(memo=memo)
         return loops
@@ -468,6 +468,7 @@ def test_the_job_watch_is_filtered_by_the_api_server_and_an_api_outage_never_end
     assert loops == [memo.resync.task] and memo.resync.task.cancelled()
     assert sorted(memo.resync.selections.due(now=0.0, retry_due={})) == [("ns", "s"), ("ns", "t")]
     assert memo.ctx.retry_due == {} and memo.ctx.failures == {}  # a deleted selection's errors go with it
+    assert list(memo.ctx.deleted) == ["gone"]  # and no pass that read it before may export it again
     jobs = Resource(group="batch", version="v1", plural="jobs", kind="Job", namespaced=True)
     assert list(settings.watching.label_selectors.collect(jobs)) == [SELECTION_LABEL]
     # An API outage longer than kopf's default retries (about a minute) would end the operator's watches.
@@ -756,6 +757,27 @@ def test_a_selection_deleted_during_its_pass_leaves_no_metric_series(kube, names
     monkeypatch.setattr(operator_kube, "patch_selection_status", deleted_first)
     reconcile_once(ctx, namespace, "fleeting")
     assert 'selection="fleeting"' not in generate_latest(ctx.metrics.registry).decode()
+
+
+def test_a_finished_selection_deleted_while_its_pass_awaits_gets_no_series_back(kube, namespace, ctx, custom, monkeypatch):
+    """Its Jobs, collected after the deletion, start passes that may have read it just before."""
+    create_selection(custom, namespace, "ended")
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "ended", {"status": {"phase": "Complete"}})
+    real = reconcile_module._stop_leftover_jobs
+
+    async def deleted_meanwhile(ctx_, body):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "ended")
+        ctx_.forget(namespace, "ended", body["metadata"]["uid"])  # what its DELETED event does
+        await real(ctx_, body)
+
+    monkeypatch.setattr(reconcile_module, "_stop_leftover_jobs", deleted_meanwhile)
+    reconcile_once(ctx, namespace, "ended")
+    assert 'selection="ended"' not in generate_latest(ctx.metrics.registry).decode()
+    monkeypatch.setattr(reconcile_module, "_stop_leftover_jobs", real)
+    create_selection(custom, namespace, "ended")  # a new selection of the same name is exported as usual
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "ended", {"status": {"phase": "Complete"}})
+    reconcile_once(ctx, namespace, "ended")
+    assert 'lensllm_selection_gpu_seconds{namespace="%s",selection="ended"}' % namespace in generate_latest(ctx.metrics.registry).decode()
 
 
 @pytest.mark.parametrize(

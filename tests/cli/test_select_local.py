@@ -196,8 +196,9 @@ def test_an_interrupted_local_selection_resumes_the_sizes_its_trial_finished_and
     demo_world, tmp_path
 ):
     """Ctrl-C (SIGINT to the terminal's process group) mid-trial, then the same command again."""
-    # Epochs enough that the sizes after the first take seconds, not milliseconds: the interrupt lands among them.
-    training = {"learningRate": 0.001, "epochs": 30, "batchSize": 16, "maxSeqLength": 32}
+    # Epochs enough that the sizes after the first take seconds, not milliseconds: the interrupt lands among them
+    # (with 30, the full suite on 2 cores twice saw the whole trial end before its first point was read).
+    training = {"learningRate": 0.001, "epochs": 80, "batchSize": 16, "maxSeqLength": 32}
     doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-llama"), name="cut",
                              budget={"baseSize": 16, "doublings": 4, "targetSize": 1024}, training=training)
     command = [sys.executable, "-m", "lensllm.cli.main", "select", str(write_manifest(tmp_path, doc)), "--local",
@@ -302,7 +303,7 @@ if not marker.exists():  # the first runner: dies (exit 1, a transient fault) on
 def test_a_runner_that_fails_transiently_is_retried_up_to_the_backoff_limit_resuming_its_sizes(
     demo_world, tmp_path, monkeypatch, backoff_limit
 ):
-    training = {"learningRate": 0.001, "epochs": 30, "batchSize": 16, "maxSeqLength": 32}  # sizes take seconds
+    training = {"learningRate": 0.001, "epochs": 80, "batchSize": 16, "maxSeqLength": 32}  # sizes take seconds
     doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="flaky", training=training,
                              backoffLimit=backoff_limit)
     out, hooks = tmp_path / "out", tmp_path / "hooks"

@@ -61,7 +61,7 @@ class Context:
         self.metrics.forget(namespace, name)
 
     def was_deleted(self, body: Any) -> bool:
-        """Whether the selection `body` was read as has since been deleted."""
+        """Whether the selection that `body` was read from has since been deleted."""
         return body["metadata"].get("uid") in self.deleted
 
 

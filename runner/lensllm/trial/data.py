@@ -87,8 +87,9 @@ def _rows_also_in(spec: DatasetSpec, test: Dataset, train: Dataset) -> np.ndarra
 
     Overlapping slices of one split (train[:90%] and train[80%:]) and duplicated rows both end up here, and so do
     copies that differ only in spacing or line breaks (a scrape's trailing newline): a test loss on them would
-    reward memorising. Case is kept apart, since it can be what a task is about. All in Arrow, no Python objects per row: a semi-join on the fields (a
-    null matches nothing), after dropping the rows of either side with a field value the other side lacks.
+    reward memorising. Case is kept apart, since it can be what a task is about. All in Arrow, no Python objects
+    per row: a semi-join on the fields (a null matches nothing), after dropping the rows of either side with a
+    field value the other side lacks.
     """
     fields = [spec.text_field] if spec.is_text else [spec.input_field, spec.target_field]
     keys = [f"field{i}" for i in range(len(fields))]

@@ -309,7 +309,7 @@ if not marker.exists():  # the first runner: dies (exit 1, a transient fault) on
 def test_a_runner_that_fails_transiently_is_retried_up_to_the_backoff_limit_resuming_its_sizes(
     demo_world, tmp_path, monkeypatch, backoff_limit
 ):
-    training = {"learningRate": 0.001, "epochs": 80, "batchSize": 16, "maxSeqLength": 32}  # sizes take seconds
+    training = {"learningRate": 0.001, "epochs": 30, "batchSize": 16, "maxSeqLength": 32}  # sizes take seconds
     doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), name="flaky", training=training,
                              backoffLimit=backoff_limit)
     out, hooks = tmp_path / "out", tmp_path / "hooks"

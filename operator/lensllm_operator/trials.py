@@ -142,8 +142,15 @@ def _accrue(ctx: Context, cluster: Cluster, candidate: str, pods: list[Body], ef
     for pod in pods:
         created = parse_time(pod["metadata"].get("creationTimestamp"))
         before = created is not None and created < started
-        effects.later(ctx.metrics.accrue_gpu_time, cluster.namespace, cluster.name, pod["metadata"]["name"],
-                      run_seconds([pod], cluster.now) * gpus_held(pod), seen_before_start=before)
+        effects.later(_accrue_unless_deleted, ctx, cluster, pod["metadata"]["name"],
+                      run_seconds([pod], cluster.now) * gpus_held(pod), before)
+
+
+def _accrue_unless_deleted(ctx: Context, cluster: Cluster, pod: str, gpu_seconds: float, seen_before_start: bool) -> None:
+    """Nothing for a selection deleted while the pass worked: what the metrics would keep of its pods would outlive
+    the deletion for good, and its last seconds go uncounted as they do when no pass runs between them and it."""
+    if not ctx.was_deleted(cluster.body):
+        ctx.metrics.accrue_gpu_time(cluster.namespace, cluster.name, pod, gpu_seconds, seen_before_start=seen_before_start)
 
 
 def _read_result(

@@ -759,6 +759,31 @@ def test_a_selection_deleted_during_its_pass_leaves_no_metric_series(kube, names
     assert 'selection="fleeting"' not in generate_latest(ctx.metrics.registry).decode()
 
 
+def test_a_selection_deleted_while_its_pass_reads_running_pods_leaves_no_gpu_accounting_behind(
+    kube, namespace, ctx, custom, monkeypatch
+):
+    create_selection(custom, namespace, "busy", resources={"nvidia.com/gpu": 1})
+    reconcile_once(ctx, namespace, "busy")
+    job = only_job(kube, namespace)
+    kubernetes.client.BatchV1Api(kube.api).patch_namespaced_job_status(job, namespace, {"status": {"active": 1}})
+    run_pod(kube, namespace, job, "pod", {"running": {"startedAt": stamp(60)}})
+    reconcile_once(ctx, namespace, "busy")
+    assert (namespace, "busy") in ctx.metrics._accounted
+    uid = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "busy")["metadata"]["uid"]
+    real = operator_kube.list_pods
+
+    async def deleted_meanwhile(namespace_, selector):
+        # Its DELETED event, while the pass lists pods that the garbage collector has yet to delete (here it
+        # would delete them with the selection, and the selection's status write would find it gone).
+        ctx.forget(namespace_, "busy", uid)
+        return await real(namespace_, selector)
+
+    monkeypatch.setattr(operator_kube, "list_pods", deleted_meanwhile)
+    reconcile_once(ctx, namespace, "busy")
+    assert (namespace, "busy") not in ctx.metrics._accounted  # else kept for the operator's lifetime
+    assert gpu_seconds_counted(ctx) == pytest.approx(60, abs=5)  # what its passes counted stays counted
+
+
 def test_a_finished_selection_deleted_while_its_pass_awaits_gets_no_series_back(kube, namespace, ctx, custom, monkeypatch):
     """Its Jobs, collected after the deletion, start passes that may have read it just before."""
     create_selection(custom, namespace, "ended")

@@ -98,6 +98,7 @@ def test_more_failures_than_allowed_fail_the_selection(spec):
     assert status.phase == "Failed" and status.best is None
     failed = status.conditions[-1]
     assert (failed.type, failed.reason) == ("Failed", "MaxFailedCandidatesReached")
+    assert failed.message.startswith("2 of 3 candidates failed (maxFailedCandidates 1): ")
     assert "flat: ResultMissing" in failed.message
 
 

@@ -547,7 +547,8 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
     failed = sorted(name for name, e in new.candidates.items() if e.state == "Failed")
     if len(failed) > spec.max_failed_candidates:
         detail = "; ".join(f"{n}: {new.candidates[n].reason}" for n in failed)
-        message = f"{len(failed)} candidates failed (maxFailedCandidates {spec.max_failed_candidates}): {detail}"
+        allowed = spec.max_failed_candidates
+        message = f"{len(failed)} of {len(new.candidates)} candidates failed (maxFailedCandidates {allowed}): {detail}"
         return _ended(new, "Failed", _condition("Failed", "MaxFailedCandidatesReached", message, generation, now), now)
     try:
         new = rank(new, spec)

@@ -108,6 +108,15 @@ def test_race_settings_out_of_range_are_usage_errors(race_csv, capsys, option, v
     assert exit_.value.code == 2 and f"argument {option}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output", ["csv", "table"])
+def test_more_initial_sizes_than_the_table_has_below_its_target_exit_2(race_csv, capsys, output):
+    """Round 0 would otherwise run every column, at the whole of a fixed budget's compute, and call it a race."""
+    code, out, err = run_cli(["bench", race_csv, "--strategy", "race", "--initial-sizes", "9", "--format", output], capsys)
+    assert code == 2 and out == ""
+    assert "race setting initial_sizes is 9, but the ladder has only 8 sizes (100, 200, " in err and err.count("\n") == 1
+    assert run_cli(["bench", race_csv, "--strategy", "race", "--initial-sizes", "8", "--format", "csv"], capsys)[0] == 0
+
+
 def test_a_table_without_parameter_counts_exits_2_naming_the_column(tmp_path, capsys):
     path = tmp_path / "no_size.csv"
     path.write_text("model,0,100,200,400,800,1600\na,3,2.9,2.8,2.7,2.6,2.5\nb,3,2.8,2.7,2.6,2.5,2.45\n")

@@ -174,7 +174,9 @@ def test_a_race_on_three_initial_sizes_ranks_round_0_by_the_power_law_then_by_th
 def test_the_schedule_starts_with_the_initial_sizes_then_adds_sizes_per_round():
     settings = RaceSettings(initial_sizes=4, sizes_per_round=2, max_rounds=3)
     assert schedule(settings, [1, 2, 3, 4, 5, 6, 7, 8, 9]) == [(1, 2, 3, 4), (5, 6), (7, 8)]
-    assert schedule(settings, [1, 2, 3]) == [(1, 2, 3)]
+    assert schedule(settings, [1, 2, 3, 4]) == [(1, 2, 3, 4)]
+    with pytest.raises(CurveError, match=r"initial_sizes is 4, but the ladder has only 3 sizes \(1, 2, 3\)"):
+        schedule(settings, [1, 2, 3])  # a round 0 of three sizes would be another race than the one asked for
     assert round_zero(settings, [1, 2, 3, 4, 5], ["a", "b"]) == {"a": (1, 2, 3, 4), "b": (1, 2, 3, 4)}
 
 

@@ -177,6 +177,9 @@ def schedule(settings: RaceSettings, ladder: Sequence[int]) -> list[tuple[int, .
     sizes = [int(s) for s in check_sizes(ladder, what="race ladder")]
     if sizes[0] <= 0:
         raise CurveError(f"race ladder sizes must be > 0, got {sizes}")
+    if len(sizes) < settings.initial_sizes:
+        raise CurveError(f"race setting initial_sizes is {settings.initial_sizes}, but the ladder has only {len(sizes)} "
+                         f"sizes ({', '.join(map(str, sizes))}) for round 0 to run")
     rounds = [tuple(sizes[: settings.initial_sizes])]
     rest = sizes[settings.initial_sizes :]
     step = settings.sizes_per_round

@@ -8,9 +8,11 @@ grants more than the chart allows.
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 from lensllm.errors import LensLLMError
+from lensllm.selection.formats import DNS_LABEL, LABEL_LIMIT
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/lensllm/runner:0.1.0"
 
@@ -84,6 +86,11 @@ class OperatorConfig:
             raise ConfigError(f"metrics port and liveness port are both {self.metrics_port}: give two ports")
         if not self.resync_seconds > 0:  # also NaN: a resync that never runs
             raise ConfigError(f"resync seconds {self.resync_seconds}: expected a positive number")
+        for namespace in self.namespaces:
+            # kopf would read a typo as a glob or an empty name as the whole cluster, and watch the wrong namespaces.
+            if len(namespace) > LABEL_LIMIT or not re.match(DNS_LABEL, namespace):
+                raise ConfigError(f"namespace {namespace!r}: expected a namespace name (an RFC 1123 label: at most "
+                                  f"{LABEL_LIMIT} lower-case letters, digits and '-')")
 
     def image_allowed(self, image: str) -> bool:
         allowed = self.allowed_runner_images or (image_repository(self.runner_image),)

@@ -22,8 +22,7 @@ from lensllm_operator.resync import Resync
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """When the operator starts, log in and serve metrics."""
-    kube.login()
+    """When the operator starts (logged in by `run_operator`), serve metrics."""
     kube.use_worker_threads()
     # Events carry the outcome of every selection; keep info-level ones, not just warnings.
     settings.posting.level = logging.INFO

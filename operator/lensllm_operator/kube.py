@@ -13,11 +13,13 @@ import json
 from typing import Any
 
 import urllib3
+import yaml
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from lensllm import __version__
+from lensllm.errors import LensLLMError
 from lensllm.selection.spec import GROUP, PLURAL, VERSION
 
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
@@ -30,12 +32,20 @@ USER_AGENT = f"lensllm-operator/{__version__}"
 CONCURRENT_CALLS = 16
 
 
+class NoCluster(LensLLMError):
+    """Neither a pod's service account nor a kubeconfig says which API server to talk to."""
+
+
 def login() -> None:
     """In a pod use the service account; elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config)."""
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException as in_pod:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, yaml.YAMLError, OSError) as kubeconfig:
+            why = " ".join(str(kubeconfig).split())  # a YAML error spans lines
+            raise NoCluster(f"no cluster to connect to: not in a pod ({in_pod}) and no usable kubeconfig ({why})") from None
     settings = client.Configuration.get_default_copy()
     settings.connection_pool_maxsize = CONCURRENT_CALLS
     client.Configuration.set_default(settings)

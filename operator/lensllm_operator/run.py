@@ -5,13 +5,15 @@ import dataclasses
 
 import kopf
 
-from lensllm_operator import handlers  # noqa: F401  (registers the handlers)
+from lensllm_operator import handlers, kube  # noqa: F401  (handlers: registers the handlers)
 from lensllm_operator.config import OperatorConfig
 from lensllm_operator.metrics import OperatorMetrics
 from lensllm_operator.context import Context
 
 
 def run_operator(config: OperatorConfig) -> None:
+    # Before kopf: it would retry a failed login every minute, forever, where no retry can help.
+    kube.login()
     ctx = Context(config=config, metrics=OperatorMetrics())
     kopf.configure(verbose=False)
     asyncio.run(

@@ -1,7 +1,10 @@
 """Pure helpers of the reconciliation: a Job's state, what its pods say, the status patch, the operator's policy."""
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -188,6 +191,9 @@ def test_what_the_operator_allows_by_default_and_by_setting():
     ({"LENSLLM_RESYNC_SECONDS": "0"}, "resync seconds 0.0: expected a positive number"),
     ({"LENSLLM_METRICS_PORT": "99999"}, "metrics port 99999: expected 1 to 65535"),
     ({"LENSLLM_LIVENESS_PORT": "8000"}, "metrics port and liveness port are both 8000"),
+    ({"LENSLLM_NAMESPACES": "ml-team,ML_Team"}, "namespace 'ML_Team': expected a namespace name (an RFC 1123 label"),
+    ({"LENSLLM_NAMESPACES": "team-*"}, "namespace 'team-*': expected"),  # kopf would take it for a glob
+    ({"LENSLLM_NAMESPACES": "a" * 64}, "namespace 'aaaa"),
 ])
 def test_a_bad_operator_setting_is_a_clear_error(env, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
@@ -199,6 +205,28 @@ def test_a_bad_operator_flag_is_checked_as_its_variable_is():
 
     with pytest.raises(ConfigError, match="liveness port 0: expected 1 to 65535"):
         with_overrides(OperatorConfig(), liveness_port=0)
+    with pytest.raises(ConfigError, match="namespace '': expected a namespace name"):
+        with_overrides(OperatorConfig(), namespaces=("",))  # `--namespace ''`: to kopf, every namespace
+    assert with_overrides(OperatorConfig(), namespaces=("ml-team", "a" * 63)).namespaces == ("ml-team", "a" * 63)
+
+
+@pytest.mark.parametrize("kubeconfig, says", [
+    (None, "no usable kubeconfig (Invalid kube-config file. No configuration found.)"),
+    ("garbage: [\n", "no usable kubeconfig (while parsing a flow node expected the node content"),
+    ("apiVersion: v1\nkind: Config\ncurrent-context: gone\n", "Expected object with name gone"),
+])
+def test_the_operator_without_a_cluster_to_talk_to_exits_2_at_once_saying_why(tmp_path, kubeconfig, says):
+    """kopf would retry the login every minute, forever; no retry mends a missing or broken kubeconfig. (A process
+    of its own: the Kubernetes client reads KUBECONFIG when it is imported.)"""
+    path = tmp_path / "kubeconfig"
+    if kubeconfig is not None:
+        path.write_text(kubeconfig)
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"} | {"HOME": str(tmp_path), "KUBECONFIG": str(path)}
+    ran = subprocess.run([sys.executable, "-m", "lensllm.cli.main", "operator", "--namespace", "ml-team"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2 and ran.stdout == ""
+    assert ran.stderr.startswith("lensllm operator: error: no cluster to connect to: not in a pod (") and says in ran.stderr
+    assert ran.stderr.count("\n") == 1
 
 
 def test_the_resync_takes_unfinished_selections_and_waits_out_a_requested_delay():

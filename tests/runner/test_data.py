@@ -4,6 +4,7 @@ import pytest
 import torch
 from jsonl import write_jsonl
 
+from lensllm.trial import data
 from lensllm.trial.data import Row, load_task_rows
 from lensllm.trial.examples import IGNORE, collate, encode_rows
 from lensllm.trial.failures import BudgetExceedsDataset, DatasetFieldMissing, DatasetNotFound, SplitNotHeldOut
@@ -221,7 +222,9 @@ def test_overlapping_slices_of_one_split_leave_the_shared_rows_out_of_the_test_s
     assert sorted(int(r.scored) for r in rows.test) == list(range(90, 100))  # only what training never sees
 
 
-def test_test_rows_duplicated_in_the_training_split_are_replaced_by_held_out_ones(tmp_path):
+@pytest.mark.parametrize("slice_rows", [data.TRAIN_SLICE_ROWS, 7])  # 7: the copies sit in slices 2 and 22 of 29
+def test_test_rows_duplicated_in_the_training_split_are_replaced_by_held_out_ones(tmp_path, monkeypatch, slice_rows):
+    monkeypatch.setattr(data, "TRAIN_SLICE_ROWS", slice_rows)
     train = numbered(200)
     copied = [train[7], train[150], {"input": "7", "target": "seven"}]  # the last shares only its input
     spec = pairs_folder(tmp_path, train, numbered(60, start=1000) + copied).model_copy(update={"max_test_examples": 40})
@@ -234,7 +237,9 @@ def test_test_rows_duplicated_in_the_training_split_are_replaced_by_held_out_one
     assert clean.test_rows_in_train == 0 and len(set(rows.test) & set(clean.test)) >= 30  # the rest of the draw stays
 
 
-def test_test_rows_that_differ_from_training_rows_only_in_spacing_are_left_out(tmp_path):
+@pytest.mark.parametrize("slice_rows", [data.TRAIN_SLICE_ROWS, 1])
+def test_test_rows_that_differ_from_training_rows_only_in_spacing_are_left_out(tmp_path, monkeypatch, slice_rows):
+    monkeypatch.setattr(data, "TRAIN_SLICE_ROWS", slice_rows)
     train = [{"input": "the  cat\n", "target": "die Katze"}, {"input": "a dog", "target": "ein Hund"}]
     test = [{"input": " the cat", "target": "die\u00a0Katze\r\n"},  # the same pair, spaced otherwise
             {"input": "A dog", "target": "ein Hund"},  # case can be the task: kept

@@ -106,7 +106,7 @@ def plot_race_fits(rows: Sequence[RaceCurve], target: float, path: Path) -> None
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning examples")
     ax.set_ylabel("test bits per byte")
-    ax.set_title("race: measured points, each candidate's fitted law, prediction and 90% interval at the target")
+    ax.set_title("race: measured points, each candidate's fitted law, prediction and nominal 90% interval at the target")
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -62,7 +62,7 @@ def ranking_table(status, target: int) -> Table:
     columns = [("rank", "right"), ("candidate", "left"), ("predicted", "right"), ("observed (largest)", "right"),
                ("zero-shot", "right"), ("state", "left")]
     if race:
-        columns[3:3] = [("90% interval", "right"), ("P(best)", "right")]
+        columns[3:3] = [("interval (nominal 90%)", "right"), ("P(best)", "right")]
     for column, justify in columns:
         table.add_column(column, justify=justify)
     order = sorted(status.candidates.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0, kv[0]))

@@ -39,6 +39,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, log
     # kopf keeps its handler progress in annotations: the status belongs to us alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lensllm.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="lensllm.io")
+    for namespace in memo.ctx.config.namespaces:  # known before any selection: their counters start at once
+        memo.ctx.metrics.start_counters(namespace)
     memo.ctx.metrics.serve(memo.ctx.config.metrics_port)
     memo.resync = Resync()
     logger.info("metrics on :%d/metrics, resync every %gs", memo.ctx.config.metrics_port, memo.ctx.config.resync_seconds)

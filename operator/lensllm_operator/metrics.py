@@ -132,12 +132,17 @@ class OperatorMetrics:
     def set_phase(self, namespace: str, name: str, phase: str) -> None:
         self._phases[namespace, name] = phase
         self._refresh_phases()
-        if namespace not in self._namespaces:
-            self._namespaces.add(namespace)
-            self._start_counters(namespace)
+        self.start_counters(namespace)
 
-    def _start_counters(self, namespace: str) -> None:
-        """Every outcome and known reason of a namespace at 0, so that the first trial to end is an increase."""
+    def start_counters(self, namespace: str) -> None:
+        """Every outcome and known reason of a namespace at 0, so that the first trial to end is an increase.
+
+        Prometheus sees no increase in a series whose first sample is already 1: the sooner the zeros are
+        served, the likelier a scrape finds them before the namespace's first trial ends.
+        """
+        if namespace in self._namespaces:
+            return
+        self._namespaces.add(namespace)
         for outcome, reason in (("succeeded", "Succeeded"), *(("failed", r) for r in FAILURE_REASONS)):
             self.trials.labels(namespace=namespace, outcome=outcome, reason=reason)
             self.trial_gpu_seconds.labels(namespace=namespace, outcome=outcome, reason=reason)

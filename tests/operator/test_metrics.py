@@ -1,5 +1,13 @@
+import asyncio
+import logging
+
+import kopf
+from cluster import free_port
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from lensllm_operator import handlers
+from lensllm_operator.config import OperatorConfig
+from lensllm_operator.context import Context
 from lensllm_operator.metrics import OperatorMetrics
 
 
@@ -96,3 +104,20 @@ def test_a_namespaces_trial_counters_exist_at_zero_before_its_first_trial_ends()
     for reason in ("OOMKilled", "OutOfMemory", "PendingTimeout", "JobRejected"):
         assert f'lensllm_trials_total{{namespace="ns",outcome="failed",reason="{reason}"}} 0.0' in text
     assert 'lensllm_gpu_seconds_total{namespace="ns"} 0.0' in text
+
+
+def test_the_counters_of_the_namespaces_the_operator_watches_are_at_zero_from_its_start():
+    """A namespace's first trial can end before a scrape sees the zeros its first selection sets: Prometheus then
+    takes the 1 for where the series began, and the dashboard counts no trial."""
+    config = OperatorConfig(namespaces=("ml-team", "research"), metrics_port=free_port())
+    memo = kopf.Memo(ctx=Context(config=config, metrics=OperatorMetrics(CollectorRegistry())))
+
+    async def start_and_stop():
+        await handlers.operator_startup(settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger(__name__))
+        await handlers.operator_cleanup(memo=memo)
+
+    asyncio.run(start_and_stop())
+    text = exposition(memo.ctx.metrics)
+    for namespace in config.namespaces:
+        assert f'lensllm_trials_total{{namespace="{namespace}",outcome="failed",reason="ModelNotFound"}} 0.0' in text
+        assert f'lensllm_gpu_seconds_total{{namespace="{namespace}"}} 0.0' in text

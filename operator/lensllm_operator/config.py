@@ -87,7 +87,8 @@ class OperatorConfig:
         if not self.resync_seconds > 0:  # also NaN: a resync that never runs
             raise ConfigError(f"resync seconds {self.resync_seconds}: expected a positive number")
         for namespace in self.namespaces:
-            # kopf would read a typo as a glob or an empty name as the whole cluster, and watch the wrong namespaces.
+            # kopf reads '*', '?' and '!' as namespace patterns, and an empty name matches none: a typo would watch
+            # other namespaces than those named, or none.
             if len(namespace) > LABEL_LIMIT or not re.match(DNS_LABEL, namespace):
                 raise ConfigError(f"namespace {namespace!r}: expected a namespace name (an RFC 1123 label: at most "
                                   f"{LABEL_LIMIT} lower-case letters, digits and '-')")

@@ -206,7 +206,7 @@ def test_a_bad_operator_flag_is_checked_as_its_variable_is():
     with pytest.raises(ConfigError, match="liveness port 0: expected 1 to 65535"):
         with_overrides(OperatorConfig(), liveness_port=0)
     with pytest.raises(ConfigError, match="namespace '': expected a namespace name"):
-        with_overrides(OperatorConfig(), namespaces=("",))  # `--namespace ''`: to kopf, every namespace
+        with_overrides(OperatorConfig(), namespaces=("",))  # `--namespace ''`: a pattern that matches none
     assert with_overrides(OperatorConfig(), namespaces=("ml-team", "a" * 63)).namespaces == ("ml-team", "a" * 63)
 
 

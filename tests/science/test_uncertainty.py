@@ -8,7 +8,17 @@ from scipy.stats import norm
 
 from lensllm.science.fitting import family_loss, fit_family_many, refit_family_many
 from lensllm.science.laws import rectified_loss
-from lensllm.science.uncertainty import MIN_LOG_NOISE, MeasuredCurve, fit_law, predictive_distributions, probability_best
+from lensllm.errors import CurveError
+from lensllm.science.uncertainty import (
+    BENCHMARK_ERRORS,
+    ERROR_PROBABILITIES,
+    MIN_LOG_NOISE,
+    ExtrapolationErrors,
+    MeasuredCurve,
+    fit_law,
+    predictive_distributions,
+    probability_best,
+)
 
 SIZES = 100.0 * 2.0 ** np.arange(6)  # 100 .. 3,200
 TARGET = 102_400
@@ -230,7 +240,7 @@ def held(intervals: list[tuple[float, float]], truth: np.ndarray) -> float:
 
 def test_intervals_reach_as_far_as_the_backtest_finds_the_law_wrong():
     curves, truth = bending_curves(30, 5)
-    predictive = predictive_distributions(curves, TARGET, draws=200, seed=(0, 0)).predictive
+    predictive = predictive_distributions(curves, TARGET, draws=200, seed=(0, 0), elsewhere=None).predictive
     bootstrap_alone = [tuple(np.quantile(p.draws, [0.05, 0.95])) for p in predictive]
     assert held(bootstrap_alone, truth) < 0.5  # the noise is small; the law's error is not
     assert held([p.interval(0.9) for p in predictive], truth) >= 0.8
@@ -240,8 +250,9 @@ def test_intervals_reach_as_far_as_the_backtest_finds_the_law_wrong():
 
 def test_curves_out_of_the_race_join_the_backtest_but_not_the_draws():
     lawful = measured(random_laws(3, 7), 0.0, 8)  # the law is right: their own backtest finds no error
-    alone = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0)).predictive
-    joined = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0), backtested=bending_curves(10, 9)[0]).predictive
+    alone = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0), elsewhere=None).predictive
+    joined = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0), backtested=bending_curves(10, 9)[0],
+                                      elsewhere=None).predictive
     for a, j in zip(alone, joined):
         np.testing.assert_array_equal(a.draws, j.draws)  # P(best), and so the race's decisions, unchanged
         assert j.interval(0.9)[0] < a.interval(0.9)[0]
@@ -251,3 +262,60 @@ def test_curves_of_three_sizes_are_backtested_by_the_line_through_their_first_tw
     curves, _ = power_curves(6, 0.0, 1)
     for p in predictive_distributions(curves, TARGET, draws=50, seed=(0, 0)).predictive:
         np.testing.assert_allclose(p.extrapolation, 0.0, atol=1e-9)  # a power law is that line: no error to add
+
+
+def spread(lo: float, hi: float) -> tuple[float, ...]:
+    """Errors per unit of reach spread evenly from lo to hi, as ExtrapolationErrors quantiles."""
+    return tuple(np.linspace(lo, hi, len(ERROR_PROBABILITIES)).tolist())
+
+
+def test_every_interval_reaches_at_least_as_far_as_the_law_erred_elsewhere():
+    lawful = measured(random_laws(4, 7), 0.0, 8)  # the law is right here: bootstrap and backtest find almost nothing
+    elsewhere = ExtrapolationErrors(power=spread(-0.5, 0.5), laws=spread(-0.2, 0.1))
+    bare = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0), elsewhere=None).predictive
+    floored = predictive_distributions(lawful, TARGET, draws=100, seed=(0, 0), elsewhere=elsewhere).predictive
+    reach = np.log(TARGET / SIZES[-1])
+    for b, f in zip(bare, floored):
+        np.testing.assert_array_equal(b.draws, f.draws)  # P(best), and so the race's decisions, unchanged
+        lo, hi = f.interval(0.9)
+        # The laws' spread, not the power law's: these curves have six sizes. 5% and 95% of -0.2 .. 0.1.
+        assert (lo, hi) == pytest.approx((f.loss * np.exp(-0.185 * reach), f.loss * np.exp(0.085 * reach)))
+        assert lo < b.interval(0.9)[0] and hi > b.interval(0.9)[1]
+
+
+def test_rounds_of_three_sizes_take_the_power_laws_spread():
+    curves, _ = power_curves(6, 0.0, 1)
+    elsewhere = ExtrapolationErrors(power=spread(-0.5, 0.5), laws=spread(-0.01, 0.01))
+    for p in predictive_distributions(curves, TARGET, draws=50, seed=(0, 0), elsewhere=elsewhere).predictive:
+        reach = np.log(TARGET / THREE_SIZES[-1])
+        assert p.interval(0.8) == pytest.approx((p.loss * np.exp(-0.4 * reach), p.loss * np.exp(0.4 * reach)))
+
+
+def test_no_floor_inside_the_measured_sizes():
+    curves = measured(random_laws(3, 7), 0.01, 8)
+    elsewhere = ExtrapolationErrors(power=spread(-0.5, 0.5), laws=spread(-0.5, 0.5))
+    for p in predictive_distributions(curves, SIZES[-1], draws=100, seed=(0, 0), elsewhere=elsewhere).predictive:
+        assert p.interval(0.9) == pytest.approx(tuple(np.quantile(p.draws, [0.05, 0.95])))
+
+
+@pytest.mark.parametrize("quantiles", [spread(0.1, -0.1), spread(-0.1, 0.1)[:-1], (*spread(-0.1, 0.1)[:-1], float("nan"))])
+def test_extrapolation_errors_must_be_a_full_rising_set_of_quantiles(quantiles):
+    with pytest.raises(CurveError, match="extrapolation errors power"):
+        ExtrapolationErrors(power=quantiles, laws=spread(-0.1, 0.1))
+
+
+def test_measured_errors_are_their_quantiles_and_need_some():
+    errors = ExtrapolationErrors.measured(power=[-0.3, 0.1, 0.0], laws=np.linspace(-1, 1, 401))
+    assert errors.power[0] == -0.3 and errors.power[-1] == 0.1
+    np.testing.assert_allclose(errors.laws, np.linspace(-1, 1, len(ERROR_PROBABILITIES)), atol=1e-12)
+    with pytest.raises(CurveError, match="extrapolation errors laws: need at least one finite error"):
+        ExtrapolationErrors.measured(power=[0.0], laws=[])
+
+
+def test_the_shipped_floor_comes_from_the_benchmark_tables():
+    from lensllm.science import benchmark_errors
+
+    assert BENCHMARK_ERRORS == ExtrapolationErrors(benchmark_errors.POWER, benchmark_errors.LAWS)
+    assert any("lensbench" in t for t in benchmark_errors.TABLES) and any("curves" in t for t in benchmark_errors.TABLES)
+    # The laws overshoot the small models' later gains: most of the benchmark's errors are below zero.
+    assert np.interp(0.5, ERROR_PROBABILITIES, BENCHMARK_ERRORS.laws) < 0

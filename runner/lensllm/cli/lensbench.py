@@ -66,6 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     learned.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv",
                          help="curve tables (published or LensBench) of at least two tasks")
     learned.set_defaults(run=run_learned)
+    calibrate = actions.add_parser("calibrate", help="measure how far the race's predictions missed on TABLES: print the "
+                                   "module that floors its intervals (lensllm/science/benchmark_errors.py)")
+    calibrate.add_argument("tables", nargs="+", type=Path, metavar="CURVES.csv",
+                           help="curve tables with parameter counts (published or LensBench)")
+    calibrate.set_defaults(run=run_calibrate)
 
 
 def _check_installed() -> None:
@@ -206,6 +211,20 @@ def run_learned(args: argparse.Namespace) -> int:
             with naming(path):  # a table too small or without zero-shot losses is found only here
                 found += seen_at_ratios(table)
     sys.stdout.write(markdown([hold_out(found, task) for task in tasks]))
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    _check_installed()
+    from lensllm_bench.calibrate import final_predictions, module_text
+
+    predictions = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LawWarning)
+        for path in args.tables:
+            with naming(path):
+                predictions += final_predictions(path)
+    sys.stdout.write(module_text(args.tables, predictions))
     return 0
 
 

@@ -43,7 +43,15 @@ import numpy as np
 
 from lensllm.errors import CurveError
 from lensllm.science.checks import check_positive, check_sizes
-from lensllm.science.uncertainty import LAWS, POWER_LAW, MeasuredCurve, predictive_distributions, probability_best
+from lensllm.science.uncertainty import (
+    BENCHMARK_ERRORS,
+    LAWS,
+    POWER_LAW,
+    ExtrapolationErrors,
+    MeasuredCurve,
+    predictive_distributions,
+    probability_best,
+)
 
 StopReason = Literal["confident", "exhausted", "computeCap"]
 # Round 0 needs a spare point to measure the noise by: three sizes for the two-parameter power law
@@ -69,6 +77,8 @@ class RaceSettings:
     laws: tuple[str, ...] = tuple(LAWS)
     draws: int = 200
     interval_level: float = 0.9
+    # How far the laws erred elsewhere: every interval reaches at least that far (None: no floor).
+    extrapolation_errors: ExtrapolationErrors | None = BENCHMARK_ERRORS
 
     def __post_init__(self) -> None:
         for name in ("epsilon", "delta", "interval_level"):
@@ -217,7 +227,7 @@ def decide(
         raise CurveError("no candidate is left in the race")
     assessed = predictive_distributions(
         [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws,
-        backtested=[c.curve() for c in candidates if not c.in_race],
+        backtested=[c.curve() for c in candidates if not c.in_race], elsewhere=settings.extrapolation_errors,
     )
     p_best = probability_best(np.stack([p.draws for p in assessed.predictive]))
     assessments = tuple(

@@ -35,10 +35,15 @@ intervals held the true loss of a race's finalists about half the time on the be
 each curve's largest size is predicted from its first sizes (four where it has five or more), and
 the log errors, per unit of log reach, pooled over every curve measured (those of candidates a race
 has eliminated too), are scaled to each candidate's reach to the target, as if the law's error
-grows in proportion to how far it reaches. Widened, they still hold less than their level out of
-sample (half of the finalists on a held-out LensBench draw, where curves kept steepening), so they are
-reported as nominal. The draws, and so P(best), stay the bootstrap's: an error all candidates share
-does not reorder them.
+grows in proportion to how far it reaches. Widened, they still held less than their level out of
+sample (half of the finalists on a held-out LensBench draw, where curves kept steepening past the
+sizes the backtest reaches): a race's own curves are too few and too short to see how far the law
+errs eight times past them. So every interval reaches at least as far as the law erred on the
+benchmark: the spread of log(true / predicted) per unit of log reach over the race's final
+predictions on the benchmark's tables (`lensllm.science.benchmark_errors`, measured by `lensllm
+lensbench calibrate`), one spread for rounds the power law predicts and one for the laws, scaled to
+the candidate's reach. The draws, and so P(best), stay the bootstrap's: an error all candidates
+share does not reorder them.
 
 Each law also names its leader, the candidate its own fit predicts best: where the laws' leaders
 differ, the ranking hangs on which law is right, and the race keeps every leader.
@@ -61,6 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lensllm.errors import CurveError, FitError
+from lensllm.science import benchmark_errors
 from lensllm.science.checks import check_curve, check_positive
 from lensllm.science.curves import learns_from_scratch
 from lensllm.science.fitting import FamilyFit, family_loss, fit_family, fit_family_many, refit_family_many
@@ -74,6 +80,44 @@ POWER_LAW = "power"
 MIN_LOG_NOISE = 2e-3
 # The backtest needs only the centre of each prediction: a few draws bag it as the target's draws do.
 BACKTEST_DRAWS = 8
+# Every 2.5%: the central 80%, 90% and 95% intervals fall on the grid.
+ERROR_PROBABILITIES = tuple(np.linspace(0.0, 1.0, 41).tolist())
+
+
+@dataclass(frozen=True)
+class ExtrapolationErrors:
+    """How far predictions at a target missed elsewhere: quantiles of log(true / predicted) per unit of log reach
+    at ERROR_PROBABILITIES, for rounds predicted by the power law and by the laws."""
+
+    power: tuple[float, ...]
+    laws: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("power", "laws"):
+            q = np.asarray(getattr(self, name), float)
+            if q.shape != (len(ERROR_PROBABILITIES),) or not np.all(np.isfinite(q)) or np.any(np.diff(q) < 0):
+                raise CurveError(f"extrapolation errors {name}: need {len(ERROR_PROBABILITIES)} finite, non-decreasing quantiles")
+
+    @classmethod
+    def measured(cls, power: Sequence[float], laws: Sequence[float]) -> "ExtrapolationErrors":
+        """The quantiles of measured errors per unit of log reach, by the predictor that made them."""
+        return cls(*(tuple(float(q) for q in np.quantile(_some(e, name), ERROR_PROBABILITIES))
+                     for e, name in ((power, "power"), (laws, "laws"))))
+
+    def at_reach(self, law: str, reach: float) -> np.ndarray:
+        """The quantiles of the log error of a prediction `reach` (log of target over largest size) away, by `law`."""
+        return reach * np.asarray(self.power if law == POWER_LAW else self.laws)
+
+
+def _some(errors: Sequence[float], name: str) -> np.ndarray:
+    e = np.asarray(errors, float)
+    if e.size == 0 or not np.all(np.isfinite(e)):
+        raise CurveError(f"extrapolation errors {name}: need at least one finite error, got {e.size}")
+    return e
+
+
+# What the benchmark's tables say, as `lensllm lensbench calibrate` measured it.
+BENCHMARK_ERRORS = ExtrapolationErrors(benchmark_errors.POWER, benchmark_errors.LAWS)
 
 
 @dataclass(frozen=True)
@@ -126,6 +170,8 @@ class Predictive:
     draws: np.ndarray
     # The backtest's log errors scaled to this candidate's horizon: what the law's own error may add.
     extrapolation: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # The benchmark's log errors at this candidate's horizon, at ERROR_PROBABILITIES: what the law erred elsewhere.
+    elsewhere: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def loss(self) -> float:
@@ -134,13 +180,17 @@ class Predictive:
         return float(np.exp(np.mean(np.log(self.draws))))
 
     def interval(self, level: float) -> tuple[float, float]:
-        """The central `level` interval of the draws, widened to the central `level` of the extrapolation errors
-        around the prediction where those reach further."""
+        """The central `level` interval of the draws, widened to the central `level` of the backtest's and the
+        benchmark's errors around the prediction where those reach further."""
         quantiles = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
         lo, hi = np.quantile(self.draws, quantiles)
+        far = []
         if self.extrapolation.size:
-            far_lo, far_hi = self.loss * np.exp(np.quantile(self.extrapolation, quantiles))
-            lo, hi = min(lo, far_lo), max(hi, far_hi)
+            far.append(np.quantile(self.extrapolation, quantiles))
+        if self.elsewhere.size:
+            far.append(np.interp(quantiles, ERROR_PROBABILITIES, self.elsewhere))
+        for far_lo, far_hi in far:
+            lo, hi = min(lo, self.loss * np.exp(far_lo)), max(hi, self.loss * np.exp(far_hi))
         return float(lo), float(hi)
 
 
@@ -165,19 +215,25 @@ def predictive_distributions(
     seed: Sequence[int],
     laws: Sequence[str] = tuple(LAWS),
     backtested: Sequence[MeasuredCurve] = (),
+    elsewhere: ExtrapolationErrors | None = BENCHMARK_ERRORS,
 ) -> Assessed:
     """Each curve's predictive distribution of the loss at `target` under the best-fitting of `laws`.
 
     `seed` (e.g. (selection seed, round)) and each candidate's name seed its draws, so a
     candidate's draws do not depend on which other candidates are assessed with it. Each
     prediction carries the backtest's errors scaled to its horizon (none while every curve has
-    fewer than three fine-tuned sizes).
+    fewer than three fine-tuned sizes) and `elsewhere`'s errors at that horizon (none: no floor).
     """
     assessed = _assess(curves, target, draws, seed, laws)
     errors = _backtest_errors([*curves, *backtested], seed, laws)
-    if errors.size == 0:
-        return assessed
-    widened = [dataclasses.replace(p, extrapolation=_horizon(c, target) * errors) for c, p in zip(curves, assessed.predictive)]
+    widened = []
+    for c, p in zip(curves, assessed.predictive):
+        reach = _horizon(c, target)
+        if errors.size:
+            p = dataclasses.replace(p, extrapolation=reach * errors)
+        if elsewhere is not None:
+            p = dataclasses.replace(p, elsewhere=elsewhere.at_reach(assessed.law, reach))
+        widened.append(p)
     return dataclasses.replace(assessed, predictive=widened)
 
 

@@ -157,9 +157,9 @@ class CandidateStatus(StatusModel):
     interval: list[FiniteFloat] | None = Field(
         default=None, min_length=2, max_length=2,
         description="Strategy race: prediction interval, nominally 90%, of the bits per byte at targetSize: the "
-        "bootstrap's over measurement noise, widened by a backtest of the law's error far from the data. It holds "
-        "the truth less often than its level says (docs/benchmarks.md: half of a race's finalists on a held-out "
-        "LensBench draw); P(best) and every decision come from the bootstrap alone.",
+        "bootstrap's over measurement noise, widened by a backtest of the law's error far from the data, and at "
+        "least as wide as the law's errors at the same reach on the benchmark's tables (docs/benchmarks.md). "
+        "P(best) and every decision come from the bootstrap alone.",
     )
     eliminated_in: int | None = Field(default=None, description="Strategy race: the round after which it was eliminated.")
     elimination_reason: str | None = Field(default=None, description="Strategy race: why it was eliminated.")

@@ -48,8 +48,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, log
 
 @kopf.on.cleanup()
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """When the operator stops, stop the resync loop."""
+    """When the operator stops, stop the resync loop and the metrics server."""
     await memo.resync.stop()
+    memo.ctx.metrics.stop_serving()
 
 
 class ErrorBackoffs:

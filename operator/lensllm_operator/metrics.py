@@ -12,6 +12,7 @@ outcome and reason.
 """
 
 from typing import get_args
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -121,13 +122,21 @@ class OperatorMetrics:
         self._candidates: dict[tuple[str, str], set[str]] = {}
         self._accounted: dict[tuple[str, str], dict[str, float]] = {}
         self._namespaces: set[str] = set()
+        self._server: WSGIServer | None = None
         for phase in PHASES:
             self.selections.labels(phase=phase).set(0)
         for kind in ("transient", "unexpected"):
             self.reconcile_errors.labels(kind=kind)
 
     def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+        self._server, _ = start_http_server(port, registry=self.registry)
+
+    def stop_serving(self) -> None:
+        """Close the metrics port: an operator stopped in-process (tests, embedding) must not keep it bound."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def set_phase(self, namespace: str, name: str, phase: str) -> None:
         self._phases[namespace, name] = phase

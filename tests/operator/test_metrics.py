@@ -1,5 +1,7 @@
 import asyncio
 import logging
+import urllib.error
+import urllib.request
 
 import kopf
 from cluster import free_port
@@ -121,3 +123,23 @@ def test_the_counters_of_the_namespaces_the_operator_watches_are_at_zero_from_it
     for namespace in config.namespaces:
         assert f'lensllm_trials_total{{namespace="{namespace}",outcome="failed",reason="ModelNotFound"}} 0.0' in text
         assert f'lensllm_gpu_seconds_total{{namespace="{namespace}"}} 0.0' in text
+
+
+def test_the_operator_serves_metrics_while_it_runs_and_closes_the_port_when_it_stops():
+    config = OperatorConfig(metrics_port=free_port())
+    memo = kopf.Memo(ctx=Context(config=config, metrics=OperatorMetrics(CollectorRegistry())))
+    url = f"http://127.0.0.1:{config.metrics_port}/metrics"
+
+    async def start_scrape_stop() -> str:
+        await handlers.operator_startup(settings=kopf.OperatorSettings(), memo=memo, logger=logging.getLogger(__name__))
+        scraped = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        await handlers.operator_cleanup(memo=memo)
+        return scraped
+
+    assert "lensllm_selections" in asyncio.run(start_scrape_stop())
+    try:
+        urllib.request.urlopen(url, timeout=5)
+    except urllib.error.URLError as err:
+        assert isinstance(err.reason, ConnectionRefusedError)
+    else:
+        raise AssertionError("the metrics port still answers after the operator stopped")

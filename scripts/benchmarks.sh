@@ -354,6 +354,25 @@ groups = {label: [Path(t) for t in tables.split(",")] for label, tables in (a.sp
 sys.stdout.write(coverage_markdown(groups, [label for label in groups if "held out" not in label]))
 PY
 "$lensllm" lensbench ntk-signal "${lensbench[@]}" "${later[@]}" "${held_out[@]}" "${fifth[@]}" > "$draw_tmp/ntk-signal.md"
+# How often the race keeps the best model when its laws agree at the end and when they disagree, over every table.
+"$python" - "${published[@]}" "${lensbench[@]}" "${after_first[@]}" > "$draw_tmp/disagree.md" <<'PY'
+import statistics, sys, warnings
+from lensllm.cli import options
+from lensllm.science.race_replay import replay_race
+from lensllm.science.racing import RaceSettings
+warnings.simplefilter("ignore")  # hundreds of bootstrap fits; bounds are expected
+ended = {}
+for table in sys.argv[1:]:
+    curves = options.load_curves(table)
+    target = options.resolve_target(curves, None)
+    for seed in range(3):
+        race = replay_race(curves, target, RaceSettings(), seed)
+        ended.setdefault(("agree" if race.laws_agree else "disagree", race.stop), []).append(race.relacc)
+print("| laws at the end | stop | races | best model kept | mean RelAcc (%) | worst RelAcc (%) |")
+print("|---|---|---|---|---|---|")
+for (laws, stop), relaccs in sorted(ended.items()):
+    print(f"| {laws} | {stop} | {len(relaccs)} | {sum(r == 1.0 for r in relaccs)} | {100 * statistics.mean(relaccs):.1f} | {100 * min(relaccs):.1f} |")
+PY
 {
   sed -n '/^<!-- second draw -->$/,/^<!-- end second draw -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'
@@ -395,6 +414,9 @@ PY
   sed -n '/^<!-- intervals -->$/,/^<!-- end intervals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$draw_tmp/intervals.md"
   sed -n '/^<!-- intervals verdict -->$/,/^<!-- end intervals verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  sed -n '/^<!-- laws disagree -->$/,/^<!-- end laws disagree -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  printf '\n'; cat "$draw_tmp/disagree.md"
+  sed -n '/^<!-- laws disagree verdict -->$/,/^<!-- end laws disagree verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   sed -n '/^<!-- second draw ntk -->$/,/^<!-- end second draw ntk -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
   printf '\n'; cat "$draw_tmp/ntk.md"
   sed -n '/^<!-- ntk signal -->$/,/^<!-- end ntk signal -->$/p' scripts/benchmarks.md.in | sed '1d;$d'

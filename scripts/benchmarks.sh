@@ -24,6 +24,8 @@ mapfile -t seventh < <(draw_tables data/lensbench-seed6)
 mapfile -t eighth < <(draw_tables data/lensbench-seed7)
 # Every draw after the first, in the order of their seeds.
 after_first=("${later[@]}" "${held_out[@]}" "${fifth[@]}" "${sixth[@]}" "${seventh[@]}" "${eighth[@]}")
+# The prose between <!-- NAME --> and <!-- end NAME --> in scripts/benchmarks.md.in.
+prose() { sed -n "/^<!-- $1 -->\$/,/^<!-- end $1 -->\$/p" scripts/benchmarks.md.in | sed '1d;$d'; }
 tmp=$(mktemp -d)
 trap 'rm -r "$tmp"' EXIT
 
@@ -72,28 +74,28 @@ PY
 
 section() { printf '\n### %s\n\n' "$1"; cat "$tmp/$2.md"; }
 {
-  sed -n '/^<!-- intro -->$/,/^<!-- end intro -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose intro
   printf '\n## Published tables (30 real LLMs each)\n'
   section FLAN flan; section Gigaword gigaword; section WMT19 wmt19
-  sed -n '/^<!-- lensbench -->$/,/^<!-- end lensbench -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose lensbench
   section "de-en (trans-de-en)" de-en; section "gloss (WordNet)" gloss
   section "docstring (Python standard library)" docstring; section "cipher (generated)" cipher
-  sed -n '/^<!-- noise -->$/,/^<!-- end noise -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose noise
   printf '\n'; cat "$tmp/noise.md"
-  sed -n '/^<!-- ntk -->$/,/^<!-- end ntk -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose ntk
   printf '\n'; cat "$tmp/ntk.md"
-  sed -n '/^<!-- e2e -->$/,/^<!-- end e2e -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose e2e
   printf '\n'; cat "$tmp/e2e.md"
-  sed -n '/^<!-- default -->$/,/^<!-- end default -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose default
   printf '\n'; cat "$tmp/loo.md"
-  sed -n '/^<!-- goals -->$/,/^<!-- end goals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose goals
   printf '\nWith the held-out draw counted too (nineteen tables): %s\n' "$(sed 's/^Chosen on all tables (what `default` ships): //' "$tmp/loo-all.md")"
-  sed -n '/^<!-- ceiling -->$/,/^<!-- end ceiling -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose ceiling
   printf '\n'; cat "$tmp/ceiling.md"
-  sed -n '/^<!-- ceiling verdict -->$/,/^<!-- end ceiling verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
-  sed -n '/^<!-- learned -->$/,/^<!-- end learned -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "ceiling verdict"
+  prose learned
   printf '\n'; cat "$tmp/learned.md"
-  sed -n '/^<!-- learned verdict -->$/,/^<!-- end learned verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "learned verdict"
   printf '\n## Speed\n\nEvery table above but the end-to-end one (read from data/lensbench/e2e.csv): %s s wall time on one %s machine with %s cores, measured by this script.\n' \
     "$seconds" "$(uname -m)" "$(nproc)"
 } > docs/benchmarks.md
@@ -374,7 +376,7 @@ for (laws, stop), relaccs in sorted(ended.items()):
     print(f"| {laws} | {stop} | {len(relaccs)} | {sum(r == 1.0 for r in relaccs)} | {100 * statistics.mean(relaccs):.1f} | {100 * min(relaccs):.1f} |")
 PY
 {
-  sed -n '/^<!-- second draw -->$/,/^<!-- end second draw -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "second draw"
   printf '\n'
   "$python" - "$draw_tmp" "${lensbench[@]}" "${after_first[@]}" <<'PY'
 import csv, statistics, sys
@@ -407,19 +409,19 @@ for table in sorted(tables, key=lambda t: (t.stem, t.parent.name)):
 for folder, values in totals.items():
     print_row("mean", folder, [statistics.mean(col) for col in zip(*values)])
 PY
-  sed -n '/^<!-- second draw e2e -->$/,/^<!-- end second draw e2e -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "second draw e2e"
   printf '\n'; e2e_table data/lensbench-seed1/e2e.csv
-  sed -n '/^<!-- sixth draw e2e -->$/,/^<!-- end sixth draw e2e -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "sixth draw e2e"
   printf '\n'; e2e_table data/lensbench-seed5/e2e.csv
-  sed -n '/^<!-- intervals -->$/,/^<!-- end intervals -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose intervals
   printf '\n'; cat "$draw_tmp/intervals.md"
-  sed -n '/^<!-- intervals verdict -->$/,/^<!-- end intervals verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
-  sed -n '/^<!-- laws disagree -->$/,/^<!-- end laws disagree -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "intervals verdict"
+  prose "laws disagree"
   printf '\n'; cat "$draw_tmp/disagree.md"
-  sed -n '/^<!-- laws disagree verdict -->$/,/^<!-- end laws disagree verdict -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
-  sed -n '/^<!-- second draw ntk -->$/,/^<!-- end second draw ntk -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "laws disagree verdict"
+  prose "second draw ntk"
   printf '\n'; cat "$draw_tmp/ntk.md"
-  sed -n '/^<!-- ntk signal -->$/,/^<!-- end ntk signal -->$/p' scripts/benchmarks.md.in | sed '1d;$d'
+  prose "ntk signal"
   printf '\n'; cat "$draw_tmp/ntk-signal.md"
 } >> docs/benchmarks.md
 rm -r "$draw_tmp"

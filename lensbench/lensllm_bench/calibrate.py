@@ -14,6 +14,7 @@ scores the intervals that result, each group of tables with a floor measured wit
 Pure computation on curve tables.
 """
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,11 +57,16 @@ class FinalPrediction:
 
 
 def final_predictions(table: Path, settings: RaceSettings = RaceSettings()) -> list[FinalPrediction]:
-    """Every candidate's last prediction in the races of SEEDS on `table` (predictions at the target, not inside it)."""
+    """Every candidate's last prediction in the races of SEEDS on `table` (predictions at the target, not inside it).
+
+    The races do not settle: a settled race replaces its finalists' predictions with losses measured at the
+    target, and what is measured here is how far predictions miss.
+    """
     curves = options.load_curves(table)
     target = options.resolve_target(curves, None)
     truth = dict(zip(curves.models, curves.loss_at(target).tolist()))
-    replays = [replay_race(curves, target, settings, seed) for seed in SEEDS]
+    unsettled = dataclasses.replace(settings, settle=False)
+    replays = [replay_race(curves, target, unsettled, seed) for seed in SEEDS]
     return [p for replay in replays for p in _of_replay(replay, target, truth) if p.reach > 0]
 
 

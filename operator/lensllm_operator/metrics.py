@@ -93,8 +93,9 @@ class OperatorMetrics:
         )
         self.laws_agree = Gauge(
             "lensllm_selection_laws_agree",
-            "For a race, 1 when every law's fit predicted the same best candidate in its latest round, 0 when they "
-            "disagree (the ranking then hangs on the law; the selection completes with LawsAgree=False).",
+            "For a race, 1 when every law's fit predicted the same best candidate in its latest round ranked by the "
+            "laws, 0 when they disagree (the selection completes with LawsAgree=False: reason LawsDisagree when the "
+            "ranking hangs on the law, SettledByMeasurement when the race fine-tuned the laws' leaders on targetSize).",
             ["namespace", "selection"],
             registry=registry,
         )

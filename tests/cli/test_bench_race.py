@@ -55,7 +55,7 @@ def test_race_csv_has_the_contract_header_and_one_row_per_seed(race_csv, capsys)
         assert row["selected"] == "late" and float(row["relacc"]) == 1.0
         assert 0 < float(row["compute_fraction"]) < 1 and 1 <= int(row["rounds"]) <= 7
         assert 0 <= float(row["coverage"]) <= 1
-        assert row["stop"] in ("confident", "exhausted", "computeCap")
+        assert row["stop"] in ("confident", "exhausted", "computeCap", "settled")
 
 
 def test_race_json_holds_rounds_ranking_front_and_the_fixed_budgets(race_csv, capsys, tmp_path):

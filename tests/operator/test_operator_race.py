@@ -6,8 +6,12 @@ from collections import Counter
 import pytest
 from cluster import wait_for
 from demo_selection import race_manifest
-from selections import GROUP, PLURAL, VERSION, comparable, create, stand_in_selection, wait_for_phase
-from stand_in_trial import read_ledger
+from selections import GROUP, PLURAL, VERSION, comparable, create, stand_in_kubelet, stand_in_selection, wait_for_phase
+from stand_in_trial import TABLE, TRAIN_EXAMPLES, read_ledger
+
+from lensllm.curves_io import read_curves
+from lensllm.science.race_replay import replay_race
+from lensllm.science.racing import RaceSettings
 
 
 def test_the_operator_runs_a_race_in_rounds_and_ends_with_local_mode_s_status(
@@ -86,3 +90,33 @@ def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_a
     measured = Counter((entry["pod"].split("-")[0], entry["model"], entry["size"]) for entry in read_ledger(stand_in.ledger))
     assert measured and max(measured.values()) == 1, measured
     assert sum(1 for selection, model, _ in measured if selection == "restarted" and model == "/models/model-h") == 4
+
+
+def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_target_size(
+    kube, namespace, tmp_path, start_operator, custom, curves_dir
+):
+    """LensBench docstring (eighth draw) through the operator, each trial reading its losses from the table: the laws
+    disagree when the ladder runs out, so the operator runs each law's leader on targetSize and ranks them by what
+    they measured there, exactly as `lensllm bench --strategy race` replays it."""
+    path = curves_dir.parent / "lensbench-seed7" / "docstring.csv"
+    table = read_curves(path)
+    target = int(table.sizes[-1])
+    ladder = [int(s) for s in table.sizes[:-1]]
+    env = {TABLE: str(path), TRAIN_EXAMPLES: str(target)}
+    with stand_in_kubelet(kube, tmp_path, 0.01, env) as kubelet:
+        start_operator()
+        create(custom, namespace, stand_in_selection("docstring", *table.models, strategy="race", seed=0, parallelism=16,
+                                                     budget={"subsetSizes": ladder, "targetSize": target}))
+        status = wait_for_phase(custom, namespace, "docstring", "Complete", "Failed", timeout=300)
+    assert status.phase == "Complete", status.conditions
+    replay = replay_race(table, float(target), RaceSettings(), seed=0)
+    assert status.race.stop == replay.stop == "settled"
+    assert [r.candidate for r in status.ranking] == [r.name for r in replay.ranking]
+    assert [[e.candidate for e in r.eliminated] for r in status.race.rounds] == [[e.name for e in d.eliminated] for d in replay.decisions]
+    settling = status.race.rounds[-2]
+    assert settling.settles_instead_of == "exhausted" and set(settling.next_sizes) == set(settling.law_leaders.values())
+    truth = dict(zip(table.models, table.loss_at(target)))
+    assert status.best == min(truth, key=truth.get)
+    on_target = sorted(entry["model"] for entry in read_ledger(kubelet.ledger) if entry["size"] == target)
+    assert on_target == sorted(f"/models/{name}" for name in settling.next_sizes)  # each contender once, nobody else
+    assert status.race.compute_fraction == pytest.approx(replay.compute_fraction)

@@ -640,6 +640,7 @@ def test_a_status_built_for_a_deleted_selection_never_lands_on_the_one_created_a
         # a race capped at 5% by default: round 0 alone spends more, which a selection created now may not
         ({"strategy": "race"}, EARLIER_DEFAULTS[1], "16,32,64"),
         ({"strategy": "race"}, EARLIER_DEFAULTS[0], "16,32,64,128"),  # before initialSizes (3) existed
+        ({"strategy": "race"}, EARLIER_DEFAULTS[2], "16,32,64"),  # before race.settle existed
         ({"strategy": None}, {}, "16,32,64"),  # today's defaults: a race from three sizes, uncapped
         # a cap that round 0 alone spends, set before such a cap was refused
         ({"budget": {"subsetSizes": [*SIZES, 128], "targetSize": 1024, "maxComputeFraction": 0.05}}, {}, "16,32,64"),

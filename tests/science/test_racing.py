@@ -16,6 +16,7 @@ from lensllm.science.racing import (
     RaceSettings,
     compute_fraction,
     decide,
+    most_rounds,
     rank,
     round_zero,
     schedule,
@@ -158,7 +159,7 @@ def test_a_cap_below_round_0_still_runs_round_0_and_stops_there(curves):
 def test_a_race_never_runs_more_rounds_than_allowed(curves, initial, step, max_rounds):
     settings = RaceSettings(initial_sizes=initial, sizes_per_round=step, max_rounds=max_rounds, delta=1e-9, epsilon=1e-9, max_compute_fraction=1.0)
     ran = replay_race(curves, TARGET, settings, seed=0)
-    assert ran.rounds <= max_rounds
+    assert ran.rounds <= most_rounds(settings) == max_rounds + 1  # and one that settles the laws' disagreement
     assert len(schedule(settings, SIZES[SIZES < TARGET].astype(int))) <= max_rounds
 
 
@@ -331,3 +332,57 @@ def test_no_law_s_leader_is_eliminated_even_when_the_best_fitting_law_gives_it_n
     true = table.loss_at(target)
     assert {name for _, name in protected} == {race.selected} == {table.models[int(np.argmin(true))]}
     assert race.laws_agree
+
+
+@pytest.fixture(scope="module")
+def docstring(curves_dir):
+    """LensBench docstring, eighth draw: the race ends with the laws naming different leaders, the vanilla law's the
+    true best."""
+    table = read_curves(curves_dir.parent / "lensbench-seed7" / "docstring.csv")
+    return table, float(table.sizes[-1])
+
+
+def test_a_race_whose_laws_disagree_settles_by_fine_tuning_their_leaders_on_the_target(docstring):
+    table, target = docstring
+    settled = replay_race(table, target, RaceSettings(), seed=0)
+    unsettled = replay_race(table, target, RaceSettings(settle=False), seed=0)
+    assert not unsettled.laws_agree and unsettled.stop == "exhausted" and unsettled.relacc < 0.6
+    assert settled.decisions[:-2] == unsettled.decisions[:-1]  # the same race up to the stop it settles instead
+    settling, last = settled.decisions[-2:]
+    leaders = set(unsettled.decisions[-1].law_leaders.values())
+    assert (settling.stop, settling.settles_instead_of, dict(settling.next_sizes)) == (None, "exhausted", dict.fromkeys(leaders, (2048,)))
+    share = sum(table.params[table.models.index(n)] for n in leaders) / table.params.sum()
+    assert settling.next_compute_fraction == pytest.approx(share)
+    assert (last.stop, last.law, last.law_leaders, settled.stop) == ("settled", "measured", {}, "settled")
+    truth = dict(zip(table.models, table.loss_at(target)))
+    assert {a.name: (a.predicted_loss, a.interval, a.p_best) for a in last.assessments} == {
+        n: (truth[n], (truth[n], truth[n]), float(n == settled.selected)) for n in leaders}
+    assert settled.relacc == 1.0 and settled.selected == min(truth, key=truth.get)
+    assert {e.name for e in last.eliminated} == {r.name for r in unsettled.ranking if r.eliminated_in is None} - leaders
+    assert settled.compute_fraction == pytest.approx(unsettled.compute_fraction + share)
+    assert not settled.laws_agree  # the laws' own verdict, from the last round they ranked
+
+
+def test_a_cap_that_cannot_pay_for_settling_leaves_the_race_stopped_as_it_was(docstring):
+    table, target = docstring
+    unsettled = replay_race(table, target, RaceSettings(settle=False), seed=0)
+    cap = unsettled.compute_fraction + 0.01
+    ran = replay_race(table, target, RaceSettings(max_compute_fraction=cap), seed=0)
+    assert (ran.decisions, ran.ranking, ran.stop) == (unsettled.decisions, unsettled.ranking, "exhausted")
+    cut = capped(table, target, replay_race(table, target, RaceSettings(), seed=0), cap)
+    assert (cut.decisions, cut.ranking, cut.compute_fraction) == (ran.decisions, ran.ranking, ran.compute_fraction)
+
+
+def test_no_race_settles_unless_it_may_and_the_target_is_a_size_past_the_ladder(docstring):
+    table, target = docstring
+    ladder = [int(s) for s in table.sizes[:-1]]
+    candidates = [
+        RaceCandidate(n, float(table.params[i]), tuple(ladder), tuple(float(v) for v in table.losses[i, :-1]),
+                      float(table.zero_shot[i]), uniform=float(table.uniform[i]))
+        for i, n in enumerate(table.models)
+    ]
+    decide_now = lambda ladder, target, may: decide(RaceSettings(), ladder, target, candidates, 7, 0, may_settle=may)
+    unmeasured = decide_now(ladder, target, False)
+    assert unmeasured.stop == "exhausted" and not unmeasured.laws_agree and unmeasured.settles_instead_of is None
+    assert decide_now(ladder, target, True).settles_instead_of == "exhausted"
+    assert decide_now(ladder, target + 0.5, True).settles_instead_of is None  # no whole size to fine-tune on

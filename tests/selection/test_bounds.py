@@ -112,14 +112,17 @@ def test_the_status_of_the_largest_selection_stays_far_below_the_object_size_lim
 
 
 def test_the_status_of_the_largest_race_stays_far_below_the_object_size_limit():
-    """Every candidate in every one of the race's (at most 7) rounds, each trial lost twice, each eliminated once."""
+    """Every candidate in every one of the race's (at most 7) rounds, and the most a round that settles the laws'
+    disagreement runs (each law's leader and the most likely candidate), each trial lost twice, each eliminated once."""
     sizes = [100_000 * 2**k for k in range(MAX_SUBSET_SIZES)]
     spec = selection(MAX_CANDIDATES, sizes).model_copy(update={"strategy": "race"})
-    rounds = schedule(spec.race_settings(), sizes)
+    rounds = [*schedule(spec.race_settings(), sizes), (spec.budget.target_size,)]
+    contenders = spec.candidates[: len(spec.race.laws) + 1]
+    running = [spec.candidates] * (len(rounds) - 1) + [contenders]
     status = st.initial_status(spec, 1, "2026-01-01T00:00:00Z")
     for i, candidate in enumerate(spec.candidates):
         for round_, ran in enumerate(rounds):
-            for attempt in range(st.MAX_ATTEMPTS):
+            for attempt in range(st.MAX_ATTEMPTS if candidate in running[round_] else 0):
                 record = st.TrialRecord(job_name="j" * 60 + f"{round_}{attempt}", round=round_, attempt=attempt,
                                         sizes=list(ran), state="Running")
                 status = st.mark_trial(status, candidate.name, record)
@@ -128,10 +131,10 @@ def test_the_status_of_the_largest_race_stays_far_below_the_object_size_limit():
         entry.p_best, entry.interval, entry.eliminated_in, entry.elimination_reason = 0.001, [0.5, 0.7], 3, "r" * 100
     assert len(rounds) == st.MAX_ROUNDS
     status.race.rounds = [
-        st.RoundRecord(round=r, sizes={c.name: list(ran) for c in spec.candidates}, law="lensllm", noise={"lensllm": 0.01, "vanilla": 0.02},
-                       next_sizes={c.name: list(ran) for c in spec.candidates},
+        st.RoundRecord(round=r, sizes={c.name: list(ran) for c in running[r]}, law="lensllm", noise={"lensllm": 0.01, "vanilla": 0.02},
+                       next_sizes={c.name: list(ran) for c in running[r]},
                        eliminated=[st.Elimination(candidate=c.name, reason="r" * 100) for c in spec.candidates[r::len(rounds)]],
-                       compute_fraction=0.01, stop="exhausted")
+                       compute_fraction=0.01, stop="exhausted", settles_instead_of="computeCap")
         for r, ran in enumerate(rounds)
     ]
     size = len(json.dumps(st.LLMSelectionStatus.model_validate(status.dump()).dump()).encode())

@@ -4,9 +4,13 @@ The trials are law-shaped curves with a little seeded measurement noise; the rac
 real (racing.decide), nothing is forced.
 """
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from lensllm.curves_io import read_curves
 from lensllm.science.laws import rectified_loss
 from lensllm.selection import status as st
 from lensllm.selection.plan import Trial, advance, next_trials
@@ -43,8 +47,8 @@ def measured(name: str, size: int) -> float:
     return float(rectified_loss(np.array([float(size)]), *LAWS[name])[0] * np.exp(0.01 * noise))
 
 
-def result(name: str, sizes: tuple[int, ...]) -> TrialResult:
-    points = [SizePoint(size=s, test=evaluation(measured(name, s)),
+def result(name: str, sizes: tuple[int, ...], loss: Callable[[str, int], float] = measured) -> TrialResult:
+    points = [SizePoint(size=s, test=evaluation(loss(name, s)),
                         train=TrainingStats(steps=1, tokens=s, final_loss=1.0, seconds=0.1, flops=1e6 * s)) for s in sizes]
     resources = Resources(device="cpu", dtype="float32", parameters=10**6, trainable_parameters=10**6,
                           peak_memory_bytes=1, peak_memory_kind="processRss")
@@ -244,3 +248,87 @@ def test_a_race_whose_laws_disagree_on_the_best_completes_with_that_caveat():
     assert (caveat.type, caveat.status, caveat.reason, complete.type) == ("LawsAgree", "False", "LawsDisagree", "Complete")
     assert "lensllm: close-a, vanilla: close-b" in caveat.message
     assert ended.phase == "Complete" and ended.reason is None  # a caveat, not a degraded selection
+
+
+# LensBench docstring, eighth draw: its race (seed 0) ends exhausted with the laws naming different leaders.
+DOCSTRING = Path(__file__).resolve().parents[2] / "data" / "lensbench-seed7" / "docstring.csv"
+
+
+def table_race(train_examples: int, settle: bool = True, failing_size: int | None = None) -> tuple[LLMSelectionSpec, Status]:
+    """The race of the docstring table through the plan and the status, each trial reading its losses from the
+    table (its last column, the full fine-tuning, is the target); the training split holds `train_examples` rows,
+    and every trial of `failing_size` fails."""
+    table = read_curves(DOCSTRING)
+    target = int(table.sizes[-1])
+    spec = LLMSelectionSpec.model_validate({
+        "candidates": [{"name": n, "model": f"org/{n}"} for n in table.models],
+        "dataset": {"source": "d.jsonl", "textField": "text"},
+        "budget": {"subsetSizes": [int(s) for s in table.sizes[:-1]], "targetSize": target},
+        "strategy": "race",
+        "race": {"settle": settle},
+        "maxFailedCandidates": 3,
+    })
+
+    def read(name: str, sizes: tuple[int, ...]) -> TrialResult:
+        row = table.models.index(name)
+        ran = result(name, sizes, lambda _, size: float(table.loss_at(size)[row]))
+        ran.zero_shot = evaluation(float(table.zero_shot[row]))
+        ran.zero_shot.uniform_bits_per_byte = float(table.uniform[row])
+        ran.resources.parameters = int(table.params[row])
+        ran.train_examples = train_examples
+        return ran
+
+    status = st.initial_status(spec, 1, NOW)
+    while trials := next_trials(spec, status):
+        for trial in trials:
+            job = f"sel-{trial.candidate}-r{trial.round}"
+            status = st.mark_trial(status, trial.candidate, st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running"))
+            if failing_size in trial.sizes:
+                status = st.record_failure(status, trial.candidate, job, "TrialFailed", "out of time")
+            else:
+                status = st.record_result(status, spec, trial.candidate, job, read(trial.candidate, trial.sizes), gpus=0)
+        status = advance(spec, status)
+    return spec, st.finalize(status, spec, 1, NOW)
+
+
+def test_a_race_whose_laws_disagree_settles_by_fine_tuning_their_leaders_on_the_target_size():
+    table = read_curves(DOCSTRING)
+    target = int(table.sizes[-1])
+    truth = dict(zip(table.models, table.loss_at(target)))
+    spec, status = table_race(train_examples=target)
+    *_, settling, settled = status.race.rounds
+    leaders = set(settling.law_leaders.values())
+    assert len(leaders) == 2 and (settling.stop, settling.settles_instead_of) == (None, "exhausted")
+    assert settling.next_sizes == {name: [target] for name in leaders}
+    assert (settled.law, settled.stop, status.race.stop, settled.sizes) == ("measured", "settled", "settled", settling.next_sizes)
+    assert status.best == min(leaders, key=truth.get) == min(truth, key=truth.get)  # the table's best model
+    assert [r.candidate for r in status.ranking[:2]] == sorted(leaders, key=truth.get)
+    assert status.ranking[0].predicted_loss == pytest.approx(truth[status.best])  # measured, not predicted
+    left = {e.candidate for e in settled.eliminated}
+    assert left and not left & leaders and all(status.candidates[n].eliminated_in == settled.round for n in left)
+    caveat, complete = status.conditions
+    assert (caveat.type, caveat.status, caveat.reason) == ("LawsAgree", "False", "SettledByMeasurement")
+    assert f"{status.best} measured the lowest loss" in caveat.message and "measured" in complete.message
+    assert st.laws_agree(status) is False
+    params = {n: status.candidates[n].parameters for n in table.models}
+    spent_before = settling.compute_fraction
+    assert status.race.compute_fraction == pytest.approx(spent_before + sum(params[n] for n in leaders) / sum(params.values()))
+
+
+@pytest.mark.parametrize(("train_examples", "settle"), [(2047, True), (2048, False)])
+def test_a_race_stops_unsettled_when_the_data_lacks_the_target_size_or_the_spec_says_so(train_examples, settle):
+    spec, status = table_race(train_examples, settle)
+    last = status.race.rounds[-1]
+    assert (status.race.stop, last.settles_instead_of, last.next_sizes, last.law) == ("exhausted", None, {}, "lensllm")
+    assert [c.reason for c in status.conditions] == ["LawsDisagree", "Ranked"]
+    assert max(p.size for e in status.candidates.values() for p in e.points) < spec.budget.target_size == 2048
+
+
+def test_a_race_whose_contenders_all_fail_on_the_target_does_not_settle_again():
+    spec, status = table_race(train_examples=2048, failing_size=2048)
+    *_, settling, last = status.race.rounds
+    assert settling.settles_instead_of == "exhausted" and last.settles_instead_of is None
+    assert (status.race.stop, last.stop, last.law) == ("exhausted", "exhausted", "lensllm")
+    failed = {n for n, e in status.candidates.items() if e.state == "Failed"}
+    assert failed == set(settling.next_sizes) and not failed & set(last.law_leaders.values())
+    assert status.phase == "Complete" and status.best not in failed

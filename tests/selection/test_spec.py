@@ -161,11 +161,14 @@ def test_race_settings_change_the_digest_of_a_race_only():
     # its digest; one on today's default schedule does not match it (an upgraded operator must not change its rounds).
     # They were capped at 5% by default; round 0 alone spent more here, as a race created now may not.
     capped = {"baseSize": 100, "doublings": 3, "targetSize": 10_000, "maxComputeFraction": 0.05}
-    before = LLMSelectionSpec.from_wire(spec(strategy="race", race={"initialSizes": 4}, budget=capped), started=True)
+    before = LLMSelectionSpec.from_wire(spec(strategy="race", race={"initialSizes": 4, "settle": False}, budget=capped), started=True)
     assert before.digest() == "7d0216b9f8a9617e" != race.digest()  # main at 8bf178f
     vanilla = LLMSelectionSpec.model_validate(spec(strategy="race", race={"laws": ["vanilla"]}))
     assert vanilla.race_settings().laws == ("vanilla",) and vanilla.digest() != race.digest()
     assert before.race_settings().initial_sizes == 4
+    # Races started before race.settle existed never settled: at false it stays out of the digest.
+    unsettled = LLMSelectionSpec.model_validate(spec(strategy="race", race={"settle": False}))
+    assert unsettled.digest() != race.digest() and not unsettled.race_settings().settle and race.race_settings().settle
 
 
 def test_a_race_capped_below_its_round_0_is_refused_unless_it_started_so():
@@ -179,7 +182,7 @@ def test_a_race_capped_below_its_round_0_is_refused_unless_it_started_so():
 def test_earlier_defaults_fill_only_the_fields_a_spec_leaves_out():
     raw = spec(strategy="race", race={"epsilon": 0.02})
     filled = with_defaults(raw, EARLIER_DEFAULTS[0])
-    assert filled["strategy"] == "race" and filled["race"] == {"epsilon": 0.02, "initialSizes": 4}
+    assert filled["strategy"] == "race" and filled["race"] == {"epsilon": 0.02, "initialSizes": 4, "settle": False}
     assert raw["race"] == {"epsilon": 0.02}  # a copy
     assert with_defaults(spec(), EARLIER_DEFAULTS[1])["strategy"] == "fixed"
     assert with_defaults(spec(race="fast"), EARLIER_DEFAULTS[0])["race"] == "fast"  # validation names it

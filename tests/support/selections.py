@@ -121,14 +121,15 @@ STAND_IN = Path(__file__).with_name("stand_in_trial.py")
 
 
 @contextlib.contextmanager
-def stand_in_kubelet(kube, directory: Path, size_seconds: float) -> Iterator:
+def stand_in_kubelet(kube, directory: Path, size_seconds: float, env: dict[str, str] | None = None) -> Iterator:
     """A kubelet whose `lensllm` is the stand-in trial (tests/support/stand_in_trial.py): the real runner around a
-    synthetic curve, `size_seconds` per size, every measured size written to `kubelet.ledger`."""
+    synthetic curve, `size_seconds` per size, every measured size written to `kubelet.ledger`; `env` sets the stand-in's
+    other knobs (e.g. a curves table to read)."""
     from kubelet import Kubelet
     from stand_in_trial import LEDGER, SIZE_SECONDS
 
     ledger = directory / "ledger.jsonl"
-    kubelet = Kubelet(kube.server, directory / "pods", env={LEDGER: str(ledger), SIZE_SECONDS: str(size_seconds)},
+    kubelet = Kubelet(kube.server, directory / "pods", env={LEDGER: str(ledger), SIZE_SECONDS: str(size_seconds), **(env or {})},
                       commands={"lensllm": [sys.executable, str(STAND_IN)]})
     kubelet.ledger = ledger
     try:

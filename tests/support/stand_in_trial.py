@@ -14,9 +14,14 @@ and restarts trials and checks that no measured point is lost or measured twice.
 - a model whose path ends in `/missing` fails as the real recipe does for a model that is not there (ModelNotFound,
   exit 2), before measuring anything;
 - sizes already in `--resume` are not measured again; the laws are fitted by the runner's own `fit_all` (unless
-  LENSLLM_STANDIN_FITS=0).
+  LENSLLM_STANDIN_FITS=0);
+- with LENSLLM_STANDIN_TABLE (a curves table in the `lensllm bench` format) the curve is instead the table's row
+  named by the model path's last component: its losses, zero-shot and uniform-guess losses and parameter count, so a
+  benchmark table's race runs through the real operator; LENSLLM_STANDIN_TRAIN_EXAMPLES is then the training split's
+  size the result reports (what lets a race settle on the target size).
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +31,8 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+from lensllm.curves_io import read_curves
+from lensllm.science.curves import Curves
 from lensllm.trial.fits import fit_all
 from lensllm.trial.result import Evaluation, NTKSummary, Resources, SizePoint, TrainingStats, TrialResult
 from lensllm.trial.spec import TrialSpec
@@ -33,6 +40,8 @@ from lensllm.trial.spec import TrialSpec
 SIZE_SECONDS = "LENSLLM_STANDIN_SIZE_SECONDS"
 LEDGER = "LENSLLM_STANDIN_LEDGER"
 FITS = "LENSLLM_STANDIN_FITS"  # "0": leave the law fits out (the bad-input suite runs hundreds of trials)
+TABLE = "LENSLLM_STANDIN_TABLE"
+TRAIN_EXAMPLES = "LENSLLM_STANDIN_TRAIN_EXAMPLES"
 PARAMETERS = 1_000_000
 
 
@@ -43,16 +52,35 @@ def curve(model: str) -> tuple[float, float, float, float]:
     return 40 + 40 * unit[0], 20 + 60 * unit[1], 0.35 + 0.3 * unit[2], 0.8 + 0.6 * unit[3]
 
 
+@functools.cache
+def table() -> Curves | None:
+    path = os.environ.get(TABLE)
+    return read_curves(path) if path else None
+
+
+def table_row(model: str) -> int:
+    return table().models.index(Path(model).name)
+
+
 def bits_per_byte(model: str, size: int) -> float:
+    if table() is not None:
+        losses = table().zero_shot if size == 0 else table().loss_at(size)
+        return float(losses[table_row(model)])
     b, d_l, beta, e = curve(model)
     return b / (d_l + size**beta) + e
+
+
+def parameters(model: str) -> int:
+    return PARAMETERS if table() is None else int(table().params[table_row(model)])
 
 
 def evaluation(spec: TrialSpec, size: int) -> Evaluation:
     bpb = bits_per_byte(spec.candidate.model, size)
     examples = spec.dataset.max_test_examples
+    uniform = None if table() is None else float(table().uniform[table_row(spec.candidate.model)])
     return Evaluation(loss=bpb * 0.7, loss_per_example=bpb * 30, bits_per_byte=bpb, examples=examples,
-                      tokens=examples * 12, seconds=0.01, flops=2.0 * PARAMETERS * examples * 12)
+                      tokens=examples * 12, seconds=0.01, flops=2.0 * PARAMETERS * examples * 12,
+                      uniform_bits_per_byte=uniform)
 
 
 def ntk_summary(spec: TrialSpec) -> NTKSummary | None:
@@ -73,10 +101,13 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
     so `device_memory` is accepted and not used)."""
     started = time.perf_counter()
     kept = [point for point in (resume.points if resume else []) if point.size in spec.subset_sizes]
+    weights = parameters(spec.candidate.model)
+    train_examples = os.environ.get(TRAIN_EXAMPLES)
     result = TrialResult(status="Running", candidate=spec.candidate.model, target_size=spec.target_size, spec=spec,
                          zero_shot=evaluation(spec, 0), ntk=ntk_summary(spec), points=kept,
-                         resources=Resources(device="cpu", dtype="float32", parameters=PARAMETERS,
-                                             trainable_parameters=PARAMETERS, peak_memory_bytes=1 << 20,
+                         train_examples=int(train_examples) if train_examples else None,
+                         resources=Resources(device="cpu", dtype="float32", parameters=weights,
+                                             trainable_parameters=weights, peak_memory_bytes=1 << 20,
                                              peak_memory_kind="processRss"))
     if spec.candidate.model.endswith("/missing"):
         message = f"model {spec.candidate.model}: no such local directory and not a hub id"

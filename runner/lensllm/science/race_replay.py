@@ -4,7 +4,8 @@ A table holds every candidate's loss at every subset size, so "running" a size i
 its column; the race decides (`lensllm.science.racing`) exactly as it would between real
 rounds. The ladder is every size column below the target; the target column is the truth
 the ranking is scored against (RelAcc, PearCorr, and the coverage of the prediction
-intervals), never measured by the race.
+intervals), read by the race only when it settles its laws' disagreement by fine-tuning
+their leaders on the target (as the product would, at that cost).
 
 Compute is counted as the product would: subset size x parameters summed over measured
 points, as a fraction of fine-tuning every candidate on the target. A fixed budget that
@@ -29,6 +30,7 @@ from lensllm.science.racing import (
     RankedCandidate,
     RoundDecision,
     decide,
+    most_rounds,
     rank,
     round_zero,
 )
@@ -58,8 +60,8 @@ class RaceReplay:
 
     @property
     def laws_agree(self) -> bool:
-        """Whether every law's fit named the same best candidate in the last round."""
-        return self.decisions[-1].laws_agree
+        """Whether every law's fit named the same best candidate in the last round that fitted them."""
+        return next(d for d in reversed(self.decisions) if d.stop != "settled").laws_agree
 
     @property
     def survivors(self) -> int:
@@ -86,9 +88,10 @@ def replay_race(curves: Curves, target: float, settings: RaceSettings, seed: int
                 for i, (name, p) in enumerate(zip(curves.models, curves.params))}
     plan = round_zero(settings, ladder, curves.models)
     decisions = []
-    for round_ in range(settings.max_rounds):
+    for round_ in range(most_rounds(settings)):
         measured = {name: _measure(curves, c, plan.get(name, ())) for name, c in measured.items()}
-        decision = decide(settings, ladder, target, list(measured.values()), round_, seed)
+        settled_before = any(d.settles_instead_of for d in decisions)
+        decision = decide(settings, ladder, target, list(measured.values()), round_, seed, may_settle=not settled_before)
         decisions.append(decision)
         for out in decision.eliminated:
             measured[out.name] = dataclasses.replace(measured[out.name], eliminated_in=out.round)
@@ -116,7 +119,9 @@ def capped(curves: Curves, target: float, replay: RaceReplay, max_compute_fracti
             break
     decisions = replay.decisions[: k + 1]
     if not decisions[-1].stop:
-        last = dataclasses.replace(decisions[-1], stop="computeCap", next_sizes={}, next_compute_fraction=0.0)
+        # A settling round the cap cannot pay for is not run: the race stops as it would have without it.
+        stop = decisions[-1].settles_instead_of or "computeCap"
+        last = dataclasses.replace(decisions[-1], stop=stop, next_sizes={}, next_compute_fraction=0.0, settles_instead_of=None)
         decisions = decisions[:-1] + (last,)
     settings = dataclasses.replace(replay.settings, max_compute_fraction=max_compute_fraction)
     return _scored(curves, target, settings, replay.seed, decisions)

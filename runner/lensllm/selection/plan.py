@@ -88,7 +88,8 @@ def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSele
         return st.end_race(status, "noCandidateLeft")
     try:
         decision = racing.decide(
-            spec.race_settings(), spec.budget.sizes, spec.budget.target_size, candidates, round=round_, seed=spec.seed
+            spec.race_settings(), spec.budget.sizes, spec.budget.target_size, candidates, round=round_, seed=spec.seed,
+            may_settle=st.may_settle(status, spec.budget.target_size),
         )
     except CurveError as err:
         return st.end_race(status, "failed", f"round {round_} could not be decided: {err}")

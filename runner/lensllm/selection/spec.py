@@ -56,16 +56,18 @@ RACE_ONLY_FIELDS = ("strategy", "race")
 DEFAULT_RACE_LAWS = tuple(RaceSettings().laws)
 # What every race ran with before these fields existed: left out of the digest at these values, so an
 # upgraded operator finds those races unchanged.
-RACE_VALUES_BEFORE_FIELDS = {"laws": list(DEFAULT_RACE_LAWS), "initialSizes": 4}
+RACE_VALUES_BEFORE_FIELDS = {"laws": list(DEFAULT_RACE_LAWS), "initialSizes": 4, "settle": False}
 # Defaults that have changed, oldest first: what each field meant, when left out, to the releases before the
 # change. The CRD declares no defaults, so the API server stores none: a selection that leaves a field out
 # keeps the value it started with only because the operator finds it again from the digest in its status
 # (with_defaults), and a change of default never changes, or fails, the work in flight.
 EARLIER_DEFAULTS: tuple[dict[tuple[str, ...], object], ...] = (
     # until race.initialSizes existed (default 3)
-    {("strategy",): "fixed", ("race", "initialSizes"): 4, ("budget", "maxComputeFraction"): 0.05},
+    {("strategy",): "fixed", ("race", "initialSizes"): 4, ("budget", "maxComputeFraction"): 0.05, ("race", "settle"): False},
     # until race became the default strategy, uncapped by default
-    {("strategy",): "fixed", ("budget", "maxComputeFraction"): 0.05},
+    {("strategy",): "fixed", ("budget", "maxComputeFraction"): 0.05, ("race", "settle"): False},
+    # until race.settle existed (default true)
+    {("race", "settle"): False},
 )
 # Variables the operator sets in every runner pod; spec.env may not override them.
 RESERVED_ENV = frozenset({
@@ -209,6 +211,14 @@ class RaceSpec(WireModel):
         description="Laws the race may predict with; after each round it uses the one whose fits leave the smaller "
         "residual. [vanilla] for curves that level off soon after a flat start (docs/benchmarks.md: the LensBench "
         "tables, where the LENSLLM law misleads the race).",
+    )
+
+    settle: bool = Field(
+        default=RaceSettings().settle,
+        description="When the race would stop with its laws naming different best candidates, fine-tune each law's "
+        "leader on targetSize itself and rank them by the loss measured there (stop: settled). Costs their full "
+        "fine-tuning; skipped when the training split holds fewer than targetSize rows or budget.maxComputeFraction "
+        "would not pay for it (docs/benchmarks.md).",
     )
 
     @field_validator("laws")
@@ -385,7 +395,7 @@ class LLMSelectionSpec(WireModel):
     def race_settings(self) -> RaceSettings:
         return RaceSettings(
             epsilon=self.race.epsilon, delta=self.race.delta, max_compute_fraction=self.budget.max_compute_fraction,
-            laws=tuple(self.race.laws), initial_sizes=self.race.initial_sizes,
+            laws=tuple(self.race.laws), initial_sizes=self.race.initial_sizes, settle=self.race.settle,
         )
 
     @property

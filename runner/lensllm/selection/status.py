@@ -32,8 +32,8 @@ TERMINAL: tuple[str, ...] = ("Succeeded", "Failed")
 TERMINAL_PHASES: tuple[str, ...] = ("Complete", "Failed")
 # Jobs per trial: the first and the re-runs of Jobs that vanished (each attempt resumes what was saved).
 MAX_ATTEMPTS = 3
-# A race's rounds are bounded (RaceSettings.max_rounds), so is its record in the status.
-MAX_ROUNDS = racing.RaceSettings().max_rounds
+# A race's rounds are bounded (RaceSettings.max_rounds and a settling round), so is its record in the status.
+MAX_ROUNDS = racing.most_rounds(racing.RaceSettings())
 
 
 class StatusModel(WireModel):
@@ -128,6 +128,9 @@ class CandidateStatus(StatusModel):
     zero_shot: CurvePoint | None = Field(default=None, description="Test loss before fine-tuning.")
     points: list[CurvePoint] = Field(default_factory=list, description="Observed learning-curve points.")
     ntk: NTKSummary | None = Field(default=None, description="Empirical NTK summary at the pre-trained weights.")
+    train_examples: int | None = Field(
+        default=None, description="Rows of the training split, as the candidate's trial counted them."
+    )
     test_rows_in_train: int | None = Field(
         default=None,
         description="Rows of the test split that are rows of the training split too; left out of the test sample.",
@@ -203,7 +206,12 @@ class RoundRecord(StatusModel):
         description="Compute spent after this round, as a fraction of fully fine-tuning every candidate."
     )
     stop: str | None = Field(
-        default=None, description="Why the race stopped after this round: confident, exhausted or computeCap."
+        default=None, description="Why the race stopped after this round: confident, exhausted, computeCap or settled."
+    )
+    settles_instead_of: str | None = Field(
+        default=None,
+        description="The race would have stopped here for this reason, but its laws disagreed: next round the "
+        "candidates in nextSizes fine-tune on targetSize, and the loss measured there ranks them.",
     )
 
 
@@ -212,7 +220,9 @@ class RaceStatus(StatusModel):
 
     rounds: list[RoundRecord] = Field(default_factory=list, max_length=MAX_ROUNDS, description="Decided rounds, oldest first.")
     stop: str | None = Field(
-        default=None, description="Why the race stopped: confident, exhausted, computeCap, noCandidateLeft or failed."
+        default=None,
+        description="Why the race stopped: confident, exhausted, computeCap, settled (its laws disagreed, and the "
+        "loss each law's leader measured on targetSize ranked them), noCandidateLeft or failed.",
     )
     message: str | None = Field(default=None, description="Why the race could not be decided (stop: failed).")
     compute_fraction: float = Field(
@@ -372,6 +382,7 @@ def record_result(
     entry.ntk = result.ntk or entry.ntk
     if result.test_rows_in_train is not None:
         entry.test_rows_in_train = result.test_rows_in_train
+    entry.train_examples = result.train_examples or entry.train_examples
     entry.flops += result.total_flops()
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
@@ -481,6 +492,7 @@ def record_round(status: LLMSelectionStatus, decision: racing.RoundDecision) -> 
         next_sizes=next_sizes,
         compute_fraction=decision.compute_fraction,
         stop=decision.stop,
+        settles_instead_of=decision.settles_instead_of,
     ))
     new.race.compute_fraction, new.race.stop = decision.compute_fraction, decision.stop
     return _with_totals(new)
@@ -525,6 +537,14 @@ def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
     return candidates
 
 
+def may_settle(status: LLMSelectionStatus, target: int) -> bool:
+    """Whether a race may settle its laws' disagreement on `target`: it has not before, and the training split holds
+    `target` rows, as every trial that counted them says (not before one has)."""
+    counted = [e.train_examples for e in status.candidates.values() if e.train_examples is not None]
+    tried = status.race is not None and any(r.settles_instead_of for r in status.race.rounds)
+    return bool(counted) and min(counted) >= target and not tried
+
+
 def compute_fraction(status: LLMSelectionStatus, target: int) -> float:
     """Compute spent so far (subset size x parameters over measured points) over fully fine-tuning every candidate
     that measured something: the race's measure, for any strategy."""
@@ -559,28 +579,39 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
     if failed:
         conditions.append(_condition("Degraded", "CandidatesFailed", f"failed: {', '.join(failed)}", generation, now))
     if (split := _laws_split(new)) is not None:
-        conditions.append(_condition("LawsAgree", "LawsDisagree", split, generation, now, holds="False"))
-    message = f"best: {new.best} (predicted {new.ranking[0].predicted_loss:.4f} bits/byte at {spec.budget.target_size})"
+        reason = "SettledByMeasurement" if new.race.stop == "settled" else "LawsDisagree"
+        conditions.append(_condition("LawsAgree", reason, split, generation, now, holds="False"))
+    how = "measured" if new.race is not None and new.race.stop == "settled" else "predicted"
+    message = f"best: {new.best} ({how} {new.ranking[0].predicted_loss:.4f} bits/byte at {spec.budget.target_size})"
     new.conditions = conditions
     return _ended(new, "Complete", _condition("Complete", "Ranked", message, generation, now), now)
 
 
 def laws_agree(status: LLMSelectionStatus) -> bool | None:
-    """For a race, whether every law named the same leader in its latest decided round (None before one, or for
-    a fixed budget)."""
-    if status.race is None or not status.race.rounds:
-        return None
-    return racing.leaders_agree(status.race.rounds[-1].law_leaders)
+    """For a race, whether every law named the same leader in its latest round that fitted them (None before one,
+    or for a fixed budget)."""
+    fitted = _last_fitted_round(status)
+    return None if fitted is None else racing.leaders_agree(fitted.law_leaders)
+
+
+def _last_fitted_round(status: LLMSelectionStatus) -> RoundRecord | None:
+    """The race's latest round ranked by a law (a settled round ranks by measured losses)."""
+    rounds = [] if status.race is None else status.race.rounds
+    return next((r for r in reversed(rounds) if r.law != racing.MEASURED), None)
 
 
 def _laws_split(status: LLMSelectionStatus) -> str | None:
-    """For a race whose laws name different leaders in its last round: who each law predicts best."""
+    """For a race whose laws name different leaders in its last fitted round: who each law predicts best, and
+    what the ranking then rests on."""
     if laws_agree(status) is not False:
         return None
-    leaders = status.race.rounds[-1].law_leaders
-    named = ", ".join(f"{law}: {name}" for law, name in leaders.items())
+    fitted = _last_fitted_round(status)
+    named = ", ".join(f"{law}: {name}" for law, name in fitted.law_leaders.items())
+    if status.race.stop == "settled":
+        return (f"the laws predicted different best candidates ({named}); the race fine-tuned them on targetSize, "
+                f"and {status.best} measured the lowest loss there")
     return (f"the laws predict different best candidates ({named}); the ranking follows "
-            f"{status.race.rounds[-1].law}, which fitted the curves better, so the pick hangs on that law "
+            f"{fitted.law}, which fitted the curves better, so the pick hangs on that law "
             "extrapolating well (docs/benchmarks.md)")
 
 

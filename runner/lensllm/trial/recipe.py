@@ -93,7 +93,7 @@ class TrialRecipe:
     def setup_data(self) -> None:
         """Tokenizer, training and test examples, and the memory plan for them (WillNotFit before any weights)."""
         rows = load_task_rows(self.spec.dataset, need_train=self._train_examples_needed(), seed=self.seed)
-        self.result.test_rows_in_train = rows.test_rows_in_train
+        self.result.train_examples, self.result.test_rows_in_train = rows.train_split_size, rows.test_rows_in_train
         if rows.test_rows_in_train:
             self.on_progress({"event": "testRowsInTrain", "rows": rows.test_rows_in_train})
         self.tokenizer = load_tokenizer(self.spec.candidate)

@@ -152,6 +152,10 @@ class TrialResult(WireModel):
     spec: TrialSpec | None = Field(
         default=None, description="The spec the trial ran (left out of compact results when space is short)."
     )
+    train_examples: int | None = Field(
+        default=None,
+        description="Rows of the training split: a race fine-tunes on targetSize itself only if the split holds that many.",
+    )
     test_rows_in_train: int | None = Field(
         default=None,
         description="Rows of the test split that are rows of the training split too (every field the spec reads "

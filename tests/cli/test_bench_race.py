@@ -127,3 +127,13 @@ def test_a_table_without_parameter_counts_exits_2_naming_the_column(tmp_path, ca
 def test_fixed_budgets_stay_the_default_strategy(race_csv, capsys):
     code, out, _ = run_cli(["bench", race_csv, "--methods", "ats", "--ratios", "2", "--format", "csv"], capsys)
     assert code == 0 and out.splitlines()[0] == "method,ratio,max_n,target_n,pearcorr,relacc,selected"
+
+
+@pytest.mark.parametrize(("flag", "stop", "found_best"), [([], "settled", True), (["--no-settle"], "exhausted", False)])
+def test_a_replay_settles_the_laws_disagreement_on_the_target_column_unless_told_not_to(curves_dir, capsys, flag, stop, found_best):
+    """LensBench docstring (eighth draw): the laws disagree when the ladder runs out."""
+    table = curves_dir.parent / "lensbench-seed7" / "docstring.csv"
+    code, out, _ = run_cli(["bench", table, "--strategy", "race", "--seeds", "1", "--format", "csv", *flag], capsys)
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert code == 0 and row["stop"] == stop and row["laws_agree"] == "False"
+    assert (float(row["relacc"]) == 1.0) == found_best

@@ -20,7 +20,7 @@ from lensllm.science.uncertainty import LAWS
 
 
 # RaceSettings fields the command line sets (as --epsilon, --max-compute-fraction, ...).
-SETTINGS_FIELDS = ("epsilon", "delta", "max_compute_fraction", "initial_sizes", "sizes_per_round", "max_rounds", "laws")
+SETTINGS_FIELDS = ("epsilon", "delta", "max_compute_fraction", "initial_sizes", "sizes_per_round", "max_rounds", "laws", "settle")
 DEFAULT_SEEDS = 3
 
 
@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     race.add_argument("--sizes-per-round", type=options.positive_int, help=f"sizes each later round adds (default {d.sizes_per_round})")
     race.add_argument("--max-rounds", type=options.positive_int, help=f"rounds at most (default {d.max_rounds})")
     race.add_argument("--laws", type=law_list, help=f"laws whose bootstrap draws are pooled (default {','.join(d.laws)})")
+    race.add_argument(
+        "--settle",
+        action=argparse.BooleanOptionalAction,
+        help="when the laws disagree at the stop, fine-tune their leaders on the target (read from its column) and "
+        "rank them by it (default: on)",
+    )
     race.add_argument("--seeds", type=options.positive_int, help=f"replay with seeds 0..N-1 (default {DEFAULT_SEEDS})")
 
 

@@ -28,7 +28,7 @@ def describe(settings: RaceSettings) -> str:
         f"epsilon {settings.epsilon:g}, delta {settings.delta:g}, "
         f"{'no compute cap' if cap is None else f'compute cap {100 * cap:g}%'}, "
         f"{settings.initial_sizes} sizes then {settings.sizes_per_round} per round, at most {settings.max_rounds} rounds, "
-        f"laws {' + '.join(settings.laws)}"
+        f"laws {' + '.join(settings.laws)}, {'settling' if settings.settle else 'not settling'} their disagreement on the target"
     )
 
 

@@ -108,11 +108,11 @@ race_tmp=$(mktemp -d)
 mkdir -p docs/figures
 race_start=$(date +%s.%N)
 for table in flan gigaword wmt19; do
-  "$lensllm" bench "data/curves/$table.csv" --strategy race --format markdown \
+  "$lensllm" bench "data/curves/$table.csv" --strategy race --no-settle --format markdown \
     --plot "docs/figures/race-$table.png" > "$race_tmp/$table.md"
 done
 for table in "${lensbench[@]}"; do
-  "$lensllm" bench "$table" --strategy race --format markdown \
+  "$lensllm" bench "$table" --strategy race --no-settle --format markdown \
     > "$race_tmp/lensbench-$(basename "$table" .csv).md"
 done
 # The same races predicting with the vanilla law alone (spec.race.laws: [vanilla]), and starting on
@@ -122,8 +122,8 @@ for table in flan gigaword wmt19 "${lensbench[@]}"; do
     *.csv) file=lensbench-$(basename "$table" .csv) ;;
     *) file=$table table=data/curves/$table.csv ;;
   esac
-  "$lensllm" bench "$table" --strategy race --laws vanilla --format csv > "$race_tmp/$file.vanilla.csv"
-  "$lensllm" bench "$table" --strategy race --initial-sizes 4 --format csv > "$race_tmp/$file.four.csv"
+  "$lensllm" bench "$table" --strategy race --no-settle --laws vanilla --format csv > "$race_tmp/$file.vanilla.csv"
+  "$lensllm" bench "$table" --strategy race --no-settle --initial-sizes 4 --format csv > "$race_tmp/$file.four.csv"
 done
 # Mean RelAcc and compute (%) of the race runs in a `--format csv` file, as two table cells.
 race_means() { awk -F, 'NR > 1 {r += $5; c += $4; n++} END {printf "%.1f | %.2f", 100 * r / n, 100 * c / n}' "$1"; }
@@ -132,7 +132,7 @@ race_means() { awk -F, 'NR > 1 {r += $5; c += $4; n++} END {printf "%.1f | %.2f"
 for table in "${lensbench[@]}"; do
   name=$(basename "$table" .csv)
   grep -v -- '-none-' "$table" > "$race_tmp/$name.pretrained.csv"
-  "$lensllm" bench "$race_tmp/$name.pretrained.csv" --strategy race --format csv \
+  "$lensllm" bench "$race_tmp/$name.pretrained.csv" --strategy race --no-settle --format csv \
     > "$race_tmp/$name.pretrained.race.csv"
   "$lensllm" bench "$race_tmp/$name.pretrained.csv" --methods ats --ratios 16 --format csv > "$race_tmp/$name.pretrained.ats.csv"
 done
@@ -165,6 +165,12 @@ whether both laws named the same leader in the last round (a selection whose law
 with the condition `LawsAgree=False`). The ranking lists the survivors by their
 predicted loss (the bootstrap draws' mean in log space), then the eliminated candidates by the
 prediction they left with, flagged as lower-confidence.
+
+Since 2026-12-05 a race that would stop with its laws disagreeing settles the question by fine-tuning
+their leaders on the target itself (`spec.race.settle`, on by default). Every race in this section and
+in the held-out draws' table is replayed without it (`--no-settle`), the race as its laws ranked it and
+as those tables were read; the section "When the race's laws disagree" at the end of the page gives
+what settling changes, table by table.
 
 Compute: a measured point costs subset size x parameters, counted as a fraction of fine-tuning every
 candidate on all 1,638,400 examples. A fixed budget at ratio 1/r spends the sum of the sizes up to
@@ -294,8 +300,8 @@ What a race can tell is when its pick hangs on the law. Before the from-scratch 
 (seven tables of then, three seeds), the laws named the same leader at the end in 9 (Gigaword, WMT19, docstring),
 and the race picked the true best or a model within 0.4% RelAcc of it in all 9. In the other 12 they
 disagreed, and the LENSLLM law, which fitted better, was right on FLAN and wrong on de-en, gloss and
-cipher (mean RelAcc 33% to 48%). So `LawsAgree=False` on a selection is the warning to heed: fine-tune
-both laws' picks further, or rank with the law whose shape the user's curves are known to follow.
+cipher (mean RelAcc 33% to 48%). So `LawsAgree=False` was the warning to heed: fine-tune both laws'
+picks further, which the race now does itself (settling, at the end of the page).
 
 The same races on the tables without the two random models (the table filtered by `grep -v -- -none-`;
 RelAcc over the fourteen pre-trained models), means over seeds 0-2, with fixed-budget AtS at 1/16 (12.1%
@@ -337,8 +343,8 @@ for table in "${lensbench[@]}" "${after_first[@]}"; do
     "$table" > "$draw_tmp/$name.csv"
   cp "${table%.csv}.ntk.json" "$draw_tmp/$name.ntk.json"
   "$lensllm" bench "$draw_tmp/$name.csv" --methods default --format csv > "$draw_tmp/$name.blind.csv"
-  "$lensllm" bench "$table" --strategy race --format csv > "$draw_tmp/$name.race.csv"
-  "$lensllm" bench "$table" --strategy race --initial-sizes 4 --format csv > "$draw_tmp/$name.race4.csv"
+  "$lensllm" bench "$table" --strategy race --no-settle --format csv > "$draw_tmp/$name.race.csv"
+  "$lensllm" bench "$table" --strategy race --no-settle --initial-sizes 4 --format csv > "$draw_tmp/$name.race4.csv"
 done
 "$lensllm" lensbench ntk "${after_first[@]}" > "$draw_tmp/ntk.md"
 # How often a race's 90% intervals hold the true loss, by group of tables (label=table,table,...): each
@@ -356,24 +362,47 @@ groups = {label: [Path(t) for t in tables.split(",")] for label, tables in (a.sp
 sys.stdout.write(coverage_markdown(groups, [label for label in groups if "held out" not in label]))
 PY
 "$lensllm" lensbench ntk-signal "${lensbench[@]}" "${later[@]}" "${held_out[@]}" "${fifth[@]}" > "$draw_tmp/ntk-signal.md"
-# How often the race keeps the best model when its laws agree at the end and when they disagree, over every table.
+# How often the race keeps the best model when its laws agree at the end and when they disagree, over every table,
+# ranked by its law (--no-settle) and settled by fine-tuning the laws' leaders on the target (the default).
 "$python" - "${published[@]}" "${lensbench[@]}" "${after_first[@]}" > "$draw_tmp/disagree.md" <<'PY'
 import statistics, sys, warnings
+from pathlib import Path
 from lensllm.cli import options
 from lensllm.science.race_replay import replay_race
 from lensllm.science.racing import RaceSettings
 warnings.simplefilter("ignore")  # hundreds of bootstrap fits; bounds are expected
-ended = {}
+ended, settled_on = {}, {}
 for table in sys.argv[1:]:
     curves = options.load_curves(table)
     target = options.resolve_target(curves, None)
     for seed in range(3):
-        race = replay_race(curves, target, RaceSettings(), seed)
-        ended.setdefault(("agree" if race.laws_agree else "disagree", race.stop), []).append(race.relacc)
-print("| laws at the end | stop | races | best model kept | mean RelAcc (%) | worst RelAcc (%) |")
+        pair = (replay_race(curves, target, RaceSettings(settle=False), seed), replay_race(curves, target, RaceSettings(), seed))
+        ended.setdefault(("agree" if pair[0].laws_agree else "disagree", pair[0].stop), []).append(pair)
+        if pair[1].stop == "settled":
+            settled_on.setdefault(f"{Path(table).parent.name}/{Path(table).stem}", []).append(pair)
+def split(pairs, value, show):
+    """`show` of `value` over the races ranked by the law, then over the same races settled."""
+    return " / ".join(show([value(pair[i]) for pair in pairs]) for i in (0, 1))
+relacc, compute = (lambda race: race.relacc), (lambda race: race.compute_fraction)
+kept = lambda values: str(sum(v == 1.0 for v in values))
+mean = lambda digits: lambda values: f"{100 * statistics.mean(values):.{digits}f}"
+worst = lambda values: f"{100 * min(values):.1f}"
+def row(label, pairs):
+    print(f"| {label} | {len(pairs)} | {split(pairs, relacc, kept)} | {split(pairs, relacc, mean(1))} | {split(pairs, relacc, worst)} "
+          f"| {split(pairs, compute, mean(2))} |")
+print("| laws at the end, stop | races | best model kept: by the law / settled | mean RelAcc (%): by the law / settled "
+      "| worst RelAcc (%): by the law / settled | mean compute (%): by the law / settled |")
 print("|---|---|---|---|---|---|")
-for (laws, stop), relaccs in sorted(ended.items()):
-    print(f"| {laws} | {stop} | {len(relaccs)} | {sum(r == 1.0 for r in relaccs)} | {100 * statistics.mean(relaccs):.1f} | {100 * min(relaccs):.1f} |")
+for (laws, stop), pairs in sorted(ended.items()):
+    row(f"{laws}, {stop}", pairs)
+row("all races", [p for pairs in ended.values() for p in pairs])
+print()
+print("The tables where a race settled (seeds 0-2):")
+print()
+print("| table | races settled | mean RelAcc (%): by the law / settled | mean compute (%): by the law / settled |")
+print("|---|---|---|---|")
+for table, pairs in settled_on.items():
+    print(f"| {table} | {len(pairs)} of 3 | {split(pairs, relacc, mean(1))} | {split(pairs, compute, mean(2))} |")
 PY
 {
   prose "second draw"

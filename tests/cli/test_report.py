@@ -48,6 +48,23 @@ def test_the_laws_disagreement_is_named_per_round_and_in_the_caption():
     assert "the laws predict different best candidates (lensllm: a, vanilla: b)" in " ".join(text.split())
 
 
+def test_a_settled_race_shows_the_round_it_settled_and_what_the_target_size_measured():
+    settled = {"type": "LawsAgree", "status": "False", "reason": "SettledByMeasurement", "lastTransitionTime": "2026-01-01T00:00:00Z",
+               "message": "the laws predicted different best candidates (lensllm: a, vanilla: b); the race fine-tuned them on "
+               "targetSize, and b measured the lowest loss there"}
+    status = race_status({"lensllm": "a", "vanilla": "b"}, [settled])
+    settling = status.race.rounds[-1]
+    settling.stop, settling.settles_instead_of, settling.next_sizes = None, "exhausted", {"a": [2048], "b": [2048]}
+    status.race.rounds.append(settling.model_copy(update={
+        "round": 2, "sizes": {"a": [2048], "b": [2048]}, "law": "measured", "noise": {}, "law_leaders": {}, "next_sizes": {},
+        "settles_instead_of": None, "stop": "settled", "compute_fraction": 0.3}))
+    status.race.stop = "settled"
+    text = " ".join(rendered(status).split())
+    assert "race: 3 rounds, stopped: settled" in text and "exhausted, laws disagree: settle on the target" in text
+    assert "2048: 2 candidates │ measured │ - │ - │ 30.00% │ settled" in text
+    assert "the race fine-tuned them on targetSize, and b measured the lowest loss there" in text
+
+
 def test_a_candidate_no_better_than_a_uniform_guess_before_fine_tuning_is_marked_as_learning_from_scratch():
     def candidate(zero_shot: float) -> dict:
         return {"model": "m", "state": "Succeeded",

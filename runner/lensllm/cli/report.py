@@ -117,13 +117,20 @@ def rounds_table(status) -> Table:
     for record in race.rounds:
         ran = "; ".join(_ran(record.sizes))
         table.add_row(str(record.round), ran, record.law, law_leaders_text(record.law_leaders),
-                      ", ".join(e.candidate for e in record.eliminated) or "-", f"{record.compute_fraction:.2%}", record.stop or "-")
+                      ", ".join(e.candidate for e in record.eliminated) or "-", f"{record.compute_fraction:.2%}", _stop(record))
     caveats = [race.message, *(c.message for c in status.conditions if c.type == "LawsAgree" and c.status == "False")]
     if race.rounds and race.rounds[0].from_scratch:
         caveats.append(f"learn the task from scratch (predicted by their worst law): {', '.join(race.rounds[0].from_scratch)}")
     if any(caveats):
         table.caption = "\n".join(c for c in caveats if c)
     return table
+
+
+def _stop(record) -> str:
+    """Why the race stopped after the round; for a round it would have stopped after but settles, both."""
+    if record.settles_instead_of:
+        return f"{record.settles_instead_of}, laws disagree: settle on the target"
+    return record.stop or "-"
 
 
 def _ran(sizes: dict[str, list[int]]) -> list[str]:

@@ -10,6 +10,7 @@ from selections import GROUP, PLURAL, VERSION, comparable, create, stand_in_kube
 from stand_in_trial import TABLE, TRAIN_EXAMPLES, read_ledger
 
 from lensllm.curves_io import read_curves
+from lensllm_operator.jobs import SIZES_ANNOTATION
 from lensllm.science.race_replay import replay_race
 from lensllm.science.racing import RaceSettings
 
@@ -92,21 +93,29 @@ def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_a
     assert sum(1 for selection, model, _ in measured if selection == "restarted" and model == "/models/model-h") == 4
 
 
+@pytest.mark.parametrize("killed", [False, True], ids=["steady", "killed-while-settling"])
 def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_target_size(
-    kube, namespace, tmp_path, start_operator, custom, curves_dir
+    kube, namespace, tmp_path, start_operator, custom, batch, curves_dir, killed
 ):
     """LensBench docstring (eighth draw) through the operator, each trial reading its losses from the table: the laws
     disagree when the ladder runs out, so the operator runs each law's leader on targetSize and ranks them by what
-    they measured there, exactly as `lensllm bench --strategy race` replays it."""
+    they measured there, exactly as `lensllm bench --strategy race` replays it; killed once the target-size Jobs
+    exist, and started again after they finished, it ends the same and measures nothing twice."""
     path = curves_dir.parent / "lensbench-seed7" / "docstring.csv"
     table = read_curves(path)
     target = int(table.sizes[-1])
     ladder = [int(s) for s in table.sizes[:-1]]
     env = {TABLE: str(path), TRAIN_EXAMPLES: str(target)}
     with stand_in_kubelet(kube, tmp_path, 0.01, env) as kubelet:
-        start_operator()
+        operator = start_operator()
         create(custom, namespace, stand_in_selection("docstring", *table.models, strategy="race", seed=0, parallelism=16,
                                                      budget={"subsetSizes": ladder, "targetSize": target}))
+        if killed:
+            on_target = lambda: [j for j in jobs_of(batch, namespace, "docstring") if j.metadata.annotations[SIZES_ANNOTATION] == str(target)]
+            wait_for(lambda: len(on_target()) == 2, "the settling round's Jobs", timeout=240)
+            operator.process.kill()
+            wait_for(lambda: all(map(complete, on_target())), "the settling round to finish while the operator is down", timeout=60)
+            operator.process.start()
         status = wait_for_phase(custom, namespace, "docstring", "Complete", "Failed", timeout=300)
     assert status.phase == "Complete", status.conditions
     replay = replay_race(table, float(target), RaceSettings(), seed=0)
@@ -117,6 +126,7 @@ def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_targ
     assert settling.settles_instead_of == "exhausted" and set(settling.next_sizes) == set(settling.law_leaders.values())
     truth = dict(zip(table.models, table.loss_at(target)))
     assert status.best == min(truth, key=truth.get)
-    on_target = sorted(entry["model"] for entry in read_ledger(kubelet.ledger) if entry["size"] == target)
-    assert on_target == sorted(f"/models/{name}" for name in settling.next_sizes)  # each contender once, nobody else
+    measured = Counter((entry["model"], entry["size"]) for entry in read_ledger(kubelet.ledger))
+    assert max(measured.values()) == 1, measured
+    assert sorted(m for m, size in measured if size == target) == sorted(f"/models/{n}" for n in settling.next_sizes)
     assert status.race.compute_fraction == pytest.approx(replay.compute_fraction)

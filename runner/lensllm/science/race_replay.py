@@ -25,6 +25,7 @@ from lensllm.science.benchmark import PAPER_RATIOS, run_benchmark
 from lensllm.science.curves import Curves
 from lensllm.science.metrics import pearcorr, relacc
 from lensllm.science.racing import (
+    MEASURED,
     RaceCandidate,
     RaceSettings,
     RankedCandidate,
@@ -61,7 +62,7 @@ class RaceReplay:
     @property
     def laws_agree(self) -> bool:
         """Whether every law's fit named the same best candidate in the last round that fitted them."""
-        return next(d for d in reversed(self.decisions) if d.stop != "settled").laws_agree
+        return next(d for d in reversed(self.decisions) if d.law != MEASURED).laws_agree
 
     @property
     def survivors(self) -> int:

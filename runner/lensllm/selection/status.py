@@ -538,8 +538,8 @@ def race_candidates(status: LLMSelectionStatus) -> list[racing.RaceCandidate]:
 
 
 def may_settle(status: LLMSelectionStatus, target: int) -> bool:
-    """Whether a race may settle its laws' disagreement on `target`: it has not before, and the training split holds
-    `target` rows, as every trial that counted them says (not before one has)."""
+    """Whether a race may settle its laws' disagreement on `target`: it has not tried before, and the training split
+    holds `target` rows by every trial that counted them (and one has)."""
     counted = [e.train_examples for e in status.candidates.values() if e.train_examples is not None]
     tried = status.race is not None and any(r.settles_instead_of for r in status.race.rounds)
     return bool(counted) and min(counted) >= target and not tried

@@ -254,10 +254,13 @@ def test_a_race_whose_laws_disagree_on_the_best_completes_with_that_caveat():
 DOCSTRING = Path(__file__).resolve().parents[2] / "data" / "lensbench-seed7" / "docstring.csv"
 
 
-def table_race(train_examples: int, settle: bool = True, failing_size: int | None = None) -> tuple[LLMSelectionSpec, Status]:
+def table_race(
+    train_examples: int, settle: bool = True, failing: Callable[[str, tuple[int, ...]], bool] = lambda *_: False,
+    failed_result: bool = False,
+) -> tuple[LLMSelectionSpec, Status]:
     """The race of the docstring table through the plan and the status, each trial reading its losses from the
     table (its last column, the full fine-tuning, is the target); the training split holds `train_examples` rows,
-    and every trial of `failing_size` fails."""
+    and the trials `failing` names fail: their Jobs, or with `failed_result` the runner, with a Failed result."""
     table = read_curves(DOCSTRING)
     target = int(table.sizes[-1])
     spec = LLMSelectionSpec.model_validate({
@@ -266,7 +269,6 @@ def table_race(train_examples: int, settle: bool = True, failing_size: int | Non
         "budget": {"subsetSizes": [int(s) for s in table.sizes[:-1]], "targetSize": target},
         "strategy": "race",
         "race": {"settle": settle},
-        "maxFailedCandidates": 3,
     })
 
     def read(name: str, sizes: tuple[int, ...]) -> TrialResult:
@@ -283,8 +285,11 @@ def table_race(train_examples: int, settle: bool = True, failing_size: int | Non
         for trial in trials:
             job = f"sel-{trial.candidate}-r{trial.round}"
             status = st.mark_trial(status, trial.candidate, st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running"))
-            if failing_size in trial.sizes:
-                status = st.record_failure(status, trial.candidate, job, "TrialFailed", "out of time")
+            if failing(trial.candidate, trial.sizes) and failed_result:
+                failure = TrialResult(status="Failed", reason="OutOfMemory", message="out of memory", seconds=1.0)
+                status = st.record_result(status, spec, trial.candidate, job, failure, gpus=0)
+            elif failing(trial.candidate, trial.sizes):
+                status = st.record_failure(status, trial.candidate, job, "DeadlineExceeded", "out of time")
             else:
                 status = st.record_result(status, spec, trial.candidate, job, read(trial.candidate, trial.sizes), gpus=0)
         status = advance(spec, status)
@@ -324,11 +329,23 @@ def test_a_race_stops_unsettled_when_the_data_lacks_the_target_size_or_the_spec_
     assert max(p.size for e in status.candidates.values() for p in e.points) < spec.budget.target_size == 2048
 
 
-def test_a_race_whose_contenders_all_fail_on_the_target_does_not_settle_again():
-    spec, status = table_race(train_examples=2048, failing_size=2048)
+@pytest.mark.parametrize(("who", "failed_result"), [("every contender", False), ("one contender", False), ("one contender", True)])
+def test_a_race_whose_settling_trials_fail_ranks_by_its_laws_and_loses_no_candidate(who, failed_result):
+    """A settling trial can fail where the ladder's did not (e.g. past activeDeadlineSeconds, on 8x the data): its
+    candidate stands on its earlier sizes, the race does not try again, and the laws rank it as before settling."""
+    unsettled = table_race(train_examples=2048, settle=False)[1]
+    one = lambda name: who == "every contender" or name == "llama-s-mix-1k"
+    spec, status = table_race(2048, failing=lambda name, sizes: 2048 in sizes and one(name), failed_result=failed_result)
     *_, settling, last = status.race.rounds
     assert settling.settles_instead_of == "exhausted" and last.settles_instead_of is None
     assert (status.race.stop, last.stop, last.law) == ("exhausted", "exhausted", "lensllm")
-    failed = {n for n, e in status.candidates.items() if e.state == "Failed"}
-    assert failed == set(settling.next_sizes) and not failed & set(last.law_leaders.values())
-    assert status.phase == "Complete" and status.best not in failed
+    assert status.phase == "Complete" and all(e.state == "Succeeded" for e in status.candidates.values())
+    failed = [(n, t.failure) for n, e in status.candidates.items() for t in e.trials if t.state == "Failed"]
+    assert {n for n, _ in failed} == {n for n in settling.next_sizes if one(n)}
+    why = "OutOfMemory: out of memory" if failed_result else "DeadlineExceeded: out of time"
+    assert all(failure == why for _, failure in failed)
+    caveat = next(c for c in status.conditions if c.type == "LawsAgree")
+    assert caveat.reason == "LawsDisagree" and "could not settle it on targetSize: the trials of " in caveat.message
+    assert f"llama-s-mix-1k ({why})" in caveat.message
+    if who == "every contender":
+        assert status.best == unsettled.best and [r.candidate for r in status.ranking] == [r.candidate for r in unsettled.ranking]

@@ -91,8 +91,9 @@ def replay_race(curves: Curves, target: float, settings: RaceSettings, seed: int
     decisions = []
     for round_ in range(most_rounds(settings)):
         measured = {name: _measure(curves, c, plan.get(name, ())) for name, c in measured.items()}
-        settled_before = any(d.settles_instead_of for d in decisions)
-        decision = decide(settings, ladder, target, list(measured.values()), round_, seed, may_settle=not settled_before)
+        tried = any(d.settles_instead_of for d in decisions)
+        settling = tuple(decisions[-1].next_sizes) if decisions and decisions[-1].settles_instead_of else ()
+        decision = decide(settings, ladder, target, list(measured.values()), round_, seed, may_settle=not tried, settling=settling)
         decisions.append(decision)
         for out in decision.eliminated:
             measured[out.name] = dataclasses.replace(measured[out.name], eliminated_in=out.round)

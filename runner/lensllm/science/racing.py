@@ -45,7 +45,7 @@ curve tables (`lensllm.science.race_replay`).
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -243,19 +243,22 @@ def decide(
     seed: int,
     *,
     may_settle: bool = False,
+    settling: Collection[str] = (),
 ) -> RoundDecision:
     """After `round`, assess the candidates still in the race, eliminate, and say what runs next or why to stop.
 
-    `may_settle`: the training data holds `target` examples and the race has not settled before (a race whose
-    contenders all failed on the target does not try again), so a disagreement of the laws may be settled by
-    fine-tuning on the target itself (RaceSettings.settle).
+    `may_settle`: the training data holds `target` examples and the race has not tried to settle before, so a
+    disagreement of the laws may be settled by fine-tuning on the target itself (RaceSettings.settle).
+    `settling`: the contenders `round` fine-tuned on the target, when it was a settling round. If every one of
+    them measured it they are ranked by what they measured; if one could not, the laws rank the race as before.
     """
     _check_inputs(candidates, target, round)
     racing = [c for c in candidates if c.in_race]
     if not racing:
         raise CurveError("no candidate is left in the race")
     size = _settle_size(ladder, target)
-    if size is not None and any(size in c.sizes for c in racing):
+    contenders = [c for c in racing if c.name in settling]
+    if size is not None and contenders and all(size in c.sizes for c in contenders):
         return _settled(candidates, racing, size, round)
     assessed = predictive_distributions(
         [c.curve() for c in racing], target, draws=settings.draws, seed=(seed, round), laws=settings.laws,

@@ -89,7 +89,7 @@ def advance(spec: LLMSelectionSpec, status: st.LLMSelectionStatus) -> st.LLMSele
     try:
         decision = racing.decide(
             spec.race_settings(), spec.budget.sizes, spec.budget.target_size, candidates, round=round_, seed=spec.seed,
-            may_settle=st.may_settle(status, spec.budget.target_size),
+            may_settle=st.may_settle(status, spec.budget.target_size), settling=st.settling(status),
         )
     except CurveError as err:
         return st.end_race(status, "failed", f"round {round_} could not be decided: {err}")

@@ -112,6 +112,11 @@ class TrialRecord(StatusModel):
     attempt: int = Field(default=0, description="0 for the trial's first Job; +1 for each Job that replaced a lost one.")
     sizes: list[int] = Field(description="Subset sizes the trial fine-tuned on.")
     state: TrialState = Field(description="Queued, Running, Succeeded, Failed, or Lost (its Job vanished).")
+    failure: str | None = Field(
+        default=None,
+        description="Why the trial failed, for a trial of the round that settles a race's disagreeing laws: its "
+        "candidate does not fail with it (its earlier sizes still rank it).",
+    )
     seconds: float | None = Field(default=None, description="Wall time of the trial (its pods', summed).")
     pods: list[PodRun] | None = Field(
         default=None, description="While the trial is unfinished: its pods that ran (an evicted pod's time still counts); "
@@ -387,6 +392,9 @@ def record_result(
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
     entry.full_finetune_flops, entry.full_finetune_gpu_seconds = _full_finetune_estimate(result, spec, gpus)
+    if not ok and _settling_trial(new, entry, job_name):
+        _excuse(entry, job_name, result.reason or "TrialFailed", result.message)
+        return _with_totals(new)
     entry.state = "Succeeded" if ok else "Failed"
     entry.reason, entry.message = (None, None) if ok else (result.reason or "TrialFailed", result.message)
     if result.reason in DATASET_FAILURES:
@@ -413,8 +421,26 @@ def record_failure(
     new = status.model_copy(deep=True)
     entry = new.candidates[candidate]
     _end_trial(entry, job_name, "Failed", spent)
-    entry.state, entry.reason, entry.message = "Failed", reason, message
+    if _settling_trial(new, entry, job_name):
+        _excuse(entry, job_name, reason, message)
+    else:
+        entry.state, entry.reason, entry.message = "Failed", reason, message
     return _with_totals(new)
+
+
+def _settling_trial(status: LLMSelectionStatus, entry: CandidateStatus, job_name: str) -> bool:
+    """Whether the Job is a trial of the round that settles a race's disagreeing laws on the target."""
+    rounds = [] if status.race is None else status.race.rounds
+    trial = next((t for t in entry.trials if t.job_name == job_name), None)  # None: a Job refused before it was recorded
+    return trial is not None and 0 < trial.round <= len(rounds) and rounds[trial.round - 1].settles_instead_of is not None
+
+
+def _excuse(entry: CandidateStatus, job_name: str, reason: str, message: str | None) -> None:
+    """A settling trial failed: the candidate stands on the sizes it measured before, and the race ranks by its laws."""
+    for trial in entry.trials:
+        if trial.job_name == job_name:
+            trial.failure = f"{reason}: {message}" if message else reason
+    entry.state = "Succeeded"
 
 
 def _full_finetune_estimate(result: TrialResult, spec: LLMSelectionSpec, gpus: int) -> tuple[float | None, float | None]:
@@ -545,6 +571,12 @@ def may_settle(status: LLMSelectionStatus, target: int) -> bool:
     return bool(counted) and min(counted) >= target and not tried
 
 
+def settling(status: LLMSelectionStatus) -> tuple[str, ...]:
+    """The contenders the race's current round fine-tunes on the target, when it settles the laws' disagreement."""
+    rounds = [] if status.race is None else status.race.rounds
+    return tuple(rounds[-1].next_sizes) if rounds and rounds[-1].settles_instead_of else ()
+
+
 def compute_fraction(status: LLMSelectionStatus, target: int) -> float:
     """Compute spent so far (subset size x parameters over measured points) over fully fine-tuning every candidate
     that measured something: the race's measure, for any strategy."""
@@ -610,7 +642,9 @@ def _laws_split(status: LLMSelectionStatus) -> str | None:
     if status.race.stop == "settled":
         return (f"the laws predicted different best candidates ({named}); the race fine-tuned them on targetSize, "
                 f"and {status.best} measured the lowest loss there")
-    return (f"the laws predict different best candidates ({named}); the ranking follows "
+    failed = [f"{name} ({t.failure})" for name, e in status.candidates.items() for t in e.trials if t.failure]
+    tried = f"; the race could not settle it on targetSize: the trials of {', '.join(failed)} failed" if failed else ""
+    return (f"the laws predict different best candidates ({named}){tried}; the ranking follows "
             f"{fitted.law}, which fitted the curves better, so the pick hangs on that law "
             "extrapolating well (docs/benchmarks.md)")
 

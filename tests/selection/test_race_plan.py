@@ -62,16 +62,27 @@ def run_round(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] =
     return advance(spec, run_trials(spec, status, failing))
 
 
-def run_trials(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = ()) -> Status:
-    """Every trial the plan asks for now, run to its end; the round is left undecided."""
+# How a trial ends: its result, or its Job's failure (reason, message).
+Outcome = Callable[[Trial], "TrialResult | tuple[str, str]"]
+
+
+def run_trials(spec: LLMSelectionSpec, status: Status, failing: tuple[str, ...] = (), outcome: Outcome | None = None) -> Status:
+    """Every trial the plan asks for now, run to its end; the round is left undecided. By default each trial
+    measures its candidate's law, and the Jobs of the candidates in `failing` end without a result."""
+    def law_curve(trial: Trial) -> TrialResult | tuple[str, str]:
+        if trial.candidate in failing:
+            return "ResultMissing", "no termination message"
+        return result(trial.candidate, trial.sizes)
+
     for trial in next_trials(spec, status):
         job = f"sel-{trial.candidate}-r{trial.round}"
         record = st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running")
         status = st.mark_trial(status, trial.candidate, record)
-        if trial.candidate in failing:
-            status = st.record_failure(status, trial.candidate, job, "ResultMissing", "no termination message")
+        ended = (outcome or law_curve)(trial)
+        if isinstance(ended, TrialResult):
+            status = st.record_result(status, spec, trial.candidate, job, ended, gpus=0)
         else:
-            status = st.record_result(status, spec, trial.candidate, job, result(trial.candidate, trial.sizes), gpus=0)
+            status = st.record_failure(status, trial.candidate, job, *ended)
     return status
 
 
@@ -280,19 +291,16 @@ def table_race(
         ran.train_examples = train_examples
         return ran
 
+    def outcome(trial: Trial) -> TrialResult | tuple[str, str]:
+        if not failing(trial.candidate, trial.sizes):
+            return read(trial.candidate, trial.sizes)
+        if failed_result:
+            return TrialResult(status="Failed", reason="OutOfMemory", message="out of memory", seconds=1.0)
+        return "DeadlineExceeded", "out of time"
+
     status = st.initial_status(spec, 1, NOW)
-    while trials := next_trials(spec, status):
-        for trial in trials:
-            job = f"sel-{trial.candidate}-r{trial.round}"
-            status = st.mark_trial(status, trial.candidate, st.TrialRecord(job_name=job, round=trial.round, sizes=list(trial.sizes), state="Running"))
-            if failing(trial.candidate, trial.sizes) and failed_result:
-                failure = TrialResult(status="Failed", reason="OutOfMemory", message="out of memory", seconds=1.0)
-                status = st.record_result(status, spec, trial.candidate, job, failure, gpus=0)
-            elif failing(trial.candidate, trial.sizes):
-                status = st.record_failure(status, trial.candidate, job, "DeadlineExceeded", "out of time")
-            else:
-                status = st.record_result(status, spec, trial.candidate, job, read(trial.candidate, trial.sizes), gpus=0)
-        status = advance(spec, status)
+    while next_trials(spec, status):
+        status = advance(spec, run_trials(spec, status, outcome=outcome))
     return spec, st.finalize(status, spec, 1, NOW)
 
 

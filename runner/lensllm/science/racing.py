@@ -298,8 +298,8 @@ def decide(
         law_leaders=assessed.leaders,
         from_scratch=assessed.from_scratch,
     )
-    if stop and settings.settle and may_settle and not decision.laws_agree:
-        return _settling(settings, decision, ladder, target, candidates)
+    if stop and size is not None and settings.settle and may_settle and not decision.laws_agree:
+        return _settling(settings, decision, size, target, candidates)
     return decision
 
 
@@ -311,13 +311,10 @@ def _settle_size(ladder: Sequence[int], target: float) -> int | None:
 
 
 def _settling(
-    settings: RaceSettings, decision: RoundDecision, ladder: Sequence[int], target: float, candidates: Sequence[RaceCandidate]
+    settings: RaceSettings, decision: RoundDecision, size: int, target: float, candidates: Sequence[RaceCandidate]
 ) -> RoundDecision:
-    """The stopping `decision` turned into one more round that fine-tunes the contenders on the target, when the
-    target is a size past the ladder and the compute cap (if any) pays for it."""
-    size = _settle_size(ladder, target)
-    if size is None:
-        return decision
+    """The stopping `decision` turned into one more round that fine-tunes the contenders on the target `size`, when
+    the compute cap (if any) pays for it."""
     leader = max(decision.assessments, key=lambda a: a.p_best).name
     contenders = {leader, *decision.law_leaders.values()}
     params = {c.name: c.params for c in candidates}

@@ -184,7 +184,8 @@ model, and 4 sizes then 1 per round did it with the least compute (1.4% to 1.8%)
 issue's default, was kept over 0.02, which saved less than 0.1 point; delta 0.1 stopped FLAN sooner
 (1.1%) at the same RelAcc, and the more cautious 0.05 was kept. The races were first capped at the
 issue's 5% bound; it never bound on these tables, and a race now has no cap unless a selection sets
-one (`spec.budget.maxComputeFraction`): it spends at most what a fixed budget over its sizes would.
+one (`spec.budget.maxComputeFraction`): its ladder spends at most what a fixed budget over its sizes
+would (settling, in the last section, adds to it).
 Keeping each law's leader came later, after the LensBench test below: it raised the compute of FLAN
 from 1.83% to 2.71% and of WMT19 from 1.06% to 1.33% (Gigaword unchanged), with the same picks.
 

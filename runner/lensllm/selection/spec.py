@@ -159,8 +159,9 @@ class Budget(WireModel):
         gt=0.0,
         le=MAX_COMPUTE_FRACTION,
         description="Strategy race: stop before a round would spend more than this fraction of fully fine-tuning "
-        "every candidate on targetSize (subset size x parameters, summed over measured points). Without it a race "
-        "spends at most what a fixed budget over the same sizes would.",
+        "every candidate on targetSize (subset size x parameters, summed over measured points). Without it a race's "
+        "ladder spends at most what a fixed budget over the same sizes would, and a settling round (race.settle) adds "
+        "its contenders' fine-tuning on targetSize.",
     )
 
     @model_validator(mode="after")

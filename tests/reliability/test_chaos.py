@@ -1,7 +1,7 @@
 """Chaos: seeded fault schedules over a selection of three stand-in candidates, through the real operator process.
 
 Each run (tests/support/chaos_run.py) gets its own emulated cluster and draws its schedule from its seed
-(tests/support/chaos.py): a fixed budget or a race, the operator's API calls refused now and then (5xx, 429, 409,
+(tests/support/chaos.py): a fixed budget, a race, or a race that settles on the target size, the operator's API calls refused now and then (5xx, 429, 409,
 410 on watches), and in the first seconds operator SIGKILLs, pod evictions, Job deletions, compactions and dropped
 watches. Every run must keep every invariant: terminal within the bound, no Job created twice for a trial attempt,
 no point measured twice, no planned point lost, the fault-free verdict of its strategy (ranking, and a race's
@@ -39,6 +39,7 @@ def test_every_fault_schedule_keeps_every_invariant(tmp_path: Path, figures) -> 
             STRATEGIES)))
         for outcome in fault_free.values():
             assert outcome.phase == "Complete" and not outcome.violations, (outcome.strategy, outcome.violations)
+        assert fault_free["settle"].verdict.stop == "settled", fault_free["settle"].verdict
         outcomes: list[Outcome] = list(pool.map(
             lambda schedule: run_chaos(tmp_path / f"seed-{schedule.seed}", schedule, bound,
                                        baseline=fault_free[schedule.strategy].verdict),

@@ -9,9 +9,22 @@ from pathlib import Path
 
 import pytest
 import stand_in_trial
-from chaos import REFUSALS, SIZES, Schedule, Verdict, duplicate_jobs, points_lost, points_measured_twice
+from chaos import (
+    CANDIDATES,
+    REFUSALS,
+    SIZES,
+    Schedule,
+    Verdict,
+    duplicate_jobs,
+    points_lost,
+    points_measured_twice,
+    selection_manifest,
+    settling_table,
+)
 from hypothesis import HealthCheck, given, settings
 from kube_emulator import JournalEntry
+from lensllm.science.race_replay import replay_race
+from lensllm.selection.spec import LLMSelectionSpec
 from lensllm.trial.spec import TrialSpec
 from load_run import latencies
 from spec_fuzz import HOSTILE, YAML_ONLY, Case, manifests, put
@@ -81,9 +94,21 @@ def test_schedules_are_drawn_from_their_seed_alone() -> None:
     kinds = {d.kind for seed in range(50) for d in Schedule.draw(seed).disruptions}
     assert kinds == {"kill-operator", "evict", "delete-job", "compact", "drop-watches"}
     ci_runs = [Schedule.draw(seed) for seed in range(12)]  # LENSLLM_CHAOS_RUNS in scripts/test.sh
-    assert {s.strategy for s in ci_runs} == {"fixed", "race"}
+    assert {s.strategy for s in ci_runs} == {"fixed", "race", "settle"}
     assert {d.kind for s in ci_runs for d in s.disruptions} == kinds
     assert {r.code for s in ci_runs for r in s.refusals} == {code for code, *_ in REFUSALS}
+
+
+def test_the_settling_strategy_s_race_settles_on_its_table_with_the_operator_s_race_settings(tmp_path: Path) -> None:
+    """The chaos suite's settling runs hit the settling round only if the fault-free race settles: replayed with the
+    settings the operator derives from the chaos manifest, the cipher model goes in round 1 and the other two
+    settle on the target."""
+    table = settling_table(tmp_path / "settling.csv")
+    assert table.models == CANDIDATES
+    spec = LLMSelectionSpec.model_validate(selection_manifest("s", 3, "work", "settle", table)["spec"])
+    replay = replay_race(table, float(spec.budget.target_size), spec.race_settings(), seed=spec.seed)
+    assert [[e.name for e in d.eliminated] for d in replay.decisions][:2] == [[], ["model-a"]]
+    assert replay.stop == "settled" and replay.decisions[-2].next_sizes == {"model-b": (2048,), "model-c": (2048,)}
 
 
 def spec(tmp_path: Path) -> TrialSpec:

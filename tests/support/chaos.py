@@ -11,6 +11,10 @@ first seconds. `ChaosRun` applies it and `violations()` checks, after the select
 - no point was measured twice (the stand-in's ledger, tests/support/stand_in_trial.py);
 - no point was lost (every candidate Succeeded with every subset size);
 - the ranking equals the fault-free run's.
+
+A run's strategy is a fixed budget, a race, or a race that settles: its stand-in trials read their losses from three
+rows of a LensBench table (`settling_table`) on which the laws still disagree when the ladder runs out, so the
+faults also hit the round that fine-tunes the laws' leaders on the target size.
 """
 
 import random
@@ -28,9 +32,16 @@ from cluster import OPERATOR_AGENTS
 from kube_emulator import JournalEntry
 from stand_in_trial import read_ledger
 
+from lensllm.curves_io import read_curves
+from lensllm.science.curves import Curves
+
 SIZES = [16, 32, 64, 128]
 CANDIDATES = ("model-a", "model-b", "model-c")
-STRATEGIES = ("fixed", "race")
+STRATEGIES = ("fixed", "race", "settle")
+# Seconds after the selection was applied within which a schedule's disruptions fall. The settling race's round on
+# the target size starts 7 s in without faults (the race ends after 6 s) and later under them (its runs take 10 to
+# 27 s), so its disruptions spread further to reach that round too.
+HORIZONS = {"fixed": 8.0, "race": 8.0, "settle": 12.0}
 # The race settings of tests/operator/test_operator_race.py. On the stand-in curves of these candidates model-c is
 # eliminated after round 0 and model-a after round 2, so faults hit a run across three rounds.
 RACE_SIZES = [*SIZES, 256, 512]
@@ -46,6 +57,11 @@ REFUSALS = [
     (410, "watch", "llmselections", None), (503, "watch", "jobs", None),
 ]
 DISRUPTIONS = ("kill-operator", "evict", "delete-job", "compact", "drop-watches")
+# The eighth LensBench draw's docstring task (data/lensbench-seed7), three of its models renamed to the candidates:
+# with the default race settings the cipher model goes in round 1 and the two left are the laws' disagreeing
+# leaders when the ladder runs out, so the race settles on the target size (a test replays it).
+SETTLING_SOURCE = Path(__file__).resolve().parents[2] / "data" / "lensbench-seed7" / "docstring.csv"
+SETTLING_ROWS = {"gpt2-s-cipher-4k": "model-a", "gpt2-m-fortunes-4k": "model-b", "llama-s-mix-1k": "model-c"}
 
 
 @dataclass(frozen=True)
@@ -79,22 +95,35 @@ class Schedule:
     strategy: str
 
     @classmethod
-    def draw(cls, seed: int, horizon: float = 8.0) -> "Schedule":
+    def draw(cls, seed: int) -> "Schedule":
         rng = random.Random(seed)
         refusals = tuple(Refusal(code, verb, resource, sub, round(rng.uniform(0.03, 0.2), 3), rng.random() < 0.5)
                          for code, verb, resource, sub in rng.sample(REFUSALS, rng.randint(1, 3)))
         kinds = [rng.choice(DISRUPTIONS) for _ in range(rng.randint(2, 5))]
-        disruptions = tuple(sorted((Disruption(round(rng.uniform(0.5, horizon), 2), kind, rng.random(),
-                                               round(rng.uniform(0, 1.5), 2)) for kind in kinds),
-                                   key=lambda d: d.at))
+        moments = [(rng.random(), kind, rng.random(), round(rng.uniform(0, 1.5), 2)) for kind in kinds]
         # Drawn last, so the draws above stay what they were for a seed before races joined the suite.
-        return cls(seed, rng.randint(1, 3), rng.random() < 0.5, rng.choice((0.0, 0.5)), refusals, disruptions,
-                   rng.choice(STRATEGIES))
+        parallelism, graceful, gc_delay = rng.randint(1, 3), rng.random() < 0.5, rng.choice((0.0, 0.5))
+        strategy = rng.choice(STRATEGIES)
+        horizon = HORIZONS[strategy]
+        disruptions = tuple(sorted((Disruption(round(0.5 + (horizon - 0.5) * moment, 2), kind, pick, pause)
+                                    for moment, kind, pick, pause in moments), key=lambda d: d.at))
+        return cls(seed, parallelism, graceful, gc_delay, refusals, disruptions, strategy)
 
 
-def selection_manifest(name: str, parallelism: int, claim: str, strategy: str) -> dict[str, Any]:
+def settling_table(path: Path) -> Curves:
+    """Write the settling strategy's table (SETTLING_ROWS of SETTLING_SOURCE, renamed) to `path`, and read it back."""
+    header, *rows = SETTLING_SOURCE.read_text().splitlines()
+    kept = [SETTLING_ROWS[name] + "," + rest for name, rest in (row.split(",", 1) for row in rows)
+            if name in SETTLING_ROWS]
+    path.write_text("\n".join([header, *kept]) + "\n")
+    return read_curves(path)
+
+
+def selection_manifest(name: str, parallelism: int, claim: str, strategy: str,
+                       settling: Curves | None = None) -> dict[str, Any]:
     """Three stand-in candidates and a persistent work volume a trial resumes from; a fixed budget of four sizes,
-    or a race that starts with those four and adds one size a round (uncapped: the rounds never hit a cap)."""
+    or a race that starts with those four and adds one size a round (uncapped: the rounds never hit a cap), or the
+    default race over the `settling` table's ladder and target."""
     spec: dict[str, Any] = {
         "candidates": [{"name": model, "model": f"/models/{model}"} for model in CANDIDATES],
         "dataset": {"source": "/data/task", "inputField": "input", "targetField": "target", "maxTestExamples": 32},
@@ -105,6 +134,11 @@ def selection_manifest(name: str, parallelism: int, claim: str, strategy: str) -
     if strategy == "race":
         spec["budget"] = {"subsetSizes": RACE_SIZES, "targetSize": 8192}
         spec["race"] = RACE
+    elif strategy == "settle":
+        assert settling is not None, "a settling race runs on its table"
+        spec["strategy"] = "race"
+        spec["budget"] = {"subsetSizes": [int(size) for size in settling.sizes[:-1]],
+                          "targetSize": int(settling.sizes[-1])}
     return {"apiVersion": "lensllm.io/v1alpha1", "kind": "LLMSelection", "metadata": {"name": name}, "spec": spec}
 
 

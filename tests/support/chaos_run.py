@@ -25,11 +25,12 @@ from chaos import (
     points_lost,
     points_measured_twice,
     selection_manifest,
+    settling_table,
 )
 from cluster import OperatorProcess, free_port, wait_for, write_kubeconfig
 from kube_emulator import EmulatorServer
 from kubelet import OFFLINE, Kubelet
-from stand_in_trial import LEDGER, SIZE_SECONDS
+from stand_in_trial import LEDGER, SIZE_SECONDS, TABLE, TRAIN_EXAMPLES
 
 STAND_IN = Path(__file__).with_name("stand_in_trial.py")
 GROUP, VERSION, PLURAL = "lensllm.io", "v1alpha1", "llmselections"
@@ -40,16 +41,15 @@ RESYNC = "LENSLLM_RESYNC_SECONDS"
 
 
 class ChaosCluster:
-    """The cluster of one run; `with ChaosCluster(workdir) as cluster:` tears everything down at the end."""
+    """The cluster of one run; `with ChaosCluster(workdir, ...) as cluster:` tears everything down at the end."""
 
-    def __init__(self, workdir: Path, size_seconds: float) -> None:
+    def __init__(self, workdir: Path, size_seconds: float, trial_env: dict[str, str]) -> None:
         self.workdir, self.ledger = workdir, workdir / "ledger.jsonl"
-        self._size_seconds = size_seconds
+        self._size_seconds, self._trial_env = size_seconds, trial_env
         self._stack = ExitStack()
         self._restart_lock = threading.Lock()
 
     def __enter__(self) -> "ChaosCluster":
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.server = EmulatorServer()
         self._stack.callback(self.server.stop)
         self.server.emulator.journaled["jobs"] = lambda job: dict(job["metadata"].get("labels") or {})
@@ -62,7 +62,7 @@ class ChaosCluster:
         claim = {"metadata": {"name": CLAIM}, "spec": {"accessModes": ["ReadWriteMany"],
                                                        "resources": {"requests": {"storage": "1Gi"}}}}
         core.create_namespaced_persistent_volume_claim(NAMESPACE, claim)
-        env = {LEDGER: str(self.ledger), SIZE_SECONDS: str(self._size_seconds)}
+        env = {LEDGER: str(self.ledger), SIZE_SECONDS: str(self._size_seconds), **self._trial_env}
         self.kubelet = Kubelet(self.server, self.workdir / "pods", env=env,
                                commands={"lensllm": [sys.executable, str(STAND_IN)]})
         self._stack.callback(self.kubelet.stop)
@@ -112,14 +112,19 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
     """Run the selection under `schedule` (None: no faults, with `strategy`) and check every invariant."""
     strategy = schedule.strategy if schedule is not None else strategy
     assert strategy is not None, "a fault-free run names its strategy"
-    with ChaosCluster(workdir, size_seconds) as cluster:
+    workdir.mkdir(parents=True, exist_ok=True)
+    settling, trial_env = None, {}
+    if strategy == "settle":  # the trials read their losses from the table, and report a target-size split
+        settling = settling_table(workdir / "settling.csv")
+        trial_env = {TABLE: str(workdir / "settling.csv"), TRAIN_EXAMPLES: str(int(settling.sizes[-1]))}
+    with ChaosCluster(workdir, size_seconds, trial_env) as cluster:
         faults = cluster.server.emulator.faults
         if schedule is not None:
             apply_refusals(faults, schedule)
         driver = ChaosDriver(schedule, cluster.api, NAMESPACE, faults, cluster.kill_and_restart_operator) \
             if schedule is not None else None
         started = time.monotonic()
-        cluster.apply(selection_manifest(NAME, schedule.parallelism if schedule else 3, CLAIM, strategy))
+        cluster.apply(selection_manifest(NAME, schedule.parallelism if schedule else 3, CLAIM, strategy, settling))
         if driver is not None:
             driver.start()
         status = wait_terminal(cluster, bound)

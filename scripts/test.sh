@@ -28,7 +28,7 @@ fi
 # Here the reliability suites run at a size that keeps the whole script under 20 minutes on 2 cores;
 # `scripts/reliability_figures.py` runs them at full size (50 chaos runs, 500 bad manifests, 100 selections
 # x 10 candidates, fixed and racing) and prints the figures. Set the knobs to run the full size here too.
-# The 12 chaos runs hold both strategies, every fault kind and every refused status code (a test checks).
+# The 12 chaos runs hold all three strategies (fixed, race, a race that settles), every fault kind and every refused status code (a test checks).
 export LENSLLM_CHAOS_RUNS=${LENSLLM_CHAOS_RUNS:-12} LENSLLM_FUZZ_EXAMPLES=${LENSLLM_FUZZ_EXAMPLES:-100} \
   LENSLLM_LOAD_SELECTIONS=${LENSLLM_LOAD_SELECTIONS:-20}
 for suite in chaos fuzz load; do

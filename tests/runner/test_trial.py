@@ -186,3 +186,62 @@ def test_subprocess_run_prints_progress_lines_and_writes_both_documents(
     assert [e["event"] for e in events] == ["testRowsInTrain", "plan", "zeroShot", "ntk", "size", "size", "size"]
     assert TrialResult.model_validate_json(log.read_text()).status == "Succeeded"
     assert TrialResult.model_validate_json(out.read_text()).points[-1].size == 128
+
+
+def test_a_trial_on_the_target_size_saves_the_model_it_fine_tuned_there_and_that_model_scores_the_same_loss(
+    tiny_models, task_dir, trial_run, spec_template, tmp_path
+):
+    """The weights fine-tuned on targetSize (a race's settling round) are the user's fine-tuned model: saved whole,
+    with the tokenizer, they load as a candidate whose zero-shot loss is the loss the trial measured there."""
+    folder = tmp_path / "fine-tuned"
+    spec = spec_template(tiny_models["llama"], task_dir, subsetSizes=[32, 64], targetSize=64, ntk={"enabled": False},
+                         output={"modelDir": str(folder)})
+    run = trial_run(spec)
+    assert (run.code, run.doc["modelDir"]) == (0, str(folder))
+    assert [e["event"] for e in run.events][-3:] == ["size", "modelSaved", "size"]
+    assert not folder.with_name("fine-tuned.partial").exists()
+    assert json.loads((folder / "config.json").read_text())["use_cache"] is True
+    reloaded = trial_run(spec_template(folder, task_dir, subsetSizes=[32], targetSize=64, ntk={"enabled": False}))
+    assert reloaded.code == 0 and reloaded.doc["modelDir"] is None
+    assert reloaded.doc["zeroShot"]["loss"] == pytest.approx(run.doc["points"][-1]["test"]["loss"], rel=1e-6)
+    assert run.doc["zeroShot"]["loss"] > reloaded.doc["zeroShot"]["loss"]
+
+    smaller = trial_run({**spec, "targetSize": 1024})  # the trial never runs the target: nothing to save
+    assert smaller.code == 0 and smaller.doc["modelDir"] is None
+    assert "modelSaved" not in [e["event"] for e in smaller.events]
+
+
+def test_a_lora_trial_saves_its_adapter_and_a_folder_that_cannot_be_written_loses_the_weights_not_the_trial(
+    tiny_models, task_dir, trial_run, spec_template, lora_training, tmp_path
+):
+    folder = tmp_path / "adapter"
+    spec = spec_template(tiny_models["gpt2"], task_dir, subsetSizes=[32, 64], targetSize=64, ntk={"enabled": False},
+                         training=lora_training, output={"modelDir": str(folder)})
+    run = trial_run(spec)
+    assert (run.code, run.doc["modelDir"]) == (0, str(folder))
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_models["gpt2"]) and adapter["r"] == 4
+    assert (folder / "adapter_model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    assert not (folder / "model.safetensors").exists()  # the adapter alone, not a second copy of the base weights
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = trial_run({**spec, "output": {"modelDir": str(blocked / "model")}})
+    assert (unwritable.code, unwritable.doc["status"]) == (0, "Succeeded")
+    assert unwritable.doc["modelDir"] is None and [p["size"] for p in unwritable.doc["points"]] == [32, 64]
+    (event,) = [e for e in unwritable.events if e["event"] == "modelNotSaved"]
+    assert event["folder"] == str(blocked / "model") and event["error"]
+
+
+def test_a_trial_resumed_after_its_target_size_keeps_the_model_it_saved_there(
+    tiny_models, task_dir, trial_run, spec_template, tmp_path
+):
+    folder = tmp_path / "fine-tuned"  # named by the flag a Job passes, as a spec's output.modelDir would
+    spec = spec_template(tiny_models["gpt2"], task_dir, subsetSizes=[32, 64], targetSize=64, ntk={"enabled": False})
+    saved = tmp_path / "first.json"
+    first = trial_run(spec, "--model-dir", str(folder)).doc
+    assert first["modelDir"] == str(folder) and (folder / "config.json").exists()
+    saved.write_text(json.dumps(first))
+    resumed = trial_run(spec, "--model-dir", str(folder), "--resume", str(saved))
+    assert resumed.doc["modelDir"] == str(folder)
+    assert [e["event"] for e in resumed.events] == ["testRowsInTrain", "plan", "resumed"]

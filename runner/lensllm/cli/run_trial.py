@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="compact result, <= 4096 bytes (default: /dev/termination-log if present)",
     )
+    p.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="folder to save the model fine-tuned on targetSize in, if the trial runs that size (default: spec "
+        "output.modelDir)",
+    )
     p.add_argument("--resume", metavar="RESULT.json", help="result of an earlier attempt: skip the sizes it finished")
     p.add_argument(
         "--plan-only",
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     spec = None
     try:
         spec = documents.read_spec(args.spec) if args.spec else documents.read_spec_env(args.spec_env)
+        if args.model_dir:
+            spec = spec.model_copy(update={"output": spec.output.model_copy(update={"model_dir": args.model_dir})})
         resume = documents.read_resume(args.resume) if args.resume else None
         device_memory = parse_bytes(args.gpu_memory) if args.gpu_memory else None
     except TrialFailure as failure:

@@ -8,10 +8,12 @@ into a Failed result with its reason, keeping the points already measured.
 
 import gc
 import math
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import datasets
 import torch
@@ -184,6 +186,8 @@ class TrialRecipe:
             restore_(self.model, self.initial)
             stats = self.train(size)
             point = SizePoint(size=size, test=self.evaluate(after=size), train=stats)
+            if size == self.spec.target_size and self.spec.output.model_dir:
+                result.model_dir = self.save_model(Path(self.spec.output.model_dir))  # before the point is kept
             result.points = sorted([*result.points, point], key=lambda p: p.size)
             result.resources = self.resources()
             self.on_progress({"event": "size", **_wire(point)})
@@ -240,6 +244,29 @@ class TrialRecipe:
             flops=training_flops(self.parameters, self.trainable, tokens),
             padding_fraction=1 - tokens / max(positions, 1),
         )
+
+    def save_model(self, folder: Path) -> str | None:
+        """Save the weights just fine-tuned (a LoRA trial: its adapter) and the tokenizer into `folder`, whole or not
+        at all: written beside it, then renamed into place. Saved before the point is checkpointed, so a trial
+        resumed after it does not lose them. A folder that cannot be written costs the weights, not the
+        measurement: reported as an event, and the trial goes on."""
+        partial = folder.with_name(folder.name + ".partial")
+        config = self.model.config
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            config.use_cache = True  # off for training only: whoever loads the model generates with it
+            self.model.save_pretrained(partial)
+            self.tokenizer.save_pretrained(partial)
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+        except OSError as err:
+            shutil.rmtree(partial, ignore_errors=True)
+            self.on_progress({"event": "modelNotSaved", "folder": str(folder), "error": err.strerror or str(err)})
+            return None
+        finally:
+            config.use_cache = False
+        self.on_progress({"event": "modelSaved", "folder": str(folder)})
+        return str(folder)
 
     def _micro_batches(self, examples: list[Example], group: list[int] | None) -> list[Batch]:
         """One optimizer step's examples (longest first) cut into the plan's micro-batches."""
@@ -377,6 +404,8 @@ def _start_result(spec: TrialSpec, resume: TrialResult | None) -> TrialResult:
     result.zero_shot = resume.zero_shot
     result.ntk = resume.ntk
     result.points = [p for p in resume.points if p.size in spec.subset_sizes]
+    if any(p.size == spec.target_size for p in result.points):
+        result.model_dir = resume.model_dir  # saved with that point, or never
     return result
 
 

@@ -161,6 +161,9 @@ class TrialResult(WireModel):
         description="Rows of the test split that are rows of the training split too (every field the spec reads "
         "equal, up to whitespace); the test sample is drawn from the others, so every test loss is of held-out rows.",
     )
+    model_dir: str | None = Field(
+        default=None, description="Where the model fine-tuned on targetSize was saved (spec output.modelDir)."
+    )
     zero_shot: Evaluation | None = Field(default=None, description="Test loss before fine-tuning.")
     points: list[SizePoint] = Field(default_factory=list, description="Learning-curve points, by increasing size.")
     ntk: NTKSummary | None = Field(default=None, description="Empirical NTK summary.")

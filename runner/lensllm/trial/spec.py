@@ -224,6 +224,12 @@ class OutputSpec(WireModel):
         default=None,
         description="File for the compact result (<= 4096 bytes); defaults to /dev/termination-log when it exists.",
     )
+    model_dir: str | None = Field(
+        default=None,
+        description="Folder to save the model fine-tuned on targetSize in, when the trial runs that size (a race's "
+        "settling round): the weights, or a LoRA trial's adapter, with the tokenizer, as save_pretrained writes them. "
+        "A folder that cannot be written loses the weights, not the trial.",
+    )
 
 
 class TrialSpec(WireModel):

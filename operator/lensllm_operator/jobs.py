@@ -27,6 +27,7 @@ CONTAINER = "runner"
 TERMINATION_LOG = "/dev/termination-log"
 CACHE_PATH = "/cache/huggingface"
 WORK_PATH = "/work"
+MODEL_FOLDER = "model"  # in the work folder: the model a trial fine-tuned on targetSize
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -93,9 +94,14 @@ def cache_read_only(spec: LLMSelectionSpec, config: OperatorConfig) -> bool:
     return spec.model_cache is None or spec.model_cache.read_only or not config.allow_writable_model_cache
 
 
-def work_sub_path(uid: str, trial: Trial) -> str:
+def work_sub_path(uid: str, candidate: str) -> str:
     """One folder per selection (by uid: a re-created selection starts afresh) and candidate."""
-    return f"lensllm-work/{uid}/{trial.candidate}"
+    return f"lensllm-work/{uid}/{candidate}"
+
+
+def saved_model_location(spec: LLMSelectionSpec, config: OperatorConfig, uid: str, candidate: str) -> str:
+    """Where the model a candidate's trial saved on its work claim lies, for whoever mounts that claim."""
+    return f"pvc://{work_claim(spec, config)}/{work_sub_path(uid, candidate)}/{MODEL_FOLDER}"
 
 
 def result_file(trial: Trial) -> str:
@@ -155,7 +161,7 @@ def _container(uid: str, spec: LLMSelectionSpec, trial: Trial, resources: Resour
     result = result_file(trial)
     work_mount: dict[str, Any] = {"name": _work_volume_name(spec, config), "mountPath": WORK_PATH}
     if work_claim(spec, config):
-        work_mount["subPath"] = work_sub_path(uid, trial)
+        work_mount["subPath"] = work_sub_path(uid, trial.candidate)
     return {
         "name": CONTAINER,
         "image": spec.runner.image or config.runner_image,
@@ -163,7 +169,8 @@ def _container(uid: str, spec: LLMSelectionSpec, trial: Trial, resources: Resour
         "command": ["lensllm", "run-trial"],
         # --resume of the file --out rewrites after every size: a retried pod continues after the
         # sizes an earlier one finished (a missing file is a fresh start).
-        "args": ["--spec-env", SPEC_ENV, "--out", result, "--resume", result, "--termination-log", TERMINATION_LOG],
+        "args": ["--spec-env", SPEC_ENV, "--out", result, "--resume", result, "--termination-log", TERMINATION_LOG,
+                 *_model_dir_args(spec, trial, config)],
         "env": _env(spec, trial, config),
         "resources": _requirements(resources),
         "securityContext": {
@@ -182,6 +189,13 @@ def _container(uid: str, spec: LLMSelectionSpec, trial: Trial, resources: Resour
             {"name": "hf-cache", "mountPath": CACHE_PATH, "readOnly": cache_read_only(spec, config)},
         ],
     }
+
+
+def _model_dir_args(spec: LLMSelectionSpec, trial: Trial, config: OperatorConfig) -> list[str]:
+    """A trial on targetSize saves the model it fine-tuned there on the work claim (an emptyDir would lose it)."""
+    if trial.sizes[-1] == spec.budget.target_size and work_claim(spec, config):
+        return ["--model-dir", f"{WORK_PATH}/{MODEL_FOLDER}"]
+    return []
 
 
 def _requirements(resources: Resources) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,9 @@ from lensllm.trial.result import TrialResult
 from lensllm.trial.spec import validation_message
 from lensllm_operator import kube
 from lensllm_operator.context import Context, Effects
-from lensllm_operator.jobs import ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job
+from lensllm_operator.jobs import (
+    ATTEMPT_ANNOTATION, CANDIDATE_LABEL, ROUND_LABEL, SIZES_ANNOTATION, build_job, saved_model_location,
+)
 from lensllm_operator.names import job_name
 from lensllm_operator.pods import (
     diagnose, finished_at, gpus_held, may_start, oom_killed, parse_time, run_seconds, running, started, termination_message,
@@ -165,7 +167,7 @@ def _read_result(
         # attempt resumes from the saved result, never while two Jobs of the trial exist.
         effects.later(kube.delete_job, cluster.namespace, name)
         return status
-    result = _parsed(message)
+    result = _parsed(ctx, cluster, candidate, message)
     spent = _spent(cluster, status, candidate, name)
     if result is not None:
         status = st.record_result(status, cluster.spec, candidate, name, result, gpus_held(pods[0]), _measured(spent))
@@ -190,11 +192,15 @@ def _spent(cluster: Cluster, status: st.LLMSelectionStatus, candidate: str, job:
     return time_spent(track(record.pods or [], pods, cluster.now), pods, cluster.now)
 
 
-def _parsed(message: str | None) -> TrialResult | None:
+def _parsed(ctx: Context, cluster: Cluster, candidate: str, message: str | None) -> TrialResult | None:
+    """The trial's result, where it saved a model naming that model's folder on the claim (not the pod's mount)."""
     try:
-        return None if message is None else TrialResult.model_validate_json(message)
+        result = None if message is None else TrialResult.model_validate_json(message)
     except ValidationError:
         return None  # a log tail (FallbackToLogsOnError): the runner died before writing its result
+    if result is None or result.model_dir is None:
+        return result
+    return result.model_copy(update={"model_dir": saved_model_location(cluster.spec, ctx.config, cluster.uid, candidate)})
 
 
 def _why_no_result(job: str, pods: list[Body], failed: tuple[str, str] | None) -> tuple[str, str]:
@@ -341,7 +347,7 @@ def find_lost(ctx: Context, cluster: Cluster, status: st.LLMSelectionStatus, eff
             if running(pods) or (left is not None and not _waited_out(ctx, cluster, left)):
                 continue
             spent = _spent(cluster, status, candidate, trial.job_name)
-            result = _parsed(termination_message(pods))
+            result = _parsed(ctx, cluster, candidate, termination_message(pods))
             if result is not None and result.status == "Succeeded":
                 status = _salvaged(ctx, cluster, status, candidate, trial.job_name, result, pods[0], spent, effects)
             else:

@@ -59,6 +59,22 @@ def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_local_trial_on_the_target_size_saves_its_fine_tuned_model_in_the_output_folder(demo_world, tmp_path, capsys):
+    """As a settling round's trials do: the model fine-tuned on targetSize is kept, and the status names it."""
+    out = tmp_path / "out"
+    doc = selection_manifest(demo_world, demo_models(demo_world, "tiny-opt"), ntk={"enabled": False},
+                             budget={"subsetSizes": [16, 32, 64], "targetSize": 64})
+    assert main(["select", str(write_manifest(tmp_path, doc)), "--local", "--out", str(out)]) == 0
+    status = LLMSelectionStatus.model_validate(json.loads((out / "status.json").read_text()))
+    saved = out.resolve() / "models" / "tiny-opt"
+    unwrapped = "".join(capsys.readouterr().out.split())  # the table's caption wraps the path
+    assert "".join(f"tiny-opt fine-tuned on 64 examples, saved in {saved}".split()) in unwrapped
+    assert status.candidates["tiny-opt"].fine_tuned_model == str(saved)
+    assert json.loads((saved / "config.json").read_text())["model_type"] == "opt"
+    (complete,) = [c for c in status.conditions if c.type == "Complete"]
+    assert complete.message.endswith(f"; its fine-tuned model: {saved}")
+
+
 def test_a_candidate_whose_model_is_missing_fails_the_selection_with_its_reason(demo_world, tmp_path):
     models = {"tiny-opt": str(demo_world / "models" / "tiny-opt"), "ghost": str(tmp_path / "no-such-model")}
     out = tmp_path / "out"

@@ -7,7 +7,14 @@ from lensllm.selection.plan import Trial
 from lensllm.selection.spec import LLMSelectionSpec, RESERVED_ENV
 from lensllm.trial.spec import TrialSpec
 from lensllm_operator.config import OperatorConfig
-from lensllm_operator.jobs import CACHE_PATH, SELECTION_ANNOTATION, SELECTION_LABEL, SPEC_ENV, build_job
+from lensllm_operator.jobs import (
+    CACHE_PATH,
+    SELECTION_ANNOTATION,
+    SELECTION_LABEL,
+    SPEC_ENV,
+    build_job,
+    saved_model_location,
+)
 from lensllm_operator.names import job_name, label_value
 
 CONFIG = OperatorConfig(runner_image="registry.example/lensllm-runner:1.0")
@@ -120,6 +127,21 @@ def test_without_a_persistent_volume_each_pod_starts_afresh_and_with_one_it_resu
     assert work["persistentVolumeClaim"] == {"claimName": "lensllm-work"}
     mount = next(m for m in container(persistent)["volumeMounts"] if m["name"] == "work")
     assert mount["subPath"] == f"lensllm-work/{UID}/opt"
+
+
+def test_a_trial_on_the_target_size_saves_its_model_on_a_persistent_work_volume_only():
+    """The weights of a settling round's fine-tune are the user's model: kept on the claim, named in the status; on an
+    emptyDir they would go with the pod, so such a trial saves nothing."""
+    def model_dir(built: dict) -> str | None:
+        args = container(built)["args"]
+        return args[args.index("--model-dir") + 1] if "--model-dir" in args else None
+
+    on_target = Trial(candidate="opt", round=3, sizes=(200_000,))
+    persistent = selection(workVolume={"claimName": "lensllm-work"})
+    assert model_dir(job(persistent, on_target)) == "/work/model"
+    assert saved_model_location(persistent, CONFIG, UID, "opt") == f"pvc://lensllm-work/lensllm-work/{UID}/opt/model"
+    assert model_dir(job(persistent)) is None  # the ladder's sizes
+    assert model_dir(job(selection(), on_target)) is None
 
 
 def test_a_writable_model_cache_also_keeps_the_results_when_allowed():

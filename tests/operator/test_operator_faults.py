@@ -6,16 +6,20 @@ from collections import Counter
 import pytest
 from cluster import wait_for
 from kubernetes.client.rest import ApiException
-from selections import GROUP, PLURAL, VERSION, create, events_of, selection_status, stand_in_selection, wait_for_phase
+from selections import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    create,
+    events_of,
+    selection_status,
+    stand_in_selection,
+    wait_for_phase,
+    work_claim,
+)
 from stand_in_trial import read_ledger
 
 TIMEOUT = 60
-
-
-def work_claim(core, namespace: str, name: str = "work") -> dict:
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
-    return {"claimName": name}
 
 
 def reason_shown(custom, namespace: str, name: str, candidate: str, reason: str):

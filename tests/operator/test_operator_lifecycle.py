@@ -8,6 +8,7 @@ import kubernetes
 from cluster import wait_for
 from selections import (
     GROUP, PLURAL, VERSION, create, events_of, selection_status, stand_in_kubelet, stand_in_selection, wait_for_phase,
+    work_claim,
 )
 
 from lensllm.selection.plan import Trial
@@ -262,9 +263,7 @@ def test_a_new_attempt_waits_for_the_deleted_jobs_pod_to_stop_so_no_size_is_meas
 
     kube.faults.gc_delay = 10.0  # the deleted Job's pod keeps measuring for a while
     start_operator()
-    claim = {"claimName": "work"}
-    core.create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "work"}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    claim = work_claim(core, namespace)
     slow = [{"name": "LENSLLM_STANDIN_SIZE_SECONDS", "value": "1.5"}]  # sizes long enough to overlap
     create(custom, namespace, stand_in_selection("overlap", workVolume=claim, env=slow))
     wait_for(lambda: read_ledger(stand_in.ledger), "a first size measured", timeout=TIMEOUT)

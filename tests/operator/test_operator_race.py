@@ -6,7 +6,17 @@ from collections import Counter
 import pytest
 from cluster import wait_for
 from demo_selection import race_manifest
-from selections import GROUP, PLURAL, VERSION, comparable, create, stand_in_kubelet, stand_in_selection, wait_for_phase
+from selections import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    comparable,
+    create,
+    stand_in_kubelet,
+    stand_in_selection,
+    wait_for_phase,
+    work_claim,
+)
 from stand_in_trial import TABLE, TRAIN_EXAMPLES, read_ledger
 
 from lensllm.curves_io import read_curves
@@ -95,12 +105,13 @@ def test_an_operator_killed_mid_race_decides_the_same_rounds_after_its_restart_a
 
 @pytest.mark.parametrize("killed", [False, True], ids=["steady", "killed-while-settling"])
 def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_target_size(
-    kube, namespace, tmp_path, start_operator, custom, batch, curves_dir, killed
+    kube, namespace, tmp_path, start_operator, custom, batch, core, curves_dir, killed
 ):
     """LensBench docstring (eighth draw) through the operator, each trial reading its losses from the table: the laws
     disagree when the ladder runs out, so the operator runs each law's leader on targetSize and ranks them by what
-    they measured there, exactly as `lensllm bench --strategy race` replays it; killed once the target-size Jobs
-    exist, and started again after they finished, it ends the same and measures nothing twice."""
+    they measured there, exactly as `lensllm bench --strategy race` replays it, and names where each saved the model
+    it fine-tuned there; killed once the target-size Jobs exist, and started again after they finished, it ends the
+    same and measures nothing twice."""
     path = curves_dir.parent / "lensbench-seed7" / "docstring.csv"
     table = read_curves(path)
     target = int(table.sizes[-1])
@@ -109,7 +120,8 @@ def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_targ
     with stand_in_kubelet(kube, tmp_path, 0.01, env) as kubelet:
         operator = start_operator()
         create(custom, namespace, stand_in_selection("docstring", *table.models, strategy="race", seed=0, parallelism=16,
-                                                     budget={"subsetSizes": ladder, "targetSize": target}))
+                                                     budget={"subsetSizes": ladder, "targetSize": target},
+                                                     workVolume=work_claim(core, namespace)))
         if killed:
             on_target = lambda: [j for j in jobs_of(batch, namespace, "docstring") if j.metadata.annotations[SIZES_ANNOTATION] == str(target)]
             wait_for(lambda: len(on_target()) == 2, "the settling round's Jobs", timeout=240)
@@ -130,3 +142,12 @@ def test_the_operator_settles_a_race_whose_laws_disagree_with_trials_on_the_targ
     assert max(measured.values()) == 1, measured
     assert sorted(m for m, size in measured if size == target) == sorted(f"/models/{n}" for n in settling.next_sizes)
     assert status.race.compute_fraction == pytest.approx(replay.compute_fraction)
+    uid = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "docstring")["metadata"]["uid"]
+    saved = {name: entry.fine_tuned_model for name, entry in status.candidates.items() if entry.fine_tuned_model}
+    assert saved == {name: f"pvc://work/lensllm-work/{uid}/{name}/model" for name in settling.next_sizes}
+    (ranked,) = [c for c in status.conditions if c.type == "Complete"]
+    assert ranked.message.endswith(f"; its fine-tuned model: {saved[status.best]}")
+    claim = tmp_path / "pods" / "claims" / f"{namespace}-work"  # the stand-in kubelet's folder for the claim
+    for name, location in saved.items():
+        config = json.loads((claim / location.removeprefix("pvc://work/") / "config.json").read_text())
+        assert config == {"tunedFrom": f"/models/{name}", "size": target}

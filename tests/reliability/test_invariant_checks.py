@@ -16,6 +16,7 @@ from chaos import (
     Schedule,
     Verdict,
     duplicate_jobs,
+    models_not_kept,
     points_lost,
     points_measured_twice,
     selection_manifest,
@@ -109,6 +110,22 @@ def test_the_settling_strategy_s_race_settles_on_its_table_with_the_operator_s_r
     replay = replay_race(table, float(spec.budget.target_size), spec.race_settings(), seed=spec.seed)
     assert [[e.name for e in d.eliminated] for d in replay.decisions][:2] == [[], ["model-a"]]
     assert replay.stop == "settled" and replay.decisions[-2].next_sizes == {"model-b": (2048,), "model-c": (2048,)}
+
+
+def test_a_model_fine_tuned_on_the_target_must_be_named_in_the_status_and_lie_on_the_claim(tmp_path: Path) -> None:
+    kept = tmp_path / "lensllm-work" / "uid" / "model-b" / "model"
+    kept.mkdir(parents=True)
+    (kept / "config.json").write_text("{}")
+    entry = {"points": [{"size": 64}, {"size": 2048}], "fineTunedModel": "pvc://work/lensllm-work/uid/model-b/model"}
+    status = {"candidates": {"model-a": {"points": [{"size": 64}]}, "model-b": entry}}
+    assert models_not_kept(status, 2048, "work", tmp_path) == []
+    unnamed = {"candidates": {"model-b": {**entry, "fineTunedModel": None}}}
+    assert models_not_kept(unnamed, 2048, "work", tmp_path) == [
+        "model-b: fine-tuned on the target size 2048, its model unnamed is not on claim work"]
+    elsewhere = {"candidates": {"model-b": {**entry, "fineTunedModel": "pvc://other/lensllm-work/uid/model-b/model"}}}
+    assert len(models_not_kept(elsewhere, 2048, "work", tmp_path)) == 1
+    (kept / "config.json").unlink()
+    assert len(models_not_kept(status, 2048, "work", tmp_path)) == 1
 
 
 def spec(tmp_path: Path) -> TrialSpec:

@@ -10,7 +10,8 @@ first seconds. `ChaosRun` applies it and `violations()` checks, after the select
   disappearance of the earlier one);
 - no point was measured twice (the stand-in's ledger, tests/support/stand_in_trial.py);
 - no point was lost (every candidate Succeeded with every subset size);
-- the ranking equals the fault-free run's.
+- the ranking equals the fault-free run's;
+- every model fine-tuned on the target size (a settling round's) is named in the status and lies on the claim.
 
 A run's strategy is a fixed budget, a race, or a race that settles: its stand-in trials read their losses from three
 rows of a LensBench table (`settling_table`) on which the laws still disagree when the ladder runs out, so the
@@ -315,4 +316,19 @@ def points_lost(status: dict[str, Any], strategy: str) -> list[str]:
         if entry.get("state") != "Succeeded" or not planned or have != planned:
             lost.append(f"{name}: state {entry.get('state')}, sizes {have} of {planned} "
                         f"({entry.get('reason') or ''} {entry.get('message') or ''})".rstrip())
+    return lost
+
+
+def models_not_kept(status: dict[str, Any], target: int, claim: str, claim_folder: Path) -> list[str]:
+    """Candidates measured on the target size whose fine-tuned model the status does not name on the claim, or
+    which is not there (`claim_folder`: the kubelet's folder standing in for the claim)."""
+    lost = []
+    for name, entry in sorted((status.get("candidates") or {}).items()):
+        if target not in {point["size"] for point in entry.get("points") or []}:
+            continue
+        location = entry.get("fineTunedModel") or ""
+        path = location.removeprefix(f"pvc://{claim}/")
+        if path == location or not (claim_folder / path / "config.json").is_file():
+            lost.append(f"{name}: fine-tuned on the target size {target}, its model {location or 'unnamed'} is not "
+                        f"on claim {claim}")
     return lost

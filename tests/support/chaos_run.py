@@ -22,6 +22,7 @@ from chaos import (
     Verdict,
     apply_refusals,
     duplicate_jobs,
+    models_not_kept,
     points_lost,
     points_measured_twice,
     selection_manifest,
@@ -136,6 +137,9 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
                           Verdict.of(status))
         outcome.faults = Counter(faults.counts()) + (driver.done if driver else Counter())
         outcome.violations = violations(cluster, status, bound, outcome, baseline)
+        if settling is not None:
+            outcome.violations += models_not_kept(status, int(settling.sizes[-1]), CLAIM,
+                                                  cluster.workdir / "pods" / "claims" / f"{NAMESPACE}-{CLAIM}")
         log = cluster.operator.log
         outcome.operator_tracebacks = log.count("Traceback (most recent call last)")
         if outcome.violations:  # the run's folder goes with pytest's temporary ones: keep what explains it

@@ -147,6 +147,13 @@ def stand_in(kube, tmp_path):
         yield kubelet
 
 
+def work_claim(core, namespace: str, name: str = "work") -> dict:
+    """Create a claim for spec.workVolume (the emulated kubelet mounts a folder of its own for it); its reference."""
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    return {"claimName": name}
+
+
 def stand_in_selection(name: str, *models: str, **spec) -> dict:
     """An LLMSelection over stand-in candidates (model paths only name their synthetic curves); a fixed budget,
     one trial per candidate, unless `spec` names another strategy."""

@@ -13,6 +13,8 @@ and restarts trials and checks that no measured point is lost or measured twice.
   size, pod), which is how a suite counts points measured twice;
 - a model whose path ends in `/missing` fails as the real recipe does for a model that is not there (ModelNotFound,
   exit 2), before measuring anything;
+- the target size, when the spec asks to save its model (output.modelDir), saves a folder holding a config.json
+  that names the candidate;
 - sizes already in `--resume` are not measured again; the laws are fitted by the runner's own `fit_all` (unless
   LENSLLM_STANDIN_FITS=0);
 - with LENSLLM_STANDIN_TABLE (a curves table in the `lensllm bench` format) the curve is instead the table's row
@@ -25,6 +27,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import types
@@ -106,6 +109,7 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
     result = TrialResult(status="Running", candidate=spec.candidate.model, target_size=spec.target_size, spec=spec,
                          zero_shot=evaluation(spec, 0), ntk=ntk_summary(spec), points=kept,
                          train_examples=int(train_examples) if train_examples else None,
+                         model_dir=resume.model_dir if resume and spec.target_size in {p.size for p in kept} else None,
                          resources=Resources(device="cpu", dtype="float32", parameters=weights,
                                              trainable_parameters=weights, peak_memory_bytes=1 << 20,
                                              peak_memory_kind="processRss"))
@@ -120,6 +124,8 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
         time.sleep(delay)
         train = TrainingStats(steps=size, tokens=size * 12, final_loss=1.0, seconds=delay,
                               flops=6.0 * PARAMETERS * size * 12)
+        if size == spec.target_size and spec.output.model_dir:
+            result.model_dir = save_model(spec, Path(spec.output.model_dir))
         result.points.append(SizePoint(size=size, test=evaluation(spec, size), train=train))
         if on_checkpoint is not None:
             on_checkpoint(result)
@@ -133,6 +139,16 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
     result.status = "Succeeded"
     result.seconds = time.perf_counter() - started
     return result
+
+
+def save_model(spec: TrialSpec, folder: Path) -> str:
+    """The recipe's save, whole or not at all, of a stand-in model: a config naming the candidate it was tuned from."""
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "config.json").write_text(json.dumps({"tunedFrom": spec.candidate.model, "size": spec.target_size}))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return str(folder)
 
 
 def record(spec: TrialSpec, size: int) -> None:

@@ -80,9 +80,11 @@ def ranking_table(status, target: int) -> Table:
             cells[3:3] = [interval, f"{entry.p_best:.3f}" if entry.p_best is not None else "-"]
         table.add_row(*cells)
     in_train = max((entry.test_rows_in_train or 0 for entry in status.candidates.values()), default=0)
-    if in_train:
-        table.caption = (f"{in_train} rows of the test split are rows of the training split too: the test losses "
-                         "leave them out")
+    captions = [f"{in_train} rows of the test split are rows of the training split too: the test losses leave them "
+                "out"] if in_train else []
+    captions += [f"{name} fine-tuned on {target:,} examples, saved in {entry.fine_tuned_model}"
+                 for name, entry in order if entry.fine_tuned_model]
+    table.caption = "\n".join(captions) or None
     return table
 
 

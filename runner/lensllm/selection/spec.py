@@ -316,8 +316,9 @@ class LLMSelectionSpec(WireModel):
     model_cache: ModelCache | None = Field(default=None, description="Shared Hugging Face cache volume.")
     work_volume: WorkVolume | None = Field(
         default=None,
-        description="Persistent volume for trial results, so an interrupted trial resumes where it stopped; "
-        "without it a writable modelCache claim serves, else every attempt starts afresh.",
+        description="Persistent volume for trial results, so an interrupted trial resumes where it stopped, and for "
+        "the models fine-tuned on targetSize (a race's settling round; size the claim for them); without it a "
+        "writable modelCache claim serves, else every attempt starts afresh and no model is kept.",
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key passed to runners as HF_TOKEN.")
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment of runner containers.")

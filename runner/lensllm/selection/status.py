@@ -140,6 +140,12 @@ class CandidateStatus(StatusModel):
         default=None,
         description="Rows of the test split that are rows of the training split too; left out of the test sample.",
     )
+    fine_tuned_model: str | None = Field(
+        default=None,
+        description="Where the model its trial fine-tuned on targetSize (a race's settling round) was saved: "
+        "pvc://<claim>/<path> on the work volume, a folder in local mode. The weights, or a LoRA adapter, and the "
+        "tokenizer, as save_pretrained writes them.",
+    )
     fit: dict[str, float] | None = Field(default=None, description="Fitted parameters of the ranking method.")
     predicted_loss: FiniteFloat | None = Field(default=None, description="Predicted bits per byte at targetSize.")
     rank: int | None = Field(default=None, description="1 = predicted best.")
@@ -388,6 +394,7 @@ def record_result(
     if result.test_rows_in_train is not None:
         entry.test_rows_in_train = result.test_rows_in_train
     entry.train_examples = result.train_examples or entry.train_examples
+    entry.fine_tuned_model = result.model_dir or entry.fine_tuned_model
     entry.flops += result.total_flops()
     if result.resources:
         entry.device, entry.parameters = result.resources.device, result.resources.parameters
@@ -615,6 +622,8 @@ def finalize(status: LLMSelectionStatus, spec: LLMSelectionSpec, generation: int
         conditions.append(_condition("LawsAgree", reason, split, generation, now, holds="False"))
     how = "measured" if new.race is not None and new.race.stop == "settled" else "predicted"
     message = f"best: {new.best} ({how} {new.ranking[0].predicted_loss:.4f} bits/byte at {spec.budget.target_size})"
+    if saved := new.candidates[new.best].fine_tuned_model:
+        message += f"; its fine-tuned model: {saved}"
     new.conditions = conditions
     return _ended(new, "Complete", _condition("Complete", "Ranked", message, generation, now), now)
 

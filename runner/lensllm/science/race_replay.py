@@ -34,6 +34,8 @@ from lensllm.science.racing import (
     most_rounds,
     rank,
     round_zero,
+    settling_contenders,
+    tried_to_settle,
 )
 
 
@@ -91,9 +93,8 @@ def replay_race(curves: Curves, target: float, settings: RaceSettings, seed: int
     decisions = []
     for round_ in range(most_rounds(settings)):
         measured = {name: _measure(curves, c, plan.get(name, ())) for name, c in measured.items()}
-        tried = any(d.settles_instead_of for d in decisions)
-        settling = tuple(decisions[-1].next_sizes) if decisions and decisions[-1].settles_instead_of else ()
-        decision = decide(settings, ladder, target, list(measured.values()), round_, seed, may_settle=not tried, settling=settling)
+        decision = decide(settings, ladder, target, list(measured.values()), round_, seed,
+                          may_settle=not tried_to_settle(decisions), settling=settling_contenders(decisions))
         decisions.append(decision)
         for out in decision.eliminated:
             measured[out.name] = dataclasses.replace(measured[out.name], eliminated_in=out.round)

@@ -47,7 +47,7 @@ curve tables (`lensllm.science.race_replay`).
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -202,6 +202,25 @@ class RankedCandidate:
 def most_rounds(settings: RaceSettings) -> int:
     """The rounds a race can decide: the schedule's, and one that settles the laws' disagreement."""
     return settings.max_rounds + int(settings.settle)
+
+
+class SettlingRound(Protocol):
+    """What a decided round says of settling: a RoundDecision, or a selection status's record of one."""
+
+    @property
+    def settles_instead_of(self) -> str | None: ...
+
+    @property
+    def next_sizes(self) -> Mapping[str, Sequence[int]]: ...
+
+
+def tried_to_settle(rounds: Sequence[SettlingRound]) -> bool:
+    return any(r.settles_instead_of for r in rounds)
+
+
+def settling_contenders(rounds: Sequence[SettlingRound]) -> tuple[str, ...]:
+    """The contenders the next round fine-tunes on the target, when the last decided round settles."""
+    return tuple(rounds[-1].next_sizes) if rounds and rounds[-1].settles_instead_of else ()
 
 
 def schedule(settings: RaceSettings, ladder: Sequence[int]) -> list[tuple[int, ...]]:

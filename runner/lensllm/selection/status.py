@@ -574,14 +574,13 @@ def may_settle(status: LLMSelectionStatus, target: int) -> bool:
     """Whether a race may settle its laws' disagreement on `target`: it has not tried before, and the training split
     holds `target` rows by every trial that counted them (and one has)."""
     counted = [e.train_examples for e in status.candidates.values() if e.train_examples is not None]
-    tried = status.race is not None and any(r.settles_instead_of for r in status.race.rounds)
+    tried = status.race is not None and racing.tried_to_settle(status.race.rounds)
     return bool(counted) and min(counted) >= target and not tried
 
 
 def settling(status: LLMSelectionStatus) -> tuple[str, ...]:
     """The contenders the race's current round fine-tunes on the target, when it settles the laws' disagreement."""
-    rounds = [] if status.race is None else status.race.rounds
-    return tuple(rounds[-1].next_sizes) if rounds and rounds[-1].settles_instead_of else ()
+    return racing.settling_contenders([] if status.race is None else status.race.rounds)
 
 
 def compute_fraction(status: LLMSelectionStatus, target: int) -> float:

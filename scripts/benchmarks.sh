@@ -13,7 +13,8 @@ published=(data/curves/flan.csv data/curves/gigaword.csv data/curves/wmt19.csv)
 # initial sizes (spec.race.initialSizes). Seed 5, generated after everything that ships was chosen, is
 # held out from all of it; seed 6, generated after the race's interval backtest was chosen, from that too.
 # Seed 7, committed unread after the floor of the race's intervals was measured on every earlier draw, is
-# held out from that floor.
+# held out from that floor. Seed 8, committed unread after the race began to settle its laws' disagreement
+# on the target, is held out from that rule.
 draw_tables() { for task in de-en gloss docstring cipher; do echo "$1/$task.csv"; done; }
 mapfile -t lensbench < <(draw_tables data/lensbench)
 mapfile -t later < <(draw_tables data/lensbench-seed1; draw_tables data/lensbench-seed2)
@@ -22,8 +23,10 @@ mapfile -t fifth < <(draw_tables data/lensbench-seed4)
 mapfile -t sixth < <(draw_tables data/lensbench-seed5)
 mapfile -t seventh < <(draw_tables data/lensbench-seed6)
 mapfile -t eighth < <(draw_tables data/lensbench-seed7)
-# Every draw after the first, in the order of their seeds.
+mapfile -t ninth < <(draw_tables data/lensbench-seed8)
+# Every draw after the first that settling was measured on, in the order of their seeds; then the ninth too.
 after_first=("${later[@]}" "${held_out[@]}" "${fifth[@]}" "${sixth[@]}" "${seventh[@]}" "${eighth[@]}")
+later_draws=("${after_first[@]}" "${ninth[@]}")
 # The prose between <!-- NAME --> and <!-- end NAME --> in scripts/benchmarks.md.in.
 prose() { sed -n "/^<!-- $1 -->\$/,/^<!-- end $1 -->\$/p" scripts/benchmarks.md.in | sed '1d;$d'; }
 tmp=$(mktemp -d)
@@ -332,11 +335,11 @@ TXT
 rm -r "$race_tmp"
 
 # ---------------------------------------------------------------------------------------------
-# LensBench's later draws (seeds 1-7): the same recipe, new weights, splits and subsets; seeds 3 to 7
+# LensBench's later draws (seeds 1-8): the same recipe, new weights, splits and subsets; seeds 3 to 8
 # held out. Appended to the page above.
 # ---------------------------------------------------------------------------------------------
 draw_tmp=$(mktemp -d)
-for table in "${lensbench[@]}" "${after_first[@]}"; do
+for table in "${lensbench[@]}" "${later_draws[@]}"; do
   name=$(basename "$(dirname "$table")")-$(basename "$table" .csv)
   "$lensllm" bench "$table" --methods default,ats --format csv > "$draw_tmp/$name.fixed.csv"
   # The same table without its `uniform` column: `default` as it would rank with the from-scratch rule unable to fire.
@@ -347,14 +350,15 @@ for table in "${lensbench[@]}" "${after_first[@]}"; do
   "$lensllm" bench "$table" --strategy race --no-settle --format csv > "$draw_tmp/$name.race.csv"
   "$lensllm" bench "$table" --strategy race --no-settle --initial-sizes 4 --format csv > "$draw_tmp/$name.race4.csv"
 done
-"$lensllm" lensbench ntk "${after_first[@]}" > "$draw_tmp/ntk.md"
+"$lensllm" lensbench ntk "${later_draws[@]}" > "$draw_tmp/ntk.md"
 # How often a race's 90% intervals hold the true loss, by group of tables (label=table,table,...): each
 # group with the floor measured on the others, the held-out draw with the floor as shipped.
 joined() { local IFS=,; echo "$*"; }
 "$python" - "published=$(joined "${published[@]}")" "seed 0=$(joined "${lensbench[@]}")" \
   "seed 1=$(joined "${later[@]:0:4}")" "seed 2=$(joined "${later[@]:4}")" "seed 3=$(joined "${held_out[@]}")" \
   "seed 4=$(joined "${fifth[@]}")" "seed 5=$(joined "${sixth[@]}")" "seed 6=$(joined "${seventh[@]}")" \
-  "seed 7 (held out)=$(joined "${eighth[@]}")" > "$draw_tmp/intervals.md" <<'PY'
+  "seed 7 (held out)=$(joined "${eighth[@]}")" "seed 8 (held out)=$(joined "${ninth[@]}")" \
+  > "$draw_tmp/intervals.md" <<'PY'
 import sys, warnings
 from pathlib import Path
 from lensllm_bench.calibrate import coverage_markdown
@@ -363,9 +367,11 @@ groups = {label: [Path(t) for t in tables.split(",")] for label, tables in (a.sp
 sys.stdout.write(coverage_markdown(groups, [label for label in groups if "held out" not in label]))
 PY
 "$lensllm" lensbench ntk-signal "${lensbench[@]}" "${later[@]}" "${held_out[@]}" "${fifth[@]}" > "$draw_tmp/ntk-signal.md"
-# How often the race keeps the best model when its laws agree at the end and when they disagree, over every table,
-# ranked by its law (--no-settle) and settled by fine-tuning the laws' leaders on the target (the default).
-"$python" - "${published[@]}" "${lensbench[@]}" "${after_first[@]}" > "$draw_tmp/disagree.md" <<'PY'
+# How often the race keeps the best model when its laws agree at the end and when they disagree, ranked by its
+# law (--no-settle) and settled by fine-tuning the laws' leaders on the target (the default): over every table
+# settling was measured on, then over the ninth draw, held out from it.
+disagree_tables() {
+  "$python" - "$@" <<'PY'
 import statistics, sys, warnings
 from pathlib import Path
 from lensllm.cli import options
@@ -405,10 +411,13 @@ print("|---|---|---|---|")
 for table, pairs in settled_on.items():
     print(f"| {table} | {len(pairs)} of 3 | {split(pairs, relacc, mean(1))} | {split(pairs, compute, mean(2))} |")
 PY
+}
+disagree_tables "${published[@]}" "${lensbench[@]}" "${after_first[@]}" > "$draw_tmp/disagree.md"
+disagree_tables "${ninth[@]}" > "$draw_tmp/disagree-ninth.md"
 {
   prose "second draw"
   printf '\n'
-  "$python" - "$draw_tmp" "${lensbench[@]}" "${after_first[@]}" <<'PY'
+  "$python" - "$draw_tmp" "${lensbench[@]}" "${later_draws[@]}" <<'PY'
 import csv, statistics, sys
 from pathlib import Path
 tmp, tables = Path(sys.argv[1]), [Path(t) for t in sys.argv[2:]]
@@ -418,7 +427,7 @@ print("|---|---|---|---|---|---|---|---|---|---|")
 def print_row(task, folder, v):
     draw = {"lensbench": "seed 0", "lensbench-seed3": "seed 3 (held out)", "lensbench-seed4": "seed 4 (held out)",
             "lensbench-seed5": "seed 5 (held out)", "lensbench-seed6": "seed 6 (held out)",
-            "lensbench-seed7": "seed 7 (held out)"}.get(folder, f"seed {folder.removeprefix('lensbench-seed')}")
+            "lensbench-seed7": "seed 7 (held out)", "lensbench-seed8": "seed 8 (held out)"}.get(folder, f"seed {folder.removeprefix('lensbench-seed')}")
     print(f"| {task} | {draw} | " + " | ".join(f"{x:.1f}" for x in v[:4])
           + f" | {v[4]:.1f} / {v[5]:.1f} | {v[6]:.1f} @ {v[7]:.2f} | {v[8]:.1f} @ {v[9]:.2f} | {v[10]:.1f} |")
 def race_cells(path):
@@ -449,6 +458,9 @@ PY
   prose "laws disagree"
   printf '\n'; cat "$draw_tmp/disagree.md"
   prose "laws disagree verdict"
+  prose "settling held out"
+  printf '\n'; cat "$draw_tmp/disagree-ninth.md"
+  prose "settling held out verdict"
   prose "second draw ntk"
   printf '\n'; cat "$draw_tmp/ntk.md"
   prose "ntk signal"

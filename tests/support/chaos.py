@@ -40,8 +40,8 @@ SIZES = [16, 32, 64, 128]
 CANDIDATES = ("model-a", "model-b", "model-c")
 STRATEGIES = ("fixed", "race", "settle")
 # Seconds after the selection was applied within which a schedule's disruptions fall. The settling race's round on
-# the target size starts 7 s in without faults (the race ends after 6 s) and later under them (its runs take 10 to
-# 27 s), so its disruptions spread further to reach that round too.
+# the target size starts 7 s in without faults (the race ends after 6 s) and later under them (its runs took 10 to
+# 42 s), so its disruptions spread further to reach that round too.
 HORIZONS = {"fixed": 8.0, "race": 8.0, "settle": 12.0}
 # The race settings of tests/operator/test_operator_race.py. On the stand-in curves of these candidates model-c is
 # eliminated after round 0 and model-a after round 2, so faults hit a run across three rounds.

@@ -2,8 +2,9 @@ import json
 import math
 
 import pytest
+import safetensors
 
-from lensllm.trial import TrialResult
+from lensllm.trial import TrialResult, recipe
 from lensllm.trial.recipe import TrialRecipe
 from lensllm.trial.result import METHODS
 
@@ -189,10 +190,13 @@ def test_subprocess_run_prints_progress_lines_and_writes_both_documents(
 
 
 def test_a_trial_on_the_target_size_saves_the_model_it_fine_tuned_there_and_that_model_scores_the_same_loss(
-    tiny_models, task_dir, trial_run, spec_template, tmp_path
+    tiny_models, task_dir, trial_run, spec_template, tmp_path, monkeypatch
 ):
     """The weights fine-tuned on targetSize (a race's settling round) are the user's fine-tuned model: saved whole,
-    with the tokenizer, they load as a candidate whose zero-shot loss is the loss the trial measured there."""
+    with the tokenizer, they load as a candidate whose zero-shot loss is the loss the trial measured there. They are
+    written in shards of a bounded size (here shrunk to the tiny model's scale), each shard's tensors the only ones
+    a GPU trial copies to host memory at once."""
+    monkeypatch.setattr(recipe, "SAVE_SHARD_BYTES", 64 * 1024)
     folder = tmp_path / "fine-tuned"
     spec = spec_template(tiny_models["llama"], task_dir, subsetSizes=[32, 64], targetSize=64, ntk={"enabled": False},
                          output={"modelDir": str(folder)})
@@ -201,6 +205,11 @@ def test_a_trial_on_the_target_size_saves_the_model_it_fine_tuned_there_and_that
     assert [e["event"] for e in run.events][-3:] == ["size", "modelSaved", "size"]
     assert not folder.with_name("fine-tuned.partial").exists()
     assert json.loads((folder / "config.json").read_text())["use_cache"] is True
+    shards = {name: safetensors.safe_open(folder / name, "pt") for name in
+              set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())}
+    assert len(shards) > 2
+    for name, shard in shards.items():  # a tensor larger than the bound alone is a shard of its own
+        assert len(shard.keys()) == 1 or (folder / name).stat().st_size <= 64 * 1024 + 4096, name
     reloaded = trial_run(spec_template(folder, task_dir, subsetSizes=[32], targetSize=64, ntk={"enabled": False}))
     assert reloaded.code == 0 and reloaded.doc["modelDir"] is None
     assert reloaded.doc["zeroShot"]["loss"] == pytest.approx(run.doc["points"][-1]["test"]["loss"], rel=1e-6)

@@ -52,6 +52,10 @@ Progress = Callable[[dict], None]
 Checkpoint = Callable[[TrialResult], None]
 # Spec fields a resumed trial may change: where results go and which sizes to run or predict.
 RESUMABLE_CHANGES = {"output", "subset_sizes", "target_size"}
+# safetensors copies every tensor of a shard from the GPU to host memory before it writes the shard, so a model
+# saved in one shard (transformers' default allows 50 GB) needs its whole size in host memory at the end of the
+# costliest trial, where a pod's memory limit kills it and its retry fine-tunes the target size again.
+SAVE_SHARD_BYTES = 1 << 30
 
 
 class TrialRecipe:
@@ -255,7 +259,7 @@ class TrialRecipe:
         try:
             shutil.rmtree(partial, ignore_errors=True)
             config.use_cache = True  # off for training only: whoever loads the model generates with it
-            self.model.save_pretrained(partial)
+            self.model.save_pretrained(partial, max_shard_size=SAVE_SHARD_BYTES)
             self.tokenizer.save_pretrained(partial)
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)

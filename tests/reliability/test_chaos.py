@@ -3,7 +3,8 @@
 Each run (tests/support/chaos_run.py) gets its own emulated cluster and draws its schedule from its seed
 (tests/support/chaos.py): a fixed budget, a race, or a race that settles on the target size, the operator's API calls refused now and then (5xx, 429, 409,
 410 on watches), and in the first seconds operator SIGKILLs, pod evictions, Job deletions, compactions and dropped
-watches. Every run must keep every invariant: terminal within the bound, no Job created twice for a trial attempt,
+watches; a race that settles draws one more of these, carried out while its settling round's trials run. Every run
+must keep every invariant: terminal within the bound, no Job created twice for a trial attempt,
 no point measured twice, no planned point lost, the fault-free verdict of its strategy (ranking, and a race's
 rounds). Runs go one per core at a time: each keeps a core busy (its operator, its trials, its share of the emulated
 cluster), so more at once only stretch every run towards the bound (4 at once on 2 cores took a race past 90 s that

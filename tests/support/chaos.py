@@ -4,7 +4,7 @@ faults hits it, and the invariants every run must keep.
 Used by tests/reliability/test_chaos.py. A `Schedule` is drawn from a seed: API refusals (5xx, 429, 409 on the
 operator's calls, 410 on its watches) with small probabilities for the whole run, and timed disruptions
 (operator SIGKILL and restart, pod evictions, Job deletions, watch-history compaction, dropped watches) in the
-first seconds. `ChaosRun` applies it and `violations()` checks, after the selection ended or the bound passed:
+first seconds, and for a race that settles one more while the settling round's trials run. `ChaosRun` applies it and `violations()` checks, after the selection ended or the bound passed:
 - the selection reached a terminal phase within the bound;
 - no Job was created twice for the same trial attempt (two live at once, or a re-creation not preceded by the
   disappearance of the earlier one);
@@ -15,7 +15,9 @@ first seconds. `ChaosRun` applies it and `violations()` checks, after the select
 
 A run's strategy is a fixed budget, a race, or a race that settles: its stand-in trials read their losses from three
 rows of a LensBench table (`settling_table`) on which the laws still disagree when the ladder runs out, so the
-faults also hit the round that fine-tunes the laws' leaders on the target size.
+faults also hit the round that fine-tunes the laws' leaders on the target size. Timed disruptions reached that round
+in 2 of 10 runs, so a settling schedule draws one disruption of its own, anchored to the moment the first pod of
+that round runs (its Jobs are the ones told to save a model: `--model-dir`), which a run must carry out.
 """
 
 import random
@@ -58,6 +60,10 @@ REFUSALS = [
     (410, "watch", "llmselections", None), (503, "watch", "jobs", None),
 ]
 DISRUPTIONS = ("kill-operator", "evict", "delete-job", "compact", "drop-watches")
+# A settling trial's pod runs about 1.5 s (the interpreter's start, one 0.25 s size, the model saved): the anchored
+# disruption falls within that after the pod is first seen running.
+SETTLING_SPREAD = 1.0
+SETTLING_FLAG = "--model-dir"
 # The eighth LensBench draw's docstring task (data/lensbench-seed7), three of its models renamed to the candidates:
 # with the default race settings the cipher model goes in round 1 and the two left are the laws' disagreeing
 # leaders when the ladder runs out, so the race settles on the target size (a test replays it).
@@ -77,7 +83,7 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Disruption:
-    at: float  # seconds after the selection was applied
+    at: float  # seconds after the selection was applied, or (anchored) after the settling round's first pod ran
     kind: str
     pick: float  # which pod or Job, as a fraction of the sorted candidates for it
     pause: float  # kill-operator: seconds until the restart
@@ -94,6 +100,7 @@ class Schedule:
     refusals: tuple[Refusal, ...]
     disruptions: tuple[Disruption, ...]
     strategy: str
+    settling: Disruption | None = None  # anchored to the settling round (the settle strategy only)
 
     @classmethod
     def draw(cls, seed: int) -> "Schedule":
@@ -108,7 +115,11 @@ class Schedule:
         horizon = HORIZONS[strategy]
         disruptions = tuple(sorted((Disruption(round(0.5 + (horizon - 0.5) * moment, 2), kind, pick, pause)
                                     for moment, kind, pick, pause in moments), key=lambda d: d.at))
-        return cls(seed, parallelism, graceful, gc_delay, refusals, disruptions, strategy)
+        settling = None
+        if strategy == "settle":  # drawn after everything else, so the other strategies' schedules stay as they were
+            settling = Disruption(round(SETTLING_SPREAD * rng.random(), 2), rng.choice(DISRUPTIONS), rng.random(),
+                                  round(rng.uniform(0, 1.5), 2))
+        return cls(seed, parallelism, graceful, gc_delay, refusals, disruptions, strategy, settling)
 
 
 def settling_table(path: Path) -> Curves:
@@ -187,16 +198,34 @@ class ChaosDriver:
 
     def _run(self) -> None:
         try:
-            for disruption in self._schedule.disruptions:
-                if self._stop.wait(max(0.0, self._started + disruption.at - time.monotonic())):
+            timed, anchored = list(self._schedule.disruptions), self._schedule.settling
+            settling_seen: float | None = None
+            while timed or anchored:
+                now = time.monotonic()
+                for disruption in [d for d in timed if now >= self._started + d.at]:
+                    timed.remove(disruption)
+                    if self._apply(disruption):
+                        self.done[disruption.kind] += 1
+                if anchored is not None and settling_seen is None and self._running_pods(settling=True):
+                    settling_seen = now
+                # An evict or Job deletion that found the round's pods gone waits for the next one that runs.
+                if anchored is not None and settling_seen is not None and now >= settling_seen + anchored.at \
+                        and self._apply(anchored, settling=True):
+                    self.done[f"{anchored.kind} while settling"] += 1
+                    anchored = None
+                if self._stop.wait(0.1):
                     return
-                if self._apply(disruption):
-                    self.done[disruption.kind] += 1
             self._stop.wait()  # an operator this thread restarted dies with it (cluster.die_with_parent)
         except BaseException as err:  # noqa: BLE001 - reported by the test, never lost in a thread
             self.errors.append(err)
 
-    def _apply(self, disruption: Disruption) -> bool:
+    def settling_missed(self) -> bool:
+        """Whether the schedule's disruption anchored to the settling round was never carried out."""
+        anchored = self._schedule.settling
+        return anchored is not None and not self.done[f"{anchored.kind} while settling"]
+
+    def _apply(self, disruption: Disruption, settling: bool = False) -> bool:
+        """Carry out `disruption`; an eviction or Job deletion with `settling` picks among the settling round's."""
         if disruption.kind == "kill-operator":
             self._restart(disruption.pause)
         elif disruption.kind == "compact":
@@ -204,14 +233,18 @@ class ChaosDriver:
         elif disruption.kind == "drop-watches":
             self._faults.drop_watches()
         elif disruption.kind == "evict":
-            return self._evict(disruption.pick)
+            return self._evict(disruption.pick, settling)
         else:
-            return self._delete_job(disruption.pick)
+            return self._delete_job(disruption.pick, settling)
         return True
 
-    def _evict(self, pick: float) -> bool:
-        pods = sorted(p.metadata.name for p in self._core.list_namespaced_pod(self._namespace).items
-                      if p.status and p.status.phase == "Running" and not p.metadata.deletion_timestamp)
+    def _running_pods(self, settling: bool) -> list[str]:
+        return sorted(p.metadata.name for p in self._core.list_namespaced_pod(self._namespace).items
+                      if p.status and p.status.phase == "Running" and not p.metadata.deletion_timestamp
+                      and (not settling or saves_a_model(p.spec)))
+
+    def _evict(self, pick: float, settling: bool) -> bool:
+        pods = self._running_pods(settling)
         if not pods:
             return False
         name = pods[int(pick * len(pods))]
@@ -224,8 +257,9 @@ class ChaosDriver:
             raise
         return True
 
-    def _delete_job(self, pick: float) -> bool:
-        jobs = sorted(j.metadata.name for j in self._batch.list_namespaced_job(self._namespace).items)
+    def _delete_job(self, pick: float, settling: bool) -> bool:
+        jobs = sorted(j.metadata.name for j in self._batch.list_namespaced_job(self._namespace).items
+                      if not settling or saves_a_model(j.spec.template.spec))
         if not jobs:
             return False
         name = jobs[int(pick * len(jobs))]
@@ -237,6 +271,11 @@ class ChaosDriver:
             raise
         self.deleted_jobs.append(name)
         return True
+
+
+def saves_a_model(pod_spec: kubernetes.client.V1PodSpec) -> bool:
+    """Whether a pod (or a Job's template) runs a trial on the target size: the settling round's."""
+    return any(SETTLING_FLAG in (c.args or []) + (c.command or []) for c in pod_spec.containers)
 
 
 def apply_refusals(faults: ApiFaults, schedule: Schedule) -> None:

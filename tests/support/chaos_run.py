@@ -146,6 +146,8 @@ def run_chaos(workdir: Path, schedule: Schedule | None, bound: float, size_secon
             outcome.log_tail = [line for line in log.splitlines() if "[DEBUG" not in line][-40:]
         if driver is not None and driver.errors:
             outcome.violations.append(f"the chaos driver failed: {driver.errors!r}")
+        if driver is not None and driver.settling_missed():
+            outcome.violations.append(f"the chaos driver never hit the settling round ({schedule.settling})")
         if cluster.kubelet.errors:
             outcome.violations.append(f"the emulated kubelet failed: {cluster.kubelet.errors!r}")
         if errors := cluster.server.internal_errors():

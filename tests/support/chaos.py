@@ -4,7 +4,8 @@ faults hits it, and the invariants every run must keep.
 Used by tests/reliability/test_chaos.py. A `Schedule` is drawn from a seed: API refusals (5xx, 429, 409 on the
 operator's calls, 410 on its watches) with small probabilities for the whole run, and timed disruptions
 (operator SIGKILL and restart, pod evictions, Job deletions, watch-history compaction, dropped watches) in the
-first seconds, and for a race that settles one more while the settling round's trials run. `ChaosRun` applies it and `violations()` checks, after the selection ended or the bound passed:
+first seconds, and for a race that settles one more while the settling round's trials run. `ChaosRun` applies it
+and `violations()` checks, after the selection ended or the bound passed:
 - the selection reached a terminal phase within the bound;
 - no Job was created twice for the same trial attempt (two live at once, or a re-creation not preceded by the
   disappearance of the earlier one);

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGener
 
 from lensllm.trial.architecture import PlanError, estimated_parameters, layer_bytes, lora_parameters, shape_of
 from lensllm.trial.memory import GIB, Device, parse_bytes, plan_trial, unplanned
+from lensllm.trial.model_files import host_memory_bytes
 from lensllm.trial.modeling import apply_lora
 from lensllm.trial.spec import LoraSpec, TrialSpec
 
@@ -250,3 +251,25 @@ def test_an_architecture_without_a_memory_model_runs_as_the_spec_says():
     plan = unplanned(spec(batchSize=16, microBatchSize=4, gradientCheckpointing=True), GPU_80, 512)
     assert (plan.micro_batch_size, plan.gradient_accumulation, plan.gradient_checkpointing) == (4, 4, True)
     assert plan.fits and plan.phases == [] and plan.eval_batch_tokens == 16 * 512
+
+
+def test_a_cpu_trial_plans_for_its_cgroup_memory_limit_where_there_is_one_not_for_the_nodes_memory(tmp_path):
+    """In a pod the node's physical memory is not what the trial may use: resources.memory is, as the cgroup's
+    limit. cgroup v2 names the pod's path (a limit on an ancestor applies too); v1 inside a container often mounts
+    the container's own cgroup as the root while /proc names its path on the host."""
+    physical = host_memory_bytes(tmp_path / "none", tmp_path / "no-such-file")
+    v2, proc = tmp_path / "v2", tmp_path / "cgroup"
+    (v2 / "kubepods" / "pod1" / "ctr").mkdir(parents=True)
+    (v2 / "kubepods" / "memory.max").write_text("max\n")
+    (v2 / "kubepods" / "pod1" / "memory.max").write_text(f"{GIB}\n")
+    (v2 / "kubepods" / "pod1" / "ctr" / "memory.max").write_text("max\n")
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    assert host_memory_bytes(v2, proc) == min(physical, GIB) == GIB
+
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{2 * GIB}\n")
+    proc.write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    assert host_memory_bytes(v1, proc) == 2 * GIB
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert host_memory_bytes(v1, proc) == physical

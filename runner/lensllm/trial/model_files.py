@@ -100,9 +100,47 @@ def count_parameters(candidate: CandidateSpec) -> int | None:
     return total or None
 
 
-def host_memory_bytes() -> int:
-    """Physical memory of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def host_memory_bytes(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """Memory this process may use: the machine's, or less where its cgroup says so (a pod's resources.memory).
+
+    A trial planned for the node's memory in a pod limited to less would pick micro-batches the limit kills.
+    """
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min([physical, *cgroup_memory_limits(cgroup_root, proc_cgroup)])
+
+
+def cgroup_memory_limits(root: Path, proc_cgroup: Path) -> list[int]:
+    """The memory limits set on this process's cgroup and on its ancestors (cgroup v2 memory.max, v1
+    memory.limit_in_bytes; "max" is none). Inside a container the cgroup's own folder is often the mount's root
+    while /proc names its path on the host, so every level from that path up to the root is read."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for level in (folder, *folder.parents):
+            if level != base and base not in level.parents:
+                break
+            try:
+                value = (level / name).read_text().strip()
+            except OSError:
+                continue
+            if value.isdigit():
+                limits.append(int(value))
+    return limits
 
 
 def nvidia_smi_memory_bytes() -> int | None:

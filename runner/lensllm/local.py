@@ -15,6 +15,7 @@ without a Job. Called by `lensllm select --local`.
 import fcntl
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lensllm.errors import LensLLMError
+from lensllm.local_devices import Slot, visible_gpus, worker_slots
 from lensllm.selection import status as st
 from lensllm.selection.manifest import Manifest, selection_object
 from lensllm.selection.plan import Trial, advance, next_trials
@@ -84,6 +86,9 @@ def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
     finished.unlink(missing_ok=True)
     lock = threading.Lock()
     dataset_unusable = threading.Event()
+    free_slots: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+    for slot in worker_slots(run.workers, visible_gpus()):
+        free_slots.put(slot)
     while trials := next_trials(spec, status := advance(spec, status)):
         # As on a cluster, a trial that finds the dataset unusable leaves unrun the candidates no trial has started
         # for (recording its result fails them); the others' trials run, their failure is their own.
@@ -94,7 +99,11 @@ def _run_rounds(run: LocalRun, progress: Progress) -> st.LLMSelectionStatus:
                 with lock:
                     progress(trial.candidate, {"event": "notRun"})
                 return None
-            outcome = _run_trial(run, trial, progress, lock, resume)
+            slot = free_slots.get()  # a worker's trials run one at a time: one is always free here
+            try:
+                outcome = _run_trial(run, trial, slot, progress, lock, resume)
+            finally:
+                free_slots.put(slot)
             if outcome[0] is not None and outcome[0].reason in DATASET_FAILURES:
                 dataset_unusable.set()
             return outcome
@@ -142,10 +151,11 @@ def _threads_per_trial(workers: int) -> str:
 
 
 def _run_trial(
-    run: LocalRun, trial: Trial, progress: Progress, lock: threading.Lock, resume: bool
+    run: LocalRun, trial: Trial, slot: Slot, progress: Progress, lock: threading.Lock, resume: bool
 ) -> tuple[TrialResult | None, tuple[str, str]]:
-    """Run the trial's runner as a Job would: retried up to spec.backoffLimit times (each retry resuming after the
-    sizes finished) unless its exit code says a retry cannot help, and stopped at spec.activeDeadlineSeconds."""
+    """Run the trial's runner as a Job would, on `slot`'s share of the machine: retried up to spec.backoffLimit times
+    (each retry resuming after the sizes finished) unless its exit code says a retry cannot help, and stopped at
+    spec.activeDeadlineSeconds."""
     trial_id = _trial_id(run, trial)
     base = run.out / "trials" / trial_id
     spec_path, result_path, log_path = base.with_suffix(".spec.json"), base.with_suffix(".json"), base.with_suffix(".log")
@@ -155,7 +165,7 @@ def _run_trial(
     if not resume:  # else a retry after a first attempt that saved nothing would resume the earlier run's result
         result_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2))
-    env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers)}
+    env = {**os.environ, "OMP_NUM_THREADS": _threads_per_trial(run.workers), **slot.env}
 
     def report(event: dict) -> None:
         with lock:
@@ -169,7 +179,7 @@ def _run_trial(
         resume = resume or (attempt > 0 and _left_by_an_earlier_run(spec_path, result_path, spec))
         kept = ["--resume", str(result_path)] if resume else []
         command = [sys.executable, "-m", "lensllm.cli.main", "run-trial", "--spec", str(spec_path), "--out",
-                   str(result_path), "--termination-log", str(compact_path), *kept]
+                   str(result_path), "--termination-log", str(compact_path), *kept, *slot.args]
         deadline = job.active_deadline_seconds
         left = None if deadline is None else deadline - (time.monotonic() - started)  # the Job's, over every attempt
         code, stopped = _run_runner(command, env, log_path, report, left, attempt)

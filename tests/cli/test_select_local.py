@@ -20,6 +20,7 @@ from demo_selection import RACE_BUDGET, RACE_SETTINGS, demo_models, selection_ma
 from lensllm.cli.main import main
 from lensllm.cli.report import race_curves
 from lensllm.selection.status import LLMSelectionStatus
+from lensllm.trial.model_files import host_memory_bytes
 
 
 def write_manifest(tmp_path: Path, doc: dict) -> Path:
@@ -36,7 +37,8 @@ def fixed_selection(demo_world, tmp_path_factory) -> tuple[int, Path, str]:
     doc = selection_manifest(demo_world, demo_models(demo_world), name="demo-fixed", budget=RACE_BUDGET,
                              race=RACE_SETTINGS)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # on the CPU on any machine: the memory shared out is the host's
         code = main(["select", str(write_manifest(folder, doc)), "--local", "--workers", "2", "--out", str(folder / "out")])
     return code, folder / "out", printed.getvalue()
 
@@ -50,6 +52,9 @@ def test_a_local_selection_ranks_every_candidate_and_writes_the_status_document(
     assert all(len(c.points) == 5 and c.zero_shot and c.ntk for c in status.candidates.values())
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert "tiny-llama" in printed
+    # Two workers without a GPU: each trial plans for half the host's memory, not all of it.
+    planned = [json.loads(result.read_text())["plan"]["capacityBytes"] for result in (out / "trials").glob("*-r0.json")]
+    assert planned == [host_memory_bytes() // 2] * 3
 
 
     plot = tmp_path / "report.png"

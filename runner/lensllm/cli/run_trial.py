@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print the memory plan (from the model config, for training.maxSeqLength) and exit: 0 fits, 2 will not",
     )
     p.add_argument(
-        "--gpu-memory", metavar="SIZE", help="device memory to plan for, e.g. 80Gi (default: what the device reports)"
+        "--gpu-memory", metavar="SIZE", help="memory to plan for on the trial's device (a GPU's; on the CPU, the "
+        "host's), e.g. 80Gi (default: what the device reports)"
     )
     p.set_defaults(run=run)
 

@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("selection", type=Path, metavar="SELECTION.yaml", help="an LLMSelection manifest")
     p.add_argument("--local", action="store_true", required=True, help="run here instead of on a cluster")
     p.add_argument("--workers", type=int, default=1,
-                   help="trials to run at once (default 1); each computes on cores/N threads unless OMP_NUM_THREADS is set")
+                   help="trials to run at once (default 1); each computes on cores/N threads unless OMP_NUM_THREADS is "
+                   "set, on its own GPU (CUDA_VISIBLE_DEVICES) or its share of one, and plans for that share of GPU "
+                   "memory or, without a GPU, of the host's")
     p.add_argument("--out", type=Path, help="output folder (default lensllm-out/<selection name>); a run cut short "
                    "there resumes: its trials keep the sizes they finished")
     p.add_argument("--fresh", action="store_true",

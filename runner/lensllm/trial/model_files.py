@@ -143,14 +143,22 @@ def cgroup_memory_limits(root: Path, proc_cgroup: Path) -> list[int]:
     return limits
 
 
+def nvidia_smi_gpus() -> list[tuple[str, str, int]]:
+    """(index, UUID, total memory in bytes) of every GPU nvidia-smi lists; none without nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    command = ["nvidia-smi", "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return []
+    rows = [[cell.strip() for cell in line.split(",")] for line in proc.stdout.splitlines()]
+    return [(index, uuid, int(mib) * 2**20) for index, uuid, mib in (r for r in rows if len(r) == 3) if mib.isdigit()]
+
+
 def nvidia_smi_memory_bytes() -> int | None:
     """Total memory of the first GPU nvidia-smi lists, or None without one."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    command = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
-    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
-    lines = proc.stdout.split()
-    return int(lines[0]) * 2**20 if proc.returncode == 0 and lines and lines[0].isdigit() else None
+    gpus = nvidia_smi_gpus()
+    return gpus[0][2] if gpus else None
 
 
 def planning_device(kind: str, gpu_memory: str | None) -> tuple[Device, str | None]:

@@ -65,6 +65,7 @@ DISRUPTIONS = ("kill-operator", "evict", "delete-job", "compact", "drop-watches"
 # disruption falls within that after the pod is first seen running.
 SETTLING_SPREAD = 1.0
 SETTLING_FLAG = "--model-dir"
+SETTLING_POLL = 0.05  # seconds between looks for the settling round's pods
 # The eighth LensBench draw's docstring task (data/lensbench-seed7), three of its models renamed to the candidates:
 # with the default race settings the cipher model goes in round 1 and the two left are the laws' disagreeing
 # leaders when the ladder runs out, so the race settles on the target size (a test replays it).
@@ -176,7 +177,8 @@ class Outcome:
 
 
 class ChaosDriver:
-    """Carries out a schedule's timed disruptions in a thread while the test waits for the selection."""
+    """Carries out a schedule's disruptions while the test waits for the selection: the timed ones in one thread,
+    the one anchored to the settling round in another."""
 
     def __init__(self, schedule: Schedule, api: kubernetes.client.ApiClient, namespace: str, faults: ApiFaults,
                  restart_operator: Callable[[float], None]) -> None:
@@ -186,39 +188,56 @@ class ChaosDriver:
         self._core, self._batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
         self._restart = restart_operator
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chaos", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name="chaos", daemon=True)]
+        if schedule.settling is not None:
+            self._threads.append(threading.Thread(target=self._run_settling, name="chaos-settling", daemon=True))
+        self._counting = threading.Lock()
         self.errors: list[BaseException] = []
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
     def _run(self) -> None:
         try:
-            timed, anchored = list(self._schedule.disruptions), self._schedule.settling
-            settling_seen: float | None = None
-            while timed or anchored:
-                now = time.monotonic()
-                for disruption in [d for d in timed if now >= self._started + d.at]:
-                    timed.remove(disruption)
-                    if self._apply(disruption):
-                        self.done[disruption.kind] += 1
-                if anchored is not None and settling_seen is None and self._running_pods(settling=True):
-                    settling_seen = now
-                # An evict or Job deletion that found the round's pods gone waits for the next one that runs.
-                if anchored is not None and settling_seen is not None and now >= settling_seen + anchored.at \
-                        and self._apply(anchored, settling=True):
-                    self.done[f"{anchored.kind} while settling"] += 1
-                    anchored = None
-                if self._stop.wait(0.1):
+            for disruption in self._schedule.disruptions:
+                if self._stop.wait(max(0.0, self._started + disruption.at - time.monotonic())):
                     return
+                if self._apply(disruption):
+                    self._count(disruption.kind)
             self._stop.wait()  # an operator this thread restarted dies with it (cluster.die_with_parent)
         except BaseException as err:  # noqa: BLE001 - reported by the test, never lost in a thread
             self.errors.append(err)
+
+    def _run_settling(self) -> None:
+        """The disruption anchored to the settling round, in a thread of its own: a timed one blocks its thread
+        for seconds (an operator's restart), long enough for the round to pass unseen."""
+        anchored = self._schedule.settling
+        assert anchored is not None
+        try:
+            while not self._running_pods(settling=True):
+                if self._stop.wait(SETTLING_POLL):
+                    return
+            if self._stop.wait(anchored.at):
+                return
+            # An eviction or Job deletion that finds the round's pods gone waits for the next one that runs.
+            while not self._apply(anchored, settling=True):
+                if self._stop.wait(SETTLING_POLL):
+                    return
+            self._count(f"{anchored.kind} while settling")
+            self._stop.wait()  # as in _run
+        except BaseException as err:  # noqa: BLE001 - as in _run
+            self.errors.append(err)
+
+    def _count(self, kind: str) -> None:
+        with self._counting:
+            self.done[kind] += 1
 
     def settling_missed(self) -> bool:
         """Whether the schedule's disruption anchored to the settling round was never carried out."""

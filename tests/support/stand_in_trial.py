@@ -14,7 +14,7 @@ and restarts trials and checks that no measured point is lost or measured twice.
 - a model whose path ends in `/missing` fails as the real recipe does for a model that is not there (ModelNotFound,
   exit 2), before measuring anything;
 - the target size, when the spec asks to save its model (output.modelDir), saves a folder holding a config.json
-  that names the candidate;
+  that names the candidate, over as long again as a size takes;
 - sizes already in `--resume` are not measured again; the laws are fitted by the runner's own `fit_all` (unless
   LENSLLM_STANDIN_FITS=0);
 - with LENSLLM_STANDIN_TABLE (a curves table in the `lensllm bench` format) the curve is instead the table's row
@@ -125,7 +125,7 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
         train = TrainingStats(steps=size, tokens=size * 12, final_loss=1.0, seconds=delay,
                               flops=6.0 * PARAMETERS * size * 12)
         if size == spec.target_size and spec.output.model_dir:
-            result.model_dir = save_model(spec, Path(spec.output.model_dir))
+            result.model_dir = save_model(spec, Path(spec.output.model_dir), delay)
         result.points.append(SizePoint(size=size, test=evaluation(spec, size), train=train))
         if on_checkpoint is not None:
             on_checkpoint(result)
@@ -141,11 +141,14 @@ def run_trial(spec: TrialSpec, *, resume: TrialResult | None = None,
     return result
 
 
-def save_model(spec: TrialSpec, folder: Path) -> str:
-    """The recipe's save, whole or not at all, of a stand-in model: a config naming the candidate it was tuned from."""
+def save_model(spec: TrialSpec, folder: Path, seconds: float) -> str:
+    """The recipe's save, whole or not at all, of a stand-in model: a config naming the candidate it was tuned from,
+    written over `seconds` (a real save takes a while: a trial killed meanwhile leaves a partial folder)."""
     partial = folder.with_name(folder.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     (partial / "config.json").write_text(json.dumps({"tunedFrom": spec.candidate.model, "size": spec.target_size}))
+    time.sleep(seconds)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return str(folder)

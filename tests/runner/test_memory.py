@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
 
 from lensllm.trial.architecture import PlanError, estimated_parameters, layer_bytes, lora_parameters, shape_of
-from lensllm.trial.memory import GIB, Device, parse_bytes, plan_trial, unplanned
+from lensllm.trial.memory import GIB, SAVE_SHARD_BYTES, Device, parse_bytes, plan_trial, unplanned
 from lensllm.trial.model_files import host_memory_bytes
 from lensllm.trial.modeling import apply_lora
 from lensllm.trial.spec import LoraSpec, TrialSpec
@@ -171,6 +171,26 @@ def test_a_7b_model_with_lora_fits_80gb_with_its_ntk_at_probe_64_over_the_adapte
     assert everything.fits and (everything.ntk_scope, everything.ntk_method) == ("all", "sketch")
     # weights, one example's activations and its gradient over all 7.6B weights, the sketches
     assert everything.phase("ntk").bytes < 0.6 * everything.capacity_bytes
+
+
+def test_a_gpu_trial_plans_the_host_memory_it_holds_and_refuses_a_pod_too_small_for_it():
+    """A GPU trial keeps the starting trainable weights on the host, and a trial that saves its model on the target
+    copies one shard at a time there; on the CPU the phases count the copy already."""
+    full = plan_trial(spec(method="full"), qwen("1.5b"), GPU_80)
+    assert full.fits and full.host_bytes == full.trainable_parameters * 2  # bfloat16
+    saving = spec(method="full").model_copy(update={"subset_sizes": [1000, 100000],
+                                                    "output": spec().output.model_copy(update={"model_dir": "/m"})})
+    largest = 151936 * 1536 * 2  # the embedding, a shard of its own at 445 MiB < SAVE_SHARD_BYTES
+    assert largest < SAVE_SHARD_BYTES
+    assert plan_trial(saving, qwen("1.5b"), GPU_80).host_bytes == full.host_bytes + SAVE_SHARD_BYTES
+    lora = plan_trial(spec(method="lora"), qwen("7b"), GPU_80)
+    assert lora.host_bytes == lora.trainable_parameters * 4  # float32 adapters
+    assert plan_trial(spec(method="full"), qwen("0.5b"), Device(kind="cpu", total_bytes=64 * GIB)).host_bytes == 0
+
+    assert full.host_refusal(full.host_bytes) is None
+    refusal = full.host_refusal(2 * GIB)
+    assert "needs 2.88 GiB of host memory" in refusal and "may use 2.00 GiB" in refusal and "resources.memory" in refusal
+    assert "host 2.88 GiB beyond the process" in full.explain()
 
 
 def test_ntk_method_auto_is_exact_when_the_probe_gradients_fit_and_a_sketch_otherwise(tiny_models):

@@ -4,9 +4,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from lensllm.cli.main import main
+from lensllm.cli.plan import plan_table
 from lensllm.trial import recipe as recipe_module
+from lensllm.trial.memory import MemoryPlan
 from lensllm.trial.result import TrialResult
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bench" / "configs"
@@ -55,6 +58,11 @@ def test_plan_with_lora_fits_every_candidate_on_80gb_and_prints_json_plans(tmp_p
         "qwen-7b": (True, "lora", "exact"),
     }
     assert plans["qwen-7b"]["trainableParameters"] == 20_185_088  # r 8 on every linear layer of 28 blocks
+    assert plans["qwen-7b"]["hostBytes"] == 20_185_088 * 4  # the float32 adapters' starting copy, on the host
+    wide = Console(width=200, record=True)
+    wide.print(plan_table([(name, MemoryPlan.model_validate(plan)) for name, plan in plans.items()]))
+    header, *_, last = [line for line in wide.export_text().splitlines() if "┃" in line or "│" in line]
+    assert header.split("┃")[-3].strip() == "host" and last.split("│")[-3].strip() == "0.1"  # GiB, for qwen-7b
 
 
 @pytest.mark.parametrize(("size", "says"), [("lots", "'lots' is not a size"), ("0", "'0' is not a positive size"),

@@ -4,7 +4,7 @@ import math
 import pytest
 import safetensors
 
-from lensllm.trial import TrialResult, recipe
+from lensllm.trial import TrialResult, memory
 from lensllm.trial.recipe import TrialRecipe
 from lensllm.trial.result import METHODS
 
@@ -196,7 +196,7 @@ def test_a_trial_on_the_target_size_saves_the_model_it_fine_tuned_there_and_that
     with the tokenizer, they load as a candidate whose zero-shot loss is the loss the trial measured there. They are
     written in shards of a bounded size (here shrunk to the tiny model's scale), each shard's tensors the only ones
     a GPU trial copies to host memory at once."""
-    monkeypatch.setattr(recipe, "SAVE_SHARD_BYTES", 64 * 1024)
+    monkeypatch.setattr(memory, "SAVE_SHARD_BYTES", 64 * 1024)
     folder = tmp_path / "fine-tuned"
     spec = spec_template(tiny_models["llama"], task_dir, subsetSizes=[32, 64], targetSize=64, ntk={"enabled": False},
                          output={"modelDir": str(folder)})

@@ -88,16 +88,17 @@ def _as_json(plan: MemoryPlan | str) -> dict:
 
 
 def plan_table(rows: list[tuple[str, MemoryPlan | str]]) -> Table:
-    """One row per candidate: sizes, the chosen settings and the peak of each phase (GiB)."""
+    """One row per candidate: sizes, the chosen settings, the peak of each phase and what a GPU trial holds on the
+    host beyond the process (GiB)."""
     capacity = next((p.capacity_bytes for _, p in rows if isinstance(p, MemoryPlan)), 0)
     table = Table(title=f"Memory plan (GiB of {capacity / GIB:.1f} usable)")
     for column in ("candidate", "params", "trainable", "micro x accum", "ckpt", "eval tokens", "NTK"):
         table.add_column(column, justify="left" if column in ("candidate", "NTK") else "right", no_wrap=True)
-    for column in ("train", "eval", "ntk", "fits"):
+    for column in ("train", "eval", "ntk", "host", "fits"):
         table.add_column(column, justify="right")
     for name, plan in rows:
         if isinstance(plan, str):
-            table.add_row(name, *[""] * 9, "[red]error[/red]")
+            table.add_row(name, *[""] * 10, "[red]error[/red]")
             continue
         peaks = {p.name: f"{p.bytes / GIB:.1f}" for p in plan.phases}
         ntk = f"{plan.ntk_scope}/{plan.ntk_method}" if plan.ntk_method else "off"
@@ -112,6 +113,7 @@ def plan_table(rows: list[tuple[str, MemoryPlan | str]]) -> Table:
             peaks.get("train", ""),
             peaks.get("evaluate", ""),
             peaks.get("ntk", ""),
+            f"{plan.host_bytes / GIB:.1f}" if plan.host_bytes else "",
             "[green]yes[/green]" if plan.fits else "[red]WillNotFit[/red]",
         )
     return table

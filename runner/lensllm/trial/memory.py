@@ -15,6 +15,11 @@ Where the bytes come from:
   except for encoder-decoders, which keep the model's own full-logit forward.
 - The NTK holds one example's activations and gradient, plus its resident buffer: the
   probe's per-example gradients of one parameter chunk (exact) or their sketches.
+
+On a GPU the plan also counts what the trial holds in host memory beyond the process itself
+(`host_bytes`): the copy of the starting trainable weights every subset size restarts from,
+and one shard of a model it saves. A trial refuses to start when that alone exceeds the memory
+it may use (a pod's limit), rather than be killed for memory once the model is loaded.
 """
 
 import math
@@ -36,6 +41,9 @@ EVAL_MAX_EXAMPLES = 64  # larger evaluation batches gain nothing once a batch fi
 EVAL_MIN_FILL = 0.9  # an evaluation batch ends before an example shorter than this share of its width
 GPU_RESERVED = GIB // 2  # CUDA context, cuBLAS workspaces
 GPU_USABLE = 0.92  # the rest of the margin: allocator fragmentation
+# A saved model is written in shards of at most this much (a larger tensor is a shard of its own): safetensors
+# copies a shard's tensors from the GPU to host memory before it writes them (recipe.save_model).
+SAVE_SHARD_BYTES = GIB
 
 
 class Phase(WireModel):
@@ -65,6 +73,11 @@ class MemoryPlan(WireModel):
     ntk_resident_bytes: int | None = Field(default=None, description="Bytes of per-example gradients held at once.")
     phases: list[Phase] = Field(description="Predicted peak of each phase.")
     fits: bool = Field(description="Whether every phase fits capacityBytes.")
+    host_bytes: int = Field(
+        default=0,
+        description="Host memory a GPU trial holds beyond the process itself: the copy of the starting trainable "
+        "weights, and one shard of the model it saves (0 on the CPU, where the phases count them).",
+    )
 
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
@@ -84,9 +97,20 @@ class MemoryPlan(WireModel):
         """One line: the chosen settings and each phase against the capacity."""
         phases = ", ".join(f"{p.name} {gib(p.bytes)}" for p in self.phases)
         ntk = f", NTK {self.ntk_scope}/{self.ntk_method}" if self.ntk_method else ""
+        host = f"; host {gib(self.host_bytes)} beyond the process" if self.host_bytes else ""
         return (
             f"micro-batch {self.micro_batch_size} x {self.gradient_accumulation}, checkpointing "
-            f"{'on' if self.gradient_checkpointing else 'off'}{ntk}; peak {phases} of {gib(self.capacity_bytes)}"
+            f"{'on' if self.gradient_checkpointing else 'off'}{ntk}; peak {phases} of {gib(self.capacity_bytes)}{host}"
+        )
+
+    def host_refusal(self, available: int) -> str | None:
+        """One line for WillNotFit when what the trial holds on the host alone exceeds `available`, else None."""
+        if self.host_bytes <= available:
+            return None
+        return (
+            f"the copy of the starting weights (and a shard of the model it saves) needs {gib(self.host_bytes)} of "
+            f"host memory beyond the process; it may use {gib(available)}: raise resources.memory, or use "
+            "training.method lora"
         )
 
 
@@ -198,6 +222,7 @@ def plan_trial(
         ntk_phase, ntk_fields = _choose_ntk(model, spec, sequence, capacity)
         phases.append(ntk_phase)
     step_examples = training.batch_size * training.gradient_accumulation
+    host = _host_bytes(model, saves=bool(spec.output.model_dir) and spec.target_size in spec.subset_sizes)
     return MemoryPlan(
         device=device.kind,
         capacity_bytes=capacity,
@@ -211,8 +236,21 @@ def plan_trial(
         eval_batch_tokens=eval_tokens,
         phases=phases,
         fits=all(p.bytes <= capacity for p in phases),
+        host_bytes=0 if model.on_host else host,
         **ntk_fields,
     )
+
+
+def _host_bytes(model: _Model, *, saves: bool) -> int:
+    """The starting trainable weights' copy (modeling.snapshot) and, when the trial saves a model, its largest shard:
+    a LoRA adapter whole, else SAVE_SHARD_BYTES or the largest tensor, at most the whole model."""
+    snapshot = model.trainable * model.trainable_bytes
+    if not saves:
+        return snapshot
+    if model.method == "lora":
+        return 2 * snapshot
+    whole = model.parameters * model.weight_bytes
+    return snapshot + min(whole, max(SAVE_SHARD_BYTES, model.largest_tensor * model.weight_bytes))
 
 
 def unplanned(spec: TrialSpec, device: Device, sequence: int) -> MemoryPlan:

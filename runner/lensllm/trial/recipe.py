@@ -24,6 +24,7 @@ from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, 
 from lensllm.trial.failures import Diverged, InvalidSpec, ModelNotFound, OutOfMemory, WillNotFit, classify, first_line
 from lensllm.trial.fits import fit_all
 from lensllm.trial.losses import backward_losses, token_losses
+from lensllm.trial import memory
 from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, plan_trial, unplanned
 from lensllm.trial.model_files import count_parameters, host_memory_bytes, read_config
 from lensllm.trial.modeling import (
@@ -52,10 +53,6 @@ Progress = Callable[[dict], None]
 Checkpoint = Callable[[TrialResult], None]
 # Spec fields a resumed trial may change: where results go and which sizes to run or predict.
 RESUMABLE_CHANGES = {"output", "subset_sizes", "target_size"}
-# safetensors copies every tensor of a shard from the GPU to host memory before it writes the shard, so a model
-# saved in one shard (transformers' default allows 50 GB) needs its whole size in host memory at the end of the
-# costliest trial, where a pod's memory limit kills it and its retry fine-tunes the target size again.
-SAVE_SHARD_BYTES = 1 << 30
 
 
 class TrialRecipe:
@@ -151,6 +148,8 @@ class TrialRecipe:
             return unplanned(self.spec, device, longest)
         if not plan.fits:
             raise WillNotFit(plan.refusal())
+        if refusal := plan.host_refusal(host_memory_bytes()):
+            raise WillNotFit(refusal)
         self.on_progress({"event": "plan", "plan": plan.explain()})
         return plan
 
@@ -259,7 +258,9 @@ class TrialRecipe:
         try:
             shutil.rmtree(partial, ignore_errors=True)
             config.use_cache = True  # off for training only: whoever loads the model generates with it
-            self.model.save_pretrained(partial, max_shard_size=SAVE_SHARD_BYTES)
+            # In one shard (transformers' default allows 50 GB) a GPU model would be copied to host memory whole, at
+            # the end of the costliest trial, where a pod's limit kills it and the retry fine-tunes the target again.
+            self.model.save_pretrained(partial, max_shard_size=memory.SAVE_SHARD_BYTES)
             self.tokenizer.save_pretrained(partial)
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)

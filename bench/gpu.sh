@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runner on one GPU, no internet: throughput, padding, MFU, peak memory against the plan,
-# and the NTK at probeSize 64, for randomly initialised Qwen2.5-class models (0.5B, 1.5B, 7B;
+# host memory, the NTK at probeSize 64 and (1.5B) the save of the fine-tuned model, timed with
+# the host memory it adds, for randomly initialised Qwen2.5-class models (0.5B, 1.5B, 7B;
 # configs in bench/configs, nothing downloaded). Prints one table; about 5 minutes on an H100.
 #
 #   bash bench/gpu.sh                 # on a GPU machine, from the repository root
@@ -37,7 +38,7 @@ run_case() {  # name limit_seconds args...
 
 if [ "${1:-}" = "--cpu-smoke" ]; then
   COMMON=(--tiny --device cpu --examples 16 --warmup 8 --test-examples 16 --median-len 40 --max-len 96)
-  run_case tiny-full 120 "${COMMON[@]}" --method full --ntk-probe 4
+  run_case tiny-full 120 "${COMMON[@]}" --method full --ntk-probe 4 --save
   run_case tiny-lora 120 "${COMMON[@]}" --method lora --ntk-probe 4
   run_case tiny-ntk-all-sketch 120 "${COMMON[@]}" --method lora --examples 0 --ntk-probe 4 --ntk-scope all --ntk-method sketch
   run_case tiny-will-not-fit 120 "${COMMON[@]}" --method full --gpu-memory 1000000
@@ -46,7 +47,7 @@ else
   COMMON=(--device cuda --examples 1024 --warmup 64 --test-examples 256 --median-len 150 --max-len 512 --batch-size 8)
   run_case qwen2.5-0.5b 90 --config bench/configs/qwen2.5-0.5b.json "${COMMON[@]}" --method full --ntk-probe 64
   run_case qwen2.5-0.5b-lora 75 --config bench/configs/qwen2.5-0.5b.json "${COMMON[@]}" --method lora --ntk-probe 64
-  run_case qwen2.5-1.5b 100 --config bench/configs/qwen2.5-1.5b.json "${COMMON[@]}" --method full --ntk-probe 64
+  run_case qwen2.5-1.5b 120 --config bench/configs/qwen2.5-1.5b.json "${COMMON[@]}" --method full --ntk-probe 64 --save
   run_case qwen2.5-7b-lora 120 --config bench/configs/qwen2.5-7b.json "${COMMON[@]}" --method lora --ntk-probe 64
   # 7B full fine-tuning does not fit 80 GB with float32 master weights and AdamW states (the plan
   # refuses it); its NTK over all 7.6B weights (the sketch) is measured on the LoRA-wrapped model.

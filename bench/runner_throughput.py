@@ -5,6 +5,12 @@ on a task with lognormal example lengths (`lognormal_task.py`), and runs the rec
 `train`, `evaluate` and `measure_ntk` (`TrialRecipe`, the code a trial runs; nothing is
 re-implemented here). Prints one JSON line per run; `--table FILE` prints those lines as a table.
 
+Host memory: the process's resident set after the run, against what the plan counts on the host
+(on a GPU, the starting weights' copy; the rest is Python, torch and the CUDA runtime, which the
+plan does not count). `--save` then saves the fine-tuned model as a settling round's trial does
+(`TrialRecipe.save_model`) and reports its seconds, files and how far the resident set rose while
+it ran (sampled every 5 ms), against the shard bound the plan counts for it.
+
 Model FLOPs are the runner's estimate (`modeling.training_flops`): per trained token 2N
 forward, 2N for the activation gradients and 2T for the weight gradients of the T trainable
 weights, i.e. 6N for full fine-tuning and 4N + 2T for LoRA; attention scores and recomputation
@@ -18,8 +24,10 @@ device's dense bf16 peak.
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lognormal_task import word_count, write_task, write_tokenizer  # noqa: E402
 
+from lensllm.trial.memory import SAVE_SHARD_BYTES  # noqa: E402
 from lensllm.trial.modeling import evaluation_flops  # noqa: E402
 from lensllm.trial.recipe import TrialRecipe  # noqa: E402
 from lensllm.trial.spec import TrialSpec  # noqa: E402
@@ -66,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ntk-method", choices=("auto", "exact", "sketch"), default="auto")
     p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer body")
+    p.add_argument("--save", action="store_true", help="save the fine-tuned model at the end, timed, with its host memory")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--gpu-memory", type=int, help="device bytes the plan may assume (default: the device's)")
@@ -161,6 +171,9 @@ def run(args: argparse.Namespace) -> dict:
             if args.examples:
                 per_example = report["trainSeconds"] / args.examples
                 report["ntkShareOfTrial"] = report["ntkSeconds"] / (per_example * args.trial_examples)
+        report |= {"hostRssBytes": host_rss(), "plannedHostBytes": recipe.plan.host_bytes}
+        if args.save:
+            report |= time_save(recipe, Path(tmp) / "saved")
         recipe.cleanup()
     return report
 
@@ -230,6 +243,39 @@ def time_ntk(recipe: TrialRecipe) -> dict:
     }
 
 
+def host_rss() -> int:
+    """This process's resident set, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def time_save(recipe: TrialRecipe, folder: Path) -> dict:
+    """The recipe's own save of the fine-tuned model: seconds, files written, and the resident set's rise meanwhile."""
+    before, peak, done = host_rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], host_rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    saved = recipe.save_model(folder)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if saved is None:
+        raise OSError(f"the model was not saved in {folder}")
+    weights = sorted(folder.glob("*.safetensors"))
+    return {
+        "saveSeconds": seconds,
+        "saveBytes": sum(f.stat().st_size for f in weights),
+        "saveShards": len(weights),
+        "saveHostRiseBytes": max(peak[0], host_rss()) - before,
+        "saveShardBoundBytes": SAVE_SHARD_BYTES,
+    }
+
+
 def print_table(path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -251,6 +297,9 @@ def print_table(path: Path) -> None:
         ("NTK", lambda r: f"{r['ntkScope']}/{r['ntkMethod']} {r['ntkSeconds']:.1f}s" if "ntkSeconds" in r else "-"),
         ("NTK GiB (plan)", lambda r: _memory(r, "ntkPeakBytes", "ntk")),
         ("NTK/trial", lambda r: _fmt(r.get("ntkShareOfTrial"), ".2%")),
+        ("host GiB (plan)", lambda r: _gib_against(r.get("hostRssBytes"), r.get("plannedHostBytes"))),
+        ("save s, +GiB (bound)", lambda r: "-" if "saveSeconds" not in r else
+         f"{r['saveSeconds']:.1f}, " + _gib_against(r["saveHostRiseBytes"], r["saveShardBoundBytes"])),
         ("error", lambda r: r.get("error", "").split(":")[0]),
     ]
     for title, _ in columns:
@@ -259,7 +308,7 @@ def print_table(path: Path) -> None:
         shown = ("name", "method", "error") if "error" in row else [title for title, _ in columns]
         table.add_row(*[str(cell(row)) if title in shown else "" for title, cell in columns])
     console = Console()
-    console.width = max(console.width, 160)
+    console.width = max(console.width, 200)
     console.print(table)
     for row in rows:
         if "error" in row:
@@ -271,8 +320,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _memory(row: dict, measured: str, phase: str) -> str:
-    planned = row.get("plannedPeakBytes", {}).get(phase)
-    value = row.get(measured)
+    return _gib_against(row.get(measured), row.get("plannedPeakBytes", {}).get(phase))
+
+
+def _gib_against(value: int | None, planned: int | None) -> str:
+    """Measured GiB with the planned in brackets, or "-" when either is missing."""
     if value is None or planned is None:
         return "-"
     return f"{value / 2**30:.1f} ({planned / 2**30:.1f})"

@@ -36,6 +36,14 @@ def test_benchmark_times_the_recipes_own_training_and_reports_real_tokens_paddin
     assert report["ntkShareOfTrial"] == pytest.approx(report["ntkSeconds"] / (seconds / 48 * 31_000))
 
 
+def test_benchmark_saves_the_fine_tuned_model_as_a_settling_trial_does_and_reports_its_host_memory(bench, capsys):
+    report = run_bench(bench, capsys, SMALL + " --save")
+    assert report["saveShards"] == 1 and report["saveBytes"] >= 4 * report["parameters"]  # float32, one shard
+    assert report["saveSeconds"] > 0 and report["saveHostRiseBytes"] >= 0
+    assert report["saveShardBoundBytes"] == 2**30 and report["hostRssBytes"] > 0
+    assert report["plannedHostBytes"] == 0  # on the CPU the plan's phases hold the starting weights' copy
+
+
 def test_benchmark_counts_lora_flops_as_4n_plus_2t(bench, capsys):
     report = run_bench(bench, capsys, SMALL + " --method lora")
     n, t = report["parameters"], report["trainableParameters"]
@@ -54,6 +62,7 @@ def test_gpu_script_runs_every_case_and_prints_one_table_in_its_cpu_smoke_mode(t
     assert [r["name"] for r in rows] == ["tiny-full", "tiny-lora", "tiny-ntk-all-sketch", "tiny-will-not-fit"]
     assert all("error" not in r for r in rows[:3]) and rows[3]["error"].startswith("WillNotFit: ")
     assert rows[2]["ntkMethod"].startswith("sketch:") and rows[2]["ntkScope"] == "all"
+    assert rows[0]["saveShards"] == 1 and "saveSeconds" not in rows[1]
     assert "Runner throughput" in proc.stdout and "tiny-will-not-fit: WillNotFit" in proc.stdout
 
 

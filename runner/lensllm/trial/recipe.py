@@ -19,12 +19,12 @@ import datasets
 import torch
 import transformers
 
+from lensllm.trial import memory
 from lensllm.trial.data import load_task_rows
 from lensllm.trial.examples import Batch, Example, encode_rows, length_grouped, make_batch, token_budget_batches
 from lensllm.trial.failures import Diverged, InvalidSpec, ModelNotFound, OutOfMemory, WillNotFit, classify, first_line
 from lensllm.trial.fits import fit_all
 from lensllm.trial.losses import backward_losses, token_losses
-from lensllm.trial import memory
 from lensllm.trial.memory import EVAL_MAX_EXAMPLES, Device, MemoryPlan, PlanError, plan_trial, unplanned
 from lensllm.trial.model_files import count_parameters, host_memory_bytes, read_config
 from lensllm.trial.modeling import (

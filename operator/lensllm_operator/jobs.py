@@ -193,7 +193,7 @@ def _container(uid: str, spec: LLMSelectionSpec, trial: Trial, resources: Resour
 
 def _model_dir_args(spec: LLMSelectionSpec, trial: Trial, config: OperatorConfig) -> list[str]:
     """A trial on targetSize saves the model it fine-tuned there on the work claim (an emptyDir would lose it)."""
-    if trial.sizes[-1] == spec.budget.target_size and work_claim(spec, config):
+    if trial.ends_on(spec.budget.target_size) and work_claim(spec, config):
         return ["--model-dir", f"{WORK_PATH}/{MODEL_FOLDER}"]
     return []
 

@@ -136,7 +136,7 @@ def _local_spec(run: LocalRun, trial: Trial) -> dict:
     saves the model it fine-tuned there in models/<candidate>."""
     trial_spec = run.manifest.spec.trial_spec(trial.candidate, list(trial.sizes), round=trial.round)
     spec = trial_spec.model_dump(mode="json", by_alias=True)
-    if trial.sizes[-1] == trial_spec.target_size:
+    if trial.ends_on(trial_spec.target_size):
         spec["output"]["modelDir"] = str((run.out / "models" / trial.candidate).resolve())
     for section, key in (("candidate", "model"), ("dataset", "source")):
         beside = run.manifest.folder / spec[section][key]

@@ -30,6 +30,10 @@ class Trial:
     sizes: tuple[int, ...]
     attempt: int = 0
 
+    def ends_on(self, target_size: int) -> bool:
+        """Whether the trial fine-tunes on the target size (a settling round's): it then saves the model it made."""
+        return self.sizes[-1] == target_size
+
 
 def current_round(status: st.LLMSelectionStatus) -> int:
     """The round in progress: the number of rounds decided so far (always 0 with a fixed budget)."""
